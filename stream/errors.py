@@ -1,0 +1,32 @@
+"""The exception tree of riskstream: one root, a few narrow leaves."""
+
+from __future__ import annotations
+
+
+class RiskstreamError(Exception):
+    """Root of every error riskstream raises on purpose."""
+
+
+class ConfigError(RiskstreamError, ValueError):
+    """A setting, flag or settings file is invalid; the message says which and why."""
+
+
+class BadEventError(RiskstreamError, ValueError):
+    """An input event violates contract v1 (DESIGN §3); carries a machine-readable reason."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class StoreUnavailableError(RiskstreamError):
+    """Redis (or another store) cannot be reached; retriable with backoff."""
+
+
+class BrokerUnavailableError(RiskstreamError):
+    """Kafka cannot be reached; retriable with backoff."""
+
+
+class ModelContractError(RiskstreamError):
+    """The ONNX model does not match the running feature spec or the I/O contract."""
