@@ -1,0 +1,146 @@
+"""The ``riskstream`` command line: thin subcommands over library functions.
+
+Errors an operator can fix print one line (``riskstream: error: …``) and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stream.errors import ConfigError, RiskstreamError
+
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "riskstream.onnx"
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    click.echo(f"riskstream: error: {msg}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns riskstream's own errors into one line and a non-zero exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, FileNotFoundError, IsADirectoryError) as e:
+            _fail(str(e), 2)
+        except RiskstreamError as e:
+            _fail(str(e), 1)
+
+
+_common = [
+    click.option("--bootstrap", envvar="RISKSTREAM_KAFKA_BOOTSTRAP", default=None,
+                 help="Kafka bootstrap servers [env RISKSTREAM_KAFKA_BOOTSTRAP, default 127.0.0.1:9092]"),
+    click.option("--redis-url", envvar="RISKSTREAM_REDIS_URL", default=None,
+                 help="Redis URL [env RISKSTREAM_REDIS_URL, default redis://127.0.0.1:6379/0]"),
+    click.option("--namespace", envvar="RISKSTREAM_NAMESPACE", default=None,
+                 help="prefix for topics, consumer group and Redis keys [env RISKSTREAM_NAMESPACE]"),
+]
+
+
+def common_options(f: Any) -> Any:
+    for opt in reversed(_common):
+        f = opt(f)
+    return f
+
+
+def settings_from(bootstrap: str | None, redis_url: str | None, namespace: str | None, **extra: Any) -> Any:
+    from stream.settings import load_settings
+
+    return load_settings(kafka_bootstrap=bootstrap, redis_url=redis_url, namespace=namespace, **extra)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="riskstream")
+def main() -> None:
+    """riskstream: streaming detector of compulsive platform use."""
+
+
+# -- topics --------------------------------------------------------------------------------------
+@main.group()
+def topics() -> None:
+    """Manage the Kafka topics (DESIGN §1)."""
+
+
+@topics.command("create")
+@common_options
+@click.option("--partitions", type=click.IntRange(1, 1024), default=None,
+              help="partitions of the input topics [env RISKSTREAM_PARTITIONS, default 6]")
+@click.option("--replication-factor", type=click.IntRange(1, 16), default=None,
+              help="replication factor [env RISKSTREAM_REPLICATION_FACTOR, default 1]")
+def topics_create(bootstrap: str | None, redis_url: str | None, namespace: str | None,
+                  partitions: int | None, replication_factor: int | None) -> None:
+    """Create events.clicks, events.views, risk.alerts and risk.dlq (idempotent)."""
+    from stream.topics import ensure_topics
+
+    s = settings_from(bootstrap, redis_url, namespace, partitions=partitions,
+                      replication_factor=replication_factor)
+    for line in ensure_topics(s):
+        click.echo(line)
+
+
+# -- models --------------------------------------------------------------------------------------
+def _load_scorer(model: Path | None, *, required: bool) -> Any:
+    from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH
+    from stream.core.scoring import OnnxScorer
+
+    path = model or (SHIPPED_MODEL if SHIPPED_MODEL.exists() else None)
+    if path is None:
+        if required:
+            raise ConfigError(f"no model given and no shipped model at {SHIPPED_MODEL}")
+        click.echo("riskstream: note: no model (none given, none shipped): rules only", err=True)
+        return None
+    return OnnxScorer(path, expected_spec_hash=FEATURE_SPEC_HASH, expected_feature_names=FEATURE_NAMES)
+
+
+@main.command("check-model")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path), required=False)
+def check_model(model: Path | None) -> None:
+    """Validate a model file against the running feature spec and print its metadata."""
+    scorer = _load_scorer(model, required=True)
+    info = scorer.info
+    click.echo(f"model: {info.path}\nversion: {info.model_version}\ntrained_at: {info.trained_at}\n"
+               f"feature_spec_hash: {info.feature_spec_hash} (matches)\n"
+               f"features: {len(info.feature_names)}\nthresholds: {info.thresholds}\nsha256: {info.sha256}")
+
+
+# -- offline scoring -----------------------------------------------------------------------------
+@main.command("score")
+@click.argument("events", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ONNX model [default: the shipped models/riskstream.onnx]")
+@click.option("--no-model", is_flag=True, help="rules only, no ML scoring")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="alerts JSONL [default: stdout]")
+@click.option("--policy-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="RISKSTREAM_POLICY_CONFIG", help="alert policy TOML [default: packaged]")
+@click.option("--lateness-ms", type=click.IntRange(0, 3_600_000), default=120_000, show_default=True)
+@click.option("--progress/--no-progress", default=None, help="progress on stderr [default: if a tty]")
+def score(events: Path, model: Path | None, no_model: bool, out: Path | None,
+          policy_config: Path | None, lateness_ms: int, progress: bool | None) -> None:
+    """Score an event log (JSONL, optionally .gz) offline and write DESIGN §6 alerts."""
+    from stream.core.policy import load_policy_config
+    from stream.offline import score_log
+
+    cfg = load_policy_config(policy_config)
+    scorer = None if no_model else _load_scorer(model, required=False)
+    show = sys.stderr.isatty() if progress is None else progress
+    if out is None:
+        summary = score_log(events, sys.stdout.buffer, policy_config=cfg, scorer=scorer,
+                            lateness_ms=lateness_ms, progress=show)
+        sys.stdout.flush()
+    else:
+        with out.open("wb") as f:
+            summary = score_log(events, f, policy_config=cfg, scorer=scorer,
+                                lateness_ms=lateness_ms, progress=show)
+    for line in summary.lines_out():
+        click.echo(line, err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,131 @@
+"""Canonical order, the partition watermark and the bounded reorder buffer (DESIGN §8).
+
+Offline scoring and the live worker both push decoded events into a :class:`ReorderBuffer` (one per
+partition live; one for the whole log offline) and apply only what it releases, in canonical order.
+That is what makes alerts independent of batch boundaries and of skew between the input topics.
+
+Watermark of a partition = min over its inputs (the clicks and views topic-partitions) of the
+newest event time seen on that input, minus the lateness bound L. An input that has seen nothing
+holds the watermark at "nothing released" unless it is marked idle; an idle input stops holding it.
+When every input is idle (caught up, nothing new for the configured time; or end of file offline)
+the watermark moves to the end of the tick that holds the newest event seen, so the tail is decided
+exactly as the offline scorer decides it at end of file.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from stream.core.events import Event
+from stream.core.layout import TICK_MS
+
+DEFAULT_LATENESS_MS = 120_000
+NO_WATERMARK = -(2**62)
+
+M = TypeVar("M")
+
+
+def canonical_key(ev: Event) -> tuple[int, str, str]:
+    """Per-user canonical order: event time, then type, then event id."""
+    return (ev.ts_ms, ev.type, ev.event_id)
+
+
+def tick_ceil(ts_ms: int) -> int:
+    """End of the evaluation tick that contains ts_ms."""
+    return (ts_ms // TICK_MS + 1) * TICK_MS
+
+
+@dataclass(slots=True)
+class _Input:
+    max_ts: int = NO_WATERMARK
+    idle: bool = False
+
+
+class ReorderBuffer(Generic[M]):
+    """Holds events until the watermark passes them, then releases them in canonical order.
+
+    ``meta`` travels with each event (the live worker keeps Kafka positions there). Events whose
+    time is below what was already released are *late*: ``push`` returns False and does not buffer
+    them; the caller applies them as late (volume only).
+    """
+
+    def __init__(self, inputs: Sequence[str], *, lateness_ms: int = DEFAULT_LATENESS_MS,
+                 max_events: int = 100_000) -> None:
+        if not inputs:
+            raise ValueError("a reorder buffer needs at least one input")
+        if lateness_ms < 0:
+            raise ValueError("lateness_ms must be >= 0")
+        self._inputs = {name: _Input() for name in inputs}
+        self.lateness_ms = lateness_ms
+        self.max_events = max_events
+        self._heap: list[tuple[int, str, str, int, Event, M | None]] = []
+        self._seq = 0
+        self.released_to = NO_WATERMARK  # everything with ts < released_to has been released
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    @property
+    def full(self) -> bool:
+        return len(self._heap) >= self.max_events
+
+    def push(self, input_name: str, ev: Event, meta: M | None = None) -> bool:
+        """Buffer one event; False when it is late (below the released frontier)."""
+        inp = self._inputs[input_name]
+        inp.idle = False
+        if ev.ts_ms > inp.max_ts:
+            inp.max_ts = ev.ts_ms
+        if ev.ts_ms < self.released_to:
+            return False
+        self._seq += 1
+        heapq.heappush(self._heap, (ev.ts_ms, ev.type, ev.event_id, self._seq, ev, meta))
+        return True
+
+    def set_idle(self, input_name: str, idle: bool = True) -> None:
+        self._inputs[input_name].idle = idle
+
+    def max_seen(self) -> int:
+        return max(i.max_ts for i in self._inputs.values())
+
+    def watermark(self) -> int:
+        """Everything strictly below this event time may be released."""
+        active = [i.max_ts for i in self._inputs.values() if not i.idle]
+        if not active:
+            top = self.max_seen()
+            return NO_WATERMARK if top == NO_WATERMARK else tick_ceil(top)
+        low = min(active)
+        return NO_WATERMARK if low == NO_WATERMARK else low - self.lateness_ms
+
+    def behind(self) -> list[str]:
+        """Inputs that hold the watermark back (the others run ahead and may be paused)."""
+        active = {n: i.max_ts for n, i in self._inputs.items() if not i.idle}
+        if not active:
+            return []
+        low = min(active.values())
+        return [n for n, t in active.items() if t == low]
+
+    def release(self) -> tuple[list[tuple[Event, M | None]], int]:
+        """Pop every buffered event below the watermark, in canonical order; return them and it."""
+        wm = self.watermark()
+        out: list[tuple[Event, M | None]] = []
+        heap = self._heap
+        pop = heapq.heappop
+        while heap and heap[0][0] < wm:
+            e = pop(heap)
+            out.append((e[4], e[5]))
+        if wm > self.released_to:
+            self.released_to = wm
+        return out, max(wm, self.released_to)
+
+    def drain(self) -> tuple[list[tuple[Event, M | None]], int]:
+        """End of input: mark every input idle and release everything."""
+        for inp in self._inputs.values():
+            inp.idle = True
+        return self.release()
+
+
+def sort_canonical(events: Iterable[Event]) -> list[Event]:
+    return sorted(events, key=canonical_key)

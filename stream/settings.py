@@ -1,0 +1,113 @@
+"""One typed, frozen settings object, built once at the edge from flags and the environment."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream.errors import ConfigError
+
+_NS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+INPUT_TOPICS = ("events.clicks", "events.views")
+ALERTS_TOPIC = "risk.alerts"
+DLQ_TOPIC = "risk.dlq"
+
+
+class Settings(BaseSettings):
+    """riskstream configuration; every field can be set as ``RISKSTREAM_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="RISKSTREAM_", frozen=True, extra="forbid")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    namespace: str = ""
+    partitions: int = Field(default=6, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    input_retention_ms: int = Field(default=8 * 86_400_000 + 3_600_000, ge=8 * 86_400_000)
+    model_path: Path | None = None
+    policy_config: Path | None = None
+    lateness_ms: int = Field(default=120_000, ge=0, le=3_600_000)
+    batch_size: int = Field(default=2000, ge=1, le=100_000)
+    batch_wait_s: float = Field(default=0.2, gt=0, le=60)
+    idle_ms: int = Field(default=2000, ge=0)
+    state_ttl_s: int = Field(default=30 * 86_400, ge=3600)
+    consumer_group: str = "riskstream"
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        if v and not _NS_RE.match(v):
+            raise ValueError("namespace must be 1-64 of [A-Za-z0-9_-], starting alphanumeric")
+        return v
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: str) -> str:
+        for hp in v.split(","):
+            host, _, port = hp.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port…], got {v!r}")
+        return v
+
+    # -- names ------------------------------------------------------------------------------------
+    def topic(self, name: str) -> str:
+        return f"{self.namespace}.{name}" if self.namespace else name
+
+    @property
+    def clicks_topic(self) -> str:
+        return self.topic("events.clicks")
+
+    @property
+    def views_topic(self) -> str:
+        return self.topic("events.views")
+
+    @property
+    def alerts_topic(self) -> str:
+        return self.topic(ALERTS_TOPIC)
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic(DLQ_TOPIC)
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.namespace}.{self.consumer_group}" if self.namespace else self.consumer_group
+
+    @property
+    def key_prefix(self) -> str:
+        """Prefix of every Redis key (DESIGN §4; docs/state-layout.md)."""
+        return f"{self.namespace}:rs:" if self.namespace else "rs:"
+
+    def masked(self) -> dict[str, Any]:
+        """Settings for printing at start-up: the Redis password is never shown."""
+        d = self.model_dump()
+        d["redis_url"] = mask_url(self.redis_url.get_secret_value())
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Environment first, then non-None flag overrides; one clear ConfigError on bad values."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {loc} (RISKSTREAM_{loc.upper()}): {err['msg']}") from e
