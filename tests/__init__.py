@@ -1,0 +1,1 @@
+"""Test suite of riskstream; a package so tests can share helpers (tests.model_factory)."""

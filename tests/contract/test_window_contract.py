@@ -1,0 +1,162 @@
+"""Window-store contract: the same cases run against every WindowStore implementation.
+
+The ``store`` fixture (tests/contract/conftest.py) yields the in-memory twin and, in the
+integration run, the Redis store (standalone and cluster), so the Lua script and the Python twin
+are held to one behaviour, byte for byte.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream.core import layout as L
+from stream.core.events import Reason
+from stream.core.features import FEATURE_INDEX, compute
+from stream.core.windows import Item, UserBatch
+from tests.eventgen import at, ev
+
+FAR = 2**62
+
+
+def rings(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype=L.RING_DTYPE).astype(np.int64)
+
+
+def apply(store, user, items, wm=FAR, floor=None):
+    items = [i if isinstance(i, Item) else Item(i) for i in items]
+    return store.apply([UserBatch(user, items)], wm, floor)[0]
+
+
+def test_pending_tick_is_decided_only_when_the_watermark_passes_it(store, uid):
+    t = at(0, 10, 0, 5)
+    r = apply(store, uid, [ev(uid, t)], wm=t)
+    assert r.snapshots == [] and r.pending_tick == t // L.TICK_MS
+    r = apply(store, uid, [], wm=at(0, 10, 1))  # exactly the tick end: decidable
+    assert [s.tick_end_ms for s in r.snapshots] == [at(0, 10, 1)]
+    assert r.pending_tick is None
+    r = apply(store, uid, [], wm=FAR)
+    assert r.snapshots == []
+
+
+def test_a_later_tick_decides_the_earlier_one_before_it_is_applied(store, uid):
+    r = apply(store, uid, [ev(uid, at(0, 10, 0, 1)), ev(uid, at(0, 10, 0, 30)),
+                           ev(uid, at(0, 10, 3, 0))], wm=at(0, 10, 3, 30))
+    assert [s.tick_end_ms for s in r.snapshots] == [at(0, 10, 1)]
+    snap = r.snapshots[0]
+    assert snap.user_id == uid
+    x, _ = compute([snap])
+    # the 10:03 view is not in the 10:01 snapshot: 2 views only
+    assert rings(snap.rings)[L.x_index(snap.scalars[L.S_DH], L.X_VIEWS)] == 2
+    assert r.pending_tick == at(0, 10, 3) // L.TICK_MS
+    assert x[0, FEATURE_INDEX["sessions_1h"]] == 1
+
+
+def test_sessions_split_on_gaps_and_views_extend_them(store, uid):
+    items = [
+        ev(uid, at(0, 9, 0, 0), "view", dwell_ms=60_000),   # 09:00:00-09:01:00
+        ev(uid, at(0, 9, 0, 30), "click"),                  # inside the view: no extra time
+        ev(uid, at(0, 9, 1, 20), "click"),                  # 20 s after the view ends: same session
+        ev(uid, at(0, 9, 5, 0), "view", dwell_ms=5_000),    # > 30 s gap: new session
+        ev(uid, at(0, 9, 30, 0), "click"),                  # new session (closes the 5-s one)
+    ]
+    apply(store, uid, items)
+    sc, _, raw = store.state_of(uid)
+    w = rings(raw)
+    d = sc[L.S_DH]
+    h = sc[L.S_HH]
+    assert w[L.h_index(h, L.H_SESSIONS)] == 3
+    assert w[L.h_index(h, L.H_ACTIVE)] == 80_000 + 5_000 + 0
+    assert w[L.x_index(d, L.X_CLOSED)] == 2
+    assert w[L.x_index(d, L.X_SHORT15)] == 1  # the 5-s session
+    assert w[L.x_index(d, L.X_LEN_S)] == 80 + 5
+    assert w[L.x_index(d, L.X_GAP_N)] == 2
+    assert w[L.x_index(d, L.X_GAP_S)] == (at(0, 9, 5) - at(0, 9, 1, 20)) // 1000 + (at(0, 9, 30) - at(0, 9, 5, 5)) // 1000
+    assert w[L.x_index(d, L.X_RMSSD_N)] == 1
+    assert w[L.x_index(d, L.X_CLICKS)] == 3 and w[L.x_index(d, L.X_VIEWS)] == 2
+    assert w[L.x_index(d, L.X_CAT0 + L.CATEGORY_INDEX["social"])] == 85_000
+    assert sc[L.S_SS] == at(0, 9, 30) and sc[L.S_SE] == at(0, 9, 30)
+
+
+def test_late_event_counts_volume_only_and_never_reopens_a_tick(store, uid):
+    apply(store, uid, [ev(uid, at(0, 12)), ev(uid, at(0, 12, 10))], wm=at(0, 12, 5))
+    before, _, raw_before = store.state_of(uid)
+    r = apply(store, uid, [Item(ev(uid, at(0, 11, 0), "view", dwell_ms=7_000), late=True)], wm=at(0, 12, 5))
+    assert r.snapshots == [] and r.rejected == []
+    after, _, raw = store.state_of(uid)
+    assert after[L.S_LT] == before[L.S_LT] + 1
+    assert after[L.S_PT] == before[L.S_PT] and after[L.S_SS] == before[L.S_SS]
+    w0, w1 = rings(raw_before), rings(raw)
+    assert w1[L.h_index(at(0, 11) // L.HOUR_MS, L.H_ACTIVE)] == 7_000
+    assert w1[L.h_index(at(0, 11) // L.HOUR_MS, L.H_SESSIONS)] == 0
+    assert (w1 - w0).sum() == 7_000 + 7_000 + 7_000 + 1 + 7  # H, D, X-category active; X views; X dwell s
+
+
+def test_event_older_than_the_longest_window_is_too_late(store, uid):
+    apply(store, uid, [ev(uid, at(40, 12))])
+    _, _, raw = store.state_of(uid)
+    r = apply(store, uid, [Item(ev(uid, at(11, 12)), late=True)])
+    assert r.rejected == [(0, Reason.TOO_LATE)]
+    assert store.state_of(uid)[2] == raw
+
+
+def test_offset_fence_makes_redelivery_a_no_op(store, uid):
+    items = [Item(ev(uid, at(0, 8, 0, s)), False, "t:0", 100 + s) for s in range(0, 50, 5)]
+    r1 = apply(store, uid, items, wm=at(0, 8, 0, 30))
+    state1 = store.state_of(uid)
+    r2 = apply(store, uid, items, wm=at(0, 8, 0, 30))
+    assert r2.duplicates == len(items) and r2.snapshots == []
+    assert store.state_of(uid) == state1
+    assert r1.duplicates == 0
+    # out-of-offset-order application: a higher offset first, then a lower one, both applied once
+    a = Item(ev(uid, at(0, 9)), False, "t:1", 7)
+    b = Item(ev(uid, at(0, 9, 0, 1)), False, "t:1", 5)
+    apply(store, uid, [a, b])
+    r3 = apply(store, uid, [a, b])
+    assert r3.duplicates == 2
+    # once the partition's commit floor passes them they stay skipped
+    r4 = apply(store, uid, [a, b], floor={"t:1": 8})
+    assert r4.duplicates == 2
+
+
+def test_rings_roll_over_and_forget_old_buckets(store, uid):
+    apply(store, uid, [ev(uid, at(0, 10))])
+    apply(store, uid, [ev(uid, at(9, 10))])  # 9 days later: hour and detail rings wrapped
+    sc, _, raw = store.state_of(uid)
+    w = rings(raw)
+    hr = w[L.H_BASE:L.D_BASE].reshape(L.HOUR_SLOTS, len(L.H_FIELDS))
+    assert hr[:, L.H_SESSIONS].sum() == 1
+    dr = w[L.D_BASE:L.X_BASE].reshape(L.DAY_SLOTS, len(L.D_FIELDS))
+    assert dr[:, L.D_SESSIONS].sum() == 2  # the 28-day ring still has day 0
+    assert sc[L.S_FD] == at(0) // L.DAY_MS
+
+
+def test_local_time_and_last_known_profile(store, uid):
+    apply(store, uid, [ev(uid, at(0, 22, 30), tz=120, age_band="13-15"),
+                       ev(uid, at(0, 22, 31), tz=None, age_band=None)])
+    sc, band, _ = store.state_of(uid)
+    assert band == "13-15" and sc[L.S_TZ] == 120
+    assert sc[L.S_HH] == (at(0, 22, 31) + 120 * 60_000) // L.HOUR_MS
+    assert sc[L.S_DH] == at(1) // L.DAY_MS  # 00:31 local is the next local day
+
+
+def test_counters_saturate_instead_of_wrapping(store, uid):
+    apply(store, uid, [ev(uid, at(0, 10))])
+    day_ms = 86_400_000
+    late = [Item(ev(uid, at(0, 9), "view", dwell_ms=day_ms), late=True) for _ in range(60)]
+    apply(store, uid, late)
+    sc, _, raw = store.state_of(uid)
+    w = rings(raw)
+    assert w[L.h_index(at(0, 9) // L.HOUR_MS, L.H_ACTIVE)] == L.U32_MAX  # 60 × 86.4e6 > 2³²
+    assert w[L.x_index(sc[L.S_DH], L.X_DWELL_S)] == 60 * 86_400 + 10
+    assert sc[L.S_LT] == 60
+
+
+def test_snapshot_matches_state_and_users_are_isolated(store, uid):
+    other = uid + "-other"
+    out = store.apply([UserBatch(uid, [Item(ev(uid, at(1, 7)))]),
+                       UserBatch(other, [Item(ev(other, at(1, 8)))])], FAR)
+    assert [r.user_id for r in out] == [uid, other]
+    s = out[0].snapshots[0]
+    sc, band, raw = store.state_of(uid)
+    assert s.rings == raw and s.scalars[:L.S_PT] == sc[:L.S_PT]
+    assert store.state_of(other)[0][L.S_MX] == at(1, 8)
