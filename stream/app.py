@@ -1,0 +1,35 @@
+"""Faust app factory: no module-level app, no import-time side effects.
+
+Topics are created by ``riskstream topics create`` (the broker refuses auto-creation), so the app
+never declares topics; there are no Faust tables (state is in Redis), hence no changelog topics and
+no leader topic. Values are raw bytes: decoding is ours (orjson, DESIGN §3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from stream.settings import Settings
+
+
+def create_app(settings: Settings, *, app_id: str | None = None, **overrides: Any) -> faust.App:
+    """A configured Faust app; callers attach agents to it."""
+    conf: dict[str, Any] = dict(
+        broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=16_384,
+        worker_redirect_stdouts=False,
+        autodiscover=False,
+    )
+    conf.update(overrides)
+    return faust.App(app_id or settings.group_id, **conf)

@@ -1,0 +1,67 @@
+"""Integration fixtures: the real Kafka broker and Redis server, started through deploy/local/stack.
+
+A missing service is an error, never a skip: the session fixture runs ``stack up`` (idempotent) and
+fails the run when the stack cannot come up.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka.admin import AdminClient
+
+from stream.settings import Settings, load_settings
+from stream.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK = ROOT / "deploy" / "local" / "stack"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+def _stack(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(STACK), *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[None]:
+    was_up = _stack("status").returncode == 0
+    if not was_up:
+        r = _stack("up")
+        if r.returncode != 0:
+            pytest.fail(f"deploy/local/stack up failed ({r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
+    yield
+    if not was_up and os.environ.get("RISKSTREAM_KEEP_STACK") != "1":
+        _stack("down")
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"it{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(stack: None, namespace: str) -> Iterator[Settings]:
+    s = load_settings(namespace=namespace, partitions=3)
+    ensure_topics(s)
+    yield s
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(namespace + ".")]
+    if mine:
+        for fut in admin.delete_topics(mine, operation_timeout=30).values():
+            fut.result()
+    r = redis.Redis.from_url(s.redis_url.get_secret_value())
+    keys = list(r.scan_iter(match=f"{namespace}:*", count=1000))
+    if keys:
+        r.delete(*keys)
+    r.close()
