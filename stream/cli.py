@@ -142,5 +142,20 @@ def score(events: Path, model: Path | None, no_model: bool, out: Path | None,
         click.echo(line, err=True)
 
 
+def _register_optional() -> None:
+    """Training commands live in models/ (they need the train extra only when they run)."""
+    import importlib.util
+
+    if importlib.util.find_spec("models.cli") is None:
+        return
+    from models.cli import commands
+
+    for cmd in commands():
+        main.add_command(cmd)
+
+
+_register_optional()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

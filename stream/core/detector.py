@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +38,9 @@ from stream.core.windows import Item, Snapshot, UserBatch, WindowStore
 
 SCORE_DECIMALS = 6
 TOP_REASONS = 3
+
+
+Tap = Callable[[Sequence[Snapshot], NDArray[np.float32], F.RuleArrays], None]
 
 
 class PolicyStore(Protocol):
@@ -97,7 +100,9 @@ class Stats:
 
 class Detector:
     def __init__(self, store: WindowStore, policy: AlertPolicy, policy_store: PolicyStore,
-                 scorer: Scorer | None = None) -> None:
+                 scorer: Scorer | None = None, tap: Tap | None = None) -> None:
+        """``tap``, when given, sees every evaluated batch (training backfill, benchmarks)."""
+        self.tap = tap
         self.store = store
         self.policy = policy
         self.policy_store = policy_store
@@ -176,6 +181,8 @@ class Detector:
     # -- evaluation -------------------------------------------------------------------------------
     def _evaluate(self, snaps: list[Snapshot], out: Outcome) -> None:
         x, rules = F.compute(snaps)
+        if self.tap is not None:
+            self.tap(snaps, x, rules)
         n = len(snaps)
         out.evaluations = n
         scores: list[float | None] = [None] * n
