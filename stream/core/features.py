@@ -108,19 +108,16 @@ def _div(a: NDArray[np.float64], b: NDArray[np.float64], default: float = 0.0) -
     return out
 
 
-def _gather(ring: NDArray[np.int64], top: NDArray[np.int64], head: NDArray[np.int64],
-            slots: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Rows of ``ring`` [N, slots, f] re-indexed so that column k is bucket ``top - k``.
+def _slot_buckets(head: NDArray[np.int64], slots: int) -> NDArray[np.int64]:
+    """The absolute bucket each ring slot holds, given the newest bucket written: [N, slots].
 
-    Buckets outside ``(head - slots, head]`` (never written, or overwritten) read as zero.
-    Returns the re-indexed ring and the absolute bucket numbers [N, slots].
+    A slot s holds the unique bucket b in (head - slots, head] with b ≡ s (mod slots). Features
+    are computed in slot order with masks derived from these buckets, so rings are never
+    re-indexed (a gather per row costs more than all the arithmetic).
     """
-    n = ring.shape[0]
-    b = top[:, None] - np.arange(slots, dtype=np.int64)[None, :]
-    valid = (b > (head - slots)[:, None]) & (b <= head[:, None])
-    rel = ring[np.arange(n)[:, None], b % slots]
-    rel = rel * valid[:, :, None]
-    return rel, b
+    s = np.arange(slots, dtype=np.int64)[None, :]
+    h = head[:, None]
+    return h - ((h - s) % slots)
 
 
 def _ols_slope(y: NDArray[np.float64], x: NDArray[np.float64], w: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -154,9 +151,17 @@ def compute(snaps: Sequence[Snapshot]) -> tuple[NDArray[np.float32], RuleArrays]
     hring = rings[:, L.H_BASE:L.D_BASE].reshape(n, L.HOUR_SLOTS, len(L.H_FIELDS))
     dring = rings[:, L.D_BASE:L.X_BASE].reshape(n, L.DAY_SLOTS, len(L.D_FIELDS))
     xring = rings[:, L.X_BASE:].reshape(n, L.DETAIL_SLOTS, len(L.X_FIELDS))
-    H, hb = _gather(hring, h_top, sc[:, L.S_HH], L.HOUR_SLOTS)
-    D, db = _gather(dring, d_top, sc[:, L.S_DH], L.DAY_SLOTS)
-    X, _ = _gather(xring, d_top, sc[:, L.S_DH], L.DETAIL_SLOTS)
+    hb = _slot_buckets(sc[:, L.S_HH], L.HOUR_SLOTS)
+    db = _slot_buckets(sc[:, L.S_DH], L.DAY_SLOTS)
+    xb = _slot_buckets(sc[:, L.S_DH], L.DETAIL_SLOTS)
+    hk = h_top[:, None] - hb  # age of each hour slot: 0 = the tick's hour
+    dk = d_top[:, None] - db  # age of each day slot: 0 = the tick's local day
+    xk = d_top[:, None] - xb
+    h_in = (hk >= 0) & (hk < L.HOUR_SLOTS)
+    # A user who never wrote has head = NONE: every slot reads as an old, invalid bucket.
+    written = (sc[:, L.S_HH] != L.NONE)[:, None]
+    h_in &= written
+    d_written = (sc[:, L.S_DH] != L.NONE)[:, None]
 
     fd = np.where(sc[:, L.S_FD] == L.NONE, d_top, sc[:, L.S_FD])
     history = np.clip(d_top - fd + 1, 0, L.DAY_SLOTS)
@@ -166,12 +171,15 @@ def compute(snaps: Sequence[Snapshot]) -> tuple[NDArray[np.float32], RuleArrays]
     idx = FEATURE_INDEX
 
     # -- 1 h and 24 h: whole hour buckets, the oldest one weighted by the part still in the window.
-    ha, hs = H[:, :, L.H_ACTIVE], H[:, :, L.H_SESSIONS]
-    rest = 1.0 - frac_h
-    f[:, idx["active_min_1h"]] = (ha[:, 0] + ha[:, 1] * rest) / 60_000
-    f[:, idx["sessions_1h"]] = hs[:, 0] + hs[:, 1] * rest
-    f[:, idx["active_min_24h"]] = (ha[:, :24].sum(axis=1) + ha[:, 24] * rest) / 60_000
-    f[:, idx["sessions_24h"]] = hs[:, :24].sum(axis=1) + hs[:, 24] * rest
+    ha = hring[:, :, L.H_ACTIVE] * h_in
+    hs = hring[:, :, L.H_SESSIONS] * h_in
+    rest = (1.0 - frac_h)[:, None]
+    w1 = (hk == 0) + (hk == 1) * rest
+    w24 = (hk < 24) + (hk == 24) * rest
+    f[:, idx["active_min_1h"]] = (ha * w1).sum(axis=1) / 60_000
+    f[:, idx["sessions_1h"]] = (hs * w1).sum(axis=1)
+    f[:, idx["active_min_24h"]] = (ha * w24).sum(axis=1) / 60_000
+    f[:, idx["sessions_24h"]] = (hs * w24).sum(axis=1)
 
     # -- 7 d from hour buckets: volume, timing, regularity.
     a7 = ha.sum(axis=1)
@@ -184,27 +192,27 @@ def compute(snaps: Sequence[Snapshot]) -> tuple[NDArray[np.float32], RuleArrays]
     f[:, idx["curfew_min_day_7d"]] = (ha * curfew).sum(axis=1) / 60_000 / days7
     f[:, idx["late_sessions_day_7d"]] = (hs * night).sum(axis=1) / days7
 
-    rows = np.arange(n)[:, None]
-    profile = np.zeros((n, 24), dtype=np.int64)
-    np.add.at(profile, (np.broadcast_to(rows, hod.shape), hod), ha)
-    tot = profile.sum(axis=1, keepdims=True).astype(np.float64)
-    p = _div(profile.astype(np.float64), np.broadcast_to(tot, profile.shape))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0)
+    rows = np.arange(n, dtype=np.int64)[:, None]
+    weights = ha.ravel().astype(np.float64)  # integers < 2**53: bincount sums them exactly
+    profile = np.bincount((rows * 24 + hod).ravel(), weights=weights, minlength=n * 24).reshape(n, 24)
+    tot = profile.sum(axis=1, keepdims=True)
+    p = _div(profile, np.broadcast_to(tot, profile.shape))
+    plogp = np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0)
     f[:, idx["hour_entropy_7d"]] = -plogp.sum(axis=1)
 
-    day_off = d_top[:, None] - hb // 24  # 0 = today … 7
-    days = np.zeros((n, 8, 24), dtype=np.int64)
-    np.add.at(days, (np.broadcast_to(rows, hod.shape), day_off, hod), ha)
+    day_off = np.clip(d_top[:, None] - hb // 24, 0, 7)  # 0 = today … 7 (invalid slots weigh 0)
+    days = np.bincount((rows * 192 + day_off * 24 + hod).ravel(), weights=weights,
+                       minlength=n * 192).reshape(n, 8, 24)
     a_d, b_d = days[:, 1:6, :], days[:, 2:7, :]  # pairs of complete consecutive days (1,2) … (5,6)
-    dot = (a_d * b_d).sum(axis=2).astype(np.float64)
-    norm = np.sqrt((a_d * a_d).sum(axis=2).astype(np.float64) * (b_d * b_d).sum(axis=2).astype(np.float64))
+    dot = (a_d * b_d).sum(axis=2)
+    norm = np.sqrt((a_d * a_d).sum(axis=2) * (b_d * b_d).sum(axis=2))
     cos = _div(dot, norm)
     pair_ok = norm > 0
     f[:, idx["day_similarity_7d"]] = _div((cos * pair_ok).sum(axis=1), pair_ok.sum(axis=1).astype(np.float64))
 
     # -- 7 d from the detailed day buckets: sessions, gaps, content.
-    xs = X[:, :7, :].sum(axis=1).astype(np.float64)
+    x_in = (xk >= 0) & (xk < 7) & d_written
+    xs = (xring * x_in[:, :, None]).sum(axis=1).astype(np.float64)
     closed = xs[:, L.X_CLOSED]
     mlog = _div(xs[:, L.X_LOGLEN] / L.LOG_SCALE, closed)
     f[:, idx["sess_len_geomean_s_7d"]] = np.where(closed > 0, np.expm1(mlog), 0.0)
@@ -233,37 +241,38 @@ def compute(snaps: Sequence[Snapshot]) -> tuple[NDArray[np.float32], RuleArrays]
     f[:, idx["click_share_7d"]] = _div(clicks, clicks + views)
 
     # -- 28 d: escalation and variability over complete days inside the user's history.
-    da = D[:, :, L.D_ACTIVE] / 60_000  # minutes per local day, k = 0 (today) … 27
-    in_hist = db >= fd[:, None]
-    k = np.arange(L.DAY_SLOTS)
-    complete = in_hist & (k >= 1)[None, :]
+    d_in = (dk >= 0) & (dk < L.DAY_SLOTS) & d_written
+    in_hist = d_in & (db >= fd[:, None])
+    complete = in_hist & (dk >= 1)
+    da = dring[:, :, L.D_ACTIVE] * d_in / 60_000  # minutes per local day, in slot order
 
     def mean_over(lo: int, hi: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        m = complete & (k >= lo)[None, :] & (k <= hi)[None, :]
+        m = complete & (dk >= lo) & (dk <= hi)
         cnt = m.sum(axis=1).astype(np.float64)
         return _div((da * m).sum(axis=1), cnt), cnt
 
-    w1, c1 = mean_over(1, 7)
-    w2, c2 = mean_over(8, 14)
+    w1m, c1 = mean_over(1, 7)
+    w2m, c2 = mean_over(8, 14)
     base, cb = mean_over(8, 27)
-    f[:, idx["wow_ratio"]] = np.where((c1 > 0) & (c2 > 0), (w1 + SMOOTH_MIN) / (w2 + SMOOTH_MIN), 1.0)
-    f[:, idx["escalation_ratio_28d"]] = np.where((c1 > 0) & (cb > 0), (w1 + SMOOTH_MIN) / (base + SMOOTH_MIN), 1.0)
+    f[:, idx["wow_ratio"]] = np.where((c1 > 0) & (c2 > 0), (w1m + SMOOTH_MIN) / (w2m + SMOOTH_MIN), 1.0)
+    f[:, idx["escalation_ratio_28d"]] = np.where(
+        (c1 > 0) & (cb > 0), (w1m + SMOOTH_MIN) / (base + SMOOTH_MIN), 1.0)
 
-    x = -k[None, :].astype(np.float64) * np.ones((n, 1))
+    x = -dk.astype(np.float64)
     wa = complete.astype(np.float64)
     mean_all = _div((da * wa).sum(axis=1), wa.sum(axis=1))
     slope = _ols_slope(da, x, wa)
     f[:, idx["trend_active_pct_wk_28d"]] = np.where(
         wa.sum(axis=1) >= MIN_TREND_DAYS, slope * 7 * 100 / np.maximum(mean_all, SMOOTH_MIN), 0.0)
-    dclosed = D[:, :, L.D_CLOSED].astype(np.float64)
-    sl = np.where(dclosed > 0, np.expm1(_div(D[:, :, L.D_LOGLEN] / L.LOG_SCALE, dclosed)), 0.0)
+    dclosed = (dring[:, :, L.D_CLOSED] * d_in).astype(np.float64)
+    sl = np.where(dclosed > 0, np.expm1(_div(dring[:, :, L.D_LOGLEN] / L.LOG_SCALE, dclosed)), 0.0)
     ws = (complete & (dclosed > 0)).astype(np.float64)
     sl_mean = _div((sl * ws).sum(axis=1), ws.sum(axis=1))
     sl_slope = _ols_slope(sl, x, ws)
     f[:, idx["trend_sesslen_pct_wk_28d"]] = np.where(
         ws.sum(axis=1) >= MIN_TREND_DAYS, sl_slope * 7 * 100 / np.maximum(sl_mean, 1.0), 0.0)
 
-    m14 = (complete & (k <= 14)[None, :]).astype(np.float64)
+    m14 = (complete & (dk <= 14)).astype(np.float64)
     c14 = m14.sum(axis=1)
     mean14 = _div((da * m14).sum(axis=1), c14)
     var14 = _div((((da - mean14[:, None]) ** 2) * m14).sum(axis=1), c14)
@@ -276,7 +285,7 @@ def compute(snaps: Sequence[Snapshot]) -> tuple[NDArray[np.float32], RuleArrays]
     mw = _div((da * wkday).sum(axis=1), wkday.sum(axis=1).astype(np.float64))
     f[:, idx["weekend_ratio_28d"]] = np.where(
         (wkend.sum(axis=1) > 0) & (wkday.sum(axis=1) > 0), (me + SMOOTH_MIN) / (mw + SMOOTH_MIN), 1.0)
-    f[:, idx["active_days_28d"]] = ((D[:, :, L.D_ACTIVE] > 0) & in_hist).sum(axis=1)
+    f[:, idx["active_days_28d"]] = ((dring[:, :, L.D_ACTIVE] > 0) & in_hist).sum(axis=1)
     f[:, idx["history_days"]] = history
 
     # -- rule inputs
@@ -285,7 +294,7 @@ def compute(snaps: Sequence[Snapshot]) -> tuple[NDArray[np.float32], RuleArrays]
     session_min = np.where(ongoing, (np.minimum(se, t) - ss) / 60_000, 0.0)
     tick_start_local = t - L.TICK_MS + tz * 60_000
     rules = RuleArrays(
-        today_active_min=D[:, 0, L.D_ACTIVE] / 60_000,
+        today_active_min=(dring[:, :, L.D_ACTIVE] * (dk == 0) * d_in).sum(axis=1) / 60_000,
         session_min=np.maximum(session_min, 0.0),
         local_minute=(tick_start_local % L.DAY_MS) // 60_000,
         local_day=tick_start_local // L.DAY_MS,
