@@ -142,12 +142,19 @@ class Detector:
         """Apply one release; ``meta`` of each event may carry ``(tp, offset)`` for the fence."""
         out = Outcome()
         per_user: dict[str, list[tuple[Item, Any]]] = defaultdict(list)
-        for ev, meta in released:
-            tp, off = position(meta) if position else (None, None)
-            per_user[ev.user_id].append((Item(ev, False, tp, off), meta))
-        for ev, meta in late:
-            tp, off = position(meta) if position else (None, None)
-            per_user[ev.user_id].append((Item(ev, True, tp, off), meta))
+        new = tuple.__new__
+        if position is None:
+            for ev, meta in released:
+                per_user[ev.user_id].append((new(Item, (ev, False, None, None)), meta))
+            for ev, meta in late:
+                per_user[ev.user_id].append((new(Item, (ev, True, None, None)), meta))
+        else:
+            for ev, meta in released:
+                tp, off = position(meta)
+                per_user[ev.user_id].append((new(Item, (ev, False, tp, off)), meta))
+            for ev, meta in late:
+                tp, off = position(meta)
+                per_user[ev.user_id].append((new(Item, (ev, True, tp, off)), meta))
         out.late = len(late)
         if late:
             for items in per_user.values():

@@ -104,6 +104,26 @@ def _log_fixed(seconds: float) -> int:
     return _round(L.LOG_SCALE * math.log(1.0 + seconds))
 
 
+# Hot-path constants (module globals are cheaper to read than attribute chains).
+_NONE, _MAX, _LONGEST, _GAP, _WAKING, _SQ = (
+    L.NONE, L.U32_MAX, L.LONGEST_WINDOW_MS, L.SESSION_GAP_MS, L.WAKING_GAP_MAX_MS, L.SQ_UNIT_S2)
+_HOUR_MS, _DAY_MS, _TICK_MS = L.HOUR_MS, L.DAY_MS, L.TICK_MS
+_S_SS, _S_SE, _S_SD, _S_HH, _S_DH, _S_FD, _S_TZ, _S_MX, _S_PT, _S_LT = (
+    L.S_SS, L.S_SE, L.S_SD, L.S_HH, L.S_DH, L.S_FD, L.S_TZ, L.S_MX, L.S_PT, L.S_LT)
+_H_BASE, _D_BASE, _X_BASE = L.H_BASE, L.D_BASE, L.X_BASE
+_HS, _DS, _XS = L.HOUR_SLOTS, L.DAY_SLOTS, L.DETAIL_SLOTS
+_HN, _DN, _XN = len(L.H_FIELDS), len(L.D_FIELDS), len(L.X_FIELDS)
+_H_SESS, _D_SESS = L.H_SESSIONS, L.D_SESSIONS
+_X_GAP_N, _X_GAP_S, _X_GAP_SQ, _X_GAP_LOG = L.X_GAP_N, L.X_GAP_S, L.X_GAP_SQ, L.X_GAP_LOG
+_X_CAT0, _X_VIEWS, _X_DWELL, _X_CLICKS = L.X_CAT0, L.X_VIEWS, L.X_DWELL_S, L.X_CLICKS
+_CAT_INDEX = L.CATEGORY_INDEX
+_ZERO_H = array("I", bytes(4 * (L.D_BASE - L.H_BASE)))
+_ZERO_D = array("I", bytes(4 * (L.X_BASE - L.D_BASE)))
+_ZERO_X = array("I", bytes(4 * (L.RING_WORDS - L.X_BASE)))
+_ZERO_HN, _ZERO_DN, _ZERO_XN = (array("I", bytes(4 * n)) for n in (_HN, _DN, _XN))
+assert L.H_ACTIVE == 0 and L.D_ACTIVE == 0
+
+
 class _UserState:
     __slots__ = ("rings", "s", "age_band", "fence")
 
@@ -120,28 +140,32 @@ class _UserState:
         self.rings[idx] = v if v <= L.U32_MAX else L.U32_MAX
 
     def _advance(self, hb: int, db: int) -> None:
+        """Move ring heads forward, zeroing the slots of buckets that are new or wrapped."""
         s, r = self.s, self.rings
-        hh = s[L.S_HH]
-        if hh == L.NONE or hb > hh:
-            lo = hb - L.HOUR_SLOTS if hh == L.NONE else max(hh, hb - L.HOUR_SLOTS)
-            nf = len(L.H_FIELDS)
-            for b in range(lo + 1, hb + 1):
-                base = L.h_index(b, 0)
-                r[base : base + nf] = array("I", bytes(4 * nf))
-            s[L.S_HH] = hb
-        dh = s[L.S_DH]
-        if dh == L.NONE or db > dh:
-            nf = len(L.D_FIELDS)
-            lo = db - L.DAY_SLOTS if dh == L.NONE else max(dh, db - L.DAY_SLOTS)
-            for b in range(lo + 1, db + 1):
-                base = L.d_index(b, 0)
-                r[base : base + nf] = array("I", bytes(4 * nf))
-            nf = len(L.X_FIELDS)
-            lo = db - L.DETAIL_SLOTS if dh == L.NONE else max(dh, db - L.DETAIL_SLOTS)
-            for b in range(lo + 1, db + 1):
-                base = L.x_index(b, 0)
-                r[base : base + nf] = array("I", bytes(4 * nf))
-            s[L.S_DH] = db
+        hh = s[_S_HH]
+        if hh == _NONE or hb > hh:
+            if hh == _NONE or hb - hh >= _HS:
+                r[_H_BASE:_D_BASE] = _ZERO_H
+            else:
+                for b in range(hh + 1, hb + 1):
+                    i = _H_BASE + (b % _HS) * _HN
+                    r[i:i + _HN] = _ZERO_HN
+            s[_S_HH] = hb
+        dh = s[_S_DH]
+        if dh == _NONE or db > dh:
+            if dh == _NONE or db - dh >= _DS:
+                r[_D_BASE:_X_BASE] = _ZERO_D
+            else:
+                for b in range(dh + 1, db + 1):
+                    i = _D_BASE + (b % _DS) * _DN
+                    r[i:i + _DN] = _ZERO_DN
+            if dh == _NONE or db - dh >= _XS:
+                r[_X_BASE:] = _ZERO_X
+            else:
+                for b in range(dh + 1, db + 1):
+                    i = _X_BASE + (b % _XS) * _XN
+                    r[i:i + _XN] = _ZERO_XN
+            s[_S_DH] = db
 
     def _close_session(self) -> None:
         s = self.s
@@ -171,76 +195,99 @@ class _UserState:
         s[L.S_LC] = len_ms
 
     def apply_one(self, ev: Event, late: bool) -> Snapshot | Reason | None:
-        """Apply one event; may return the snapshot of a tick it decides, or a rejection."""
+        """Apply one event; may return the snapshot of a tick it decides, or a rejection.
+
+        The hot path of the offline detector: index arithmetic is inlined on purpose.
+        """
         s = self.s
         ts = ev.ts_ms
-        mx = s[L.S_MX]
-        if mx != L.NONE and ts < mx - L.LONGEST_WINDOW_MS:
+        mx = s[_S_MX]
+        if mx != _NONE and ts < mx - _LONGEST:
             return Reason.TOO_LATE
         decided: Snapshot | None = None
-        if ev.tz_offset_min is not None:
-            s[L.S_TZ] = ev.tz_offset_min
+        tz = ev.tz_offset_min
+        if tz is not None:
+            s[_S_TZ] = tz
+        else:
+            tz = s[_S_TZ] if s[_S_TZ] != _NONE else 0
         if ev.age_band is not None:
             self.age_band = ev.age_band
-        tz = s[L.S_TZ] if s[L.S_TZ] != L.NONE else 0
         lt = ts + tz * 60_000
-        hb = lt // L.HOUR_MS
-        db = lt // L.DAY_MS
-        tick = ts // L.TICK_MS
+        hb = lt // _HOUR_MS
+        db = lt // _DAY_MS
+        tick = ts // _TICK_MS
         if not late:
-            pt = s[L.S_PT]
-            if pt != L.NONE and tick > pt:
-                decided = self.snapshot_at((pt + 1) * L.TICK_MS)
-                s[L.S_PT] = L.NONE
-        self._advance(hb, db)
-        dwell = ev.dwell_ms if ev.type == "view" else 0
+            pt = s[_S_PT]
+            if pt != _NONE and tick > pt:
+                decided = self.snapshot_at((pt + 1) * _TICK_MS)
+                s[_S_PT] = _NONE
+        hh = s[_S_HH]
+        dh = s[_S_DH]
+        if hh == _NONE or hb > hh or dh == _NONE or db > dh:
+            self._advance(hb, db)
+            hh = s[_S_HH]
+            dh = s[_S_DH]
+        r = self.rings
+        hi = _H_BASE + (hb % _HS) * _HN
+        di = _D_BASE + (db % _DS) * _DN
+        xi = _X_BASE + (db % _XS) * _XN
+        is_view = ev.type == "view"
+        dwell = ev.dwell_ms if is_view else 0
         if late:
             inc = dwell
-            s[L.S_LT] += 1
+            s[_S_LT] += 1
         else:
-            start = ts
             end = ts + dwell
-            se = s[L.S_SE]
-            if se == L.NONE or start > se + L.SESSION_GAP_MS:
-                gap_ms = L.NONE
-                if se != L.NONE:
+            se = s[_S_SE]
+            if se == _NONE or ts > se + _GAP:
+                if se != _NONE:
                     self._close_session()
-                    gap_ms = start - se
-                s[L.S_SS] = start
-                s[L.S_SE] = end
-                s[L.S_SD] = db
-                inc = end - start
-                self._add(L.h_index(hb, L.H_SESSIONS), 1)
-                self._add(L.d_index(db, L.D_SESSIONS), 1)
-                if gap_ms != L.NONE and gap_ms < L.WAKING_GAP_MAX_MS:
+                s[_S_SS] = ts
+                s[_S_SE] = end
+                s[_S_SD] = db
+                inc = dwell
+                v = r[hi + _H_SESS] + 1
+                r[hi + _H_SESS] = v if v <= _MAX else _MAX
+                v = r[di + _D_SESS] + 1
+                r[di + _D_SESS] = v if v <= _MAX else _MAX
+                if se != _NONE and ts - se < _WAKING:
+                    gap_ms = ts - se
                     g = gap_ms / 1000.0
-                    self._add(L.x_index(db, L.X_GAP_N), 1)
-                    self._add(L.x_index(db, L.X_GAP_S), gap_ms // 1000)
-                    self._add(L.x_index(db, L.X_GAP_SQ), _round(g * g / L.SQ_UNIT_S2))
-                    self._add(L.x_index(db, L.X_GAP_LOG), _log_fixed(g))
+                    for off, val in ((_X_GAP_N, 1), (_X_GAP_S, gap_ms // 1000),
+                                     (_X_GAP_SQ, _round(g * g / _SQ)), (_X_GAP_LOG, _log_fixed(g))):
+                        v = r[xi + off] + val
+                        r[xi + off] = v if v <= _MAX else _MAX
+            elif end > se:
+                inc = end - se
+                s[_S_SE] = end
             else:
-                inc = end - se if end > se else 0
-                if end > se:
-                    s[L.S_SE] = end
-            s[L.S_PT] = tick if s[L.S_PT] == L.NONE or tick > s[L.S_PT] else s[L.S_PT]
-        hh = s[L.S_HH]
-        dh = s[L.S_DH]
-        if hb > hh - L.HOUR_SLOTS and inc:
-            self._add(L.h_index(hb, L.H_ACTIVE), inc)
-        if db > dh - L.DAY_SLOTS and inc:
-            self._add(L.d_index(db, L.D_ACTIVE), inc)
-        if db > dh - L.DETAIL_SLOTS:
+                inc = 0
+            if s[_S_PT] == _NONE or tick > s[_S_PT]:
+                s[_S_PT] = tick
+        if inc:
+            if hb > hh - _HS:
+                v = r[hi] + inc  # H_ACTIVE is field 0
+                r[hi] = v if v <= _MAX else _MAX
+            if db > dh - _DS:
+                v = r[di] + inc  # D_ACTIVE is field 0
+                r[di] = v if v <= _MAX else _MAX
+        if db > dh - _XS:
             if inc:
-                self._add(L.x_index(db, L.X_CAT0 + L.CATEGORY_INDEX[ev.category]), inc)
-            if ev.type == "view":
-                self._add(L.x_index(db, L.X_VIEWS), 1)
-                self._add(L.x_index(db, L.X_DWELL_S), dwell // 1000)
+                c = xi + _X_CAT0 + _CAT_INDEX[ev.category]
+                v = r[c] + inc
+                r[c] = v if v <= _MAX else _MAX
+            if is_view:
+                v = r[xi + _X_VIEWS] + 1
+                r[xi + _X_VIEWS] = v if v <= _MAX else _MAX
+                v = r[xi + _X_DWELL] + dwell // 1000
+                r[xi + _X_DWELL] = v if v <= _MAX else _MAX
             else:
-                self._add(L.x_index(db, L.X_CLICKS), 1)
-        if mx == L.NONE or ts > mx:
-            s[L.S_MX] = ts
-        if s[L.S_FD] == L.NONE or db < s[L.S_FD]:
-            s[L.S_FD] = db
+                v = r[xi + _X_CLICKS] + 1
+                r[xi + _X_CLICKS] = v if v <= _MAX else _MAX
+        if mx == _NONE or ts > mx:
+            s[_S_MX] = ts
+        if s[_S_FD] == _NONE or db < s[_S_FD]:
+            s[_S_FD] = db
         return decided
 
     def snapshot_at(self, tick_end_ms: int, user_id: str = "") -> Snapshot:
