@@ -20,7 +20,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from stream.core.alerts import Alert, alert_to_json
-from stream.core.detector import Detector, MemoryPolicyStore, Stats
+from stream.core.detector import Detector, Release, Stats
 from stream.core.events import Event, decode_message
 from stream.core.ordering import DEFAULT_LATENESS_MS, canonical_key, tick_ceil
 from stream.core.policy import AlertPolicy, PolicyConfig
@@ -115,7 +115,7 @@ def run_detector(events: list[Event], detector: Detector, emit: Callable[[Alert]
 
 def _step(detector: Detector, released: list[tuple[Event, Any]], wm: int,
           late: list[tuple[Event, Any]], emit: Callable[[Alert], None], summary: Summary) -> None:
-    out = detector.process(released, wm, late=late)
+    out = detector.process(Release(released, wm, late))
     for ev, _, reason in out.rejected:
         summary.invalid[str(reason)] += 1
     for a in out.alerts:
@@ -128,7 +128,7 @@ def build_detector(policy_config: PolicyConfig, scorer: Scorer | None) -> tuple[
     if scorer is not None:
         policy_config = policy_config.with_model_thresholds(scorer.info.thresholds)
     store = MemoryWindowStore()
-    return Detector(store, AlertPolicy(policy_config), MemoryPolicyStore(), scorer), store
+    return Detector(store, AlertPolicy(policy_config), scorer), store
 
 
 def score_log(path: str | Path, out: IO[bytes], *, policy_config: PolicyConfig,

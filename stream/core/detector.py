@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,33 +43,13 @@ TOP_REASONS = 3
 Tap = Callable[[Sequence[Snapshot], NDArray[np.float32], F.RuleArrays], None]
 
 
-class PolicyStore(Protocol):
-    """Where per-user policy state lives (memory offline, the user's Redis hash live)."""
-
-    def load(self, user_ids: Sequence[str]) -> dict[str, PolicyState]: ...
-
-    def save(self, states: Mapping[str, PolicyState]) -> None: ...
-
-
-class MemoryPolicyStore:
-    def __init__(self) -> None:
-        self._fields: dict[str, dict[str, str]] = {}
-
-    def load(self, user_ids: Sequence[str]) -> dict[str, PolicyState]:
-        return {u: PolicyState.from_fields(self._fields.get(u, {})) for u in user_ids}
-
-    def save(self, states: Mapping[str, PolicyState]) -> None:
-        for u, st in states.items():
-            self._fields[u] = st.to_fields()
-
-
 @dataclass(slots=True)
 class Outcome:
     """What one release produced; ``policy`` is persisted by :meth:`Detector.commit`."""
 
     alerts: list[Alert] = field(default_factory=list)
     rejected: list[tuple[Event, Any, Reason]] = field(default_factory=list)  # (event, meta, reason)
-    policy: dict[str, PolicyState] = field(default_factory=dict)
+    confirm: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
     applied: int = 0
     late: int = 0
     duplicates: int = 0
@@ -98,92 +78,112 @@ class Stats:
             self.alerts[f"{a.kind}/{a.level}"] += 1
 
 
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What a reorder buffer released for one partition (``group``); offline has one group."""
+
+    released: Sequence[tuple[Event, Any]]
+    watermark_ms: int
+    late: Sequence[tuple[Event, Any]] = ()
+    commit_floor: Mapping[str, int] | None = None
+    group: Hashable = None
+
+
+Position = Callable[[Any], tuple[str | None, int | None]]
+
+
 class Detector:
-    def __init__(self, store: WindowStore, policy: AlertPolicy, policy_store: PolicyStore,
-                 scorer: Scorer | None = None, tap: Tap | None = None) -> None:
+    def __init__(self, store: WindowStore, policy: AlertPolicy, scorer: Scorer | None = None,
+                 tap: Tap | None = None) -> None:
         """``tap``, when given, sees every evaluated batch (training backfill, benchmarks)."""
         self.tap = tap
         self.store = store
         self.policy = policy
-        self.policy_store = policy_store
         self.scorer = scorer
-        self._pending: dict[str, int] = {}
-        self._pending_heap: list[tuple[int, str]] = []
+        self._pending: dict[Hashable, dict[str, int]] = defaultdict(dict)
+        self._pending_heap: dict[Hashable, list[tuple[int, str]]] = defaultdict(list)
 
-    # -- pending ticks ----------------------------------------------------------------------------
+    # -- pending ticks (per group: a partition live, the whole log offline) ------------------------
     def pending_users(self) -> int:
-        return len(self._pending)
+        return sum(len(p) for p in self._pending.values())
 
-    def _set_pending(self, user: str, tick: int | None) -> None:
+    def drop_group(self, group: Hashable) -> None:
+        """Forget a partition's pending ticks (revoked: its new owner rebuilds them on redelivery)."""
+        self._pending.pop(group, None)
+        self._pending_heap.pop(group, None)
+
+    def _set_pending(self, group: Hashable, user: str, tick: int | None) -> None:
+        pending = self._pending[group]
         if tick is None:
-            self._pending.pop(user, None)
-        elif self._pending.get(user) != tick:
-            self._pending[user] = tick
-            heapq.heappush(self._pending_heap, (tick, user))
+            pending.pop(user, None)
+        elif pending.get(user) != tick:
+            pending[user] = tick
+            heapq.heappush(self._pending_heap[group], (tick, user))
 
-    def _due(self, watermark_ms: int, touched: set[str]) -> list[str]:
+    def _due(self, group: Hashable, watermark_ms: int, touched: Iterable[str]) -> list[str]:
         due: list[str] = []
-        heap = self._pending_heap
+        heap = self._pending_heap[group]
+        pending = self._pending[group]
         while heap and (heap[0][0] + 1) * TICK_MS <= watermark_ms:
             tick, user = heapq.heappop(heap)
-            if self._pending.get(user) == tick and user not in touched:
+            if pending.get(user) == tick and user not in touched:
                 due.append(user)
         return due
 
-    # -- one release ------------------------------------------------------------------------------
-    def process(
-        self,
-        released: Sequence[tuple[Event, Any]],
-        watermark_ms: int,
-        late: Sequence[tuple[Event, Any]] = (),
-        commit_floor: Mapping[str, int] | None = None,
-        position: Any = None,
-    ) -> Outcome:
-        """Apply one release; ``meta`` of each event may carry ``(tp, offset)`` for the fence."""
+    # -- releases -----------------------------------------------------------------------------------
+    def process(self, releases: Release | Sequence[Release], position: Position | None = None) -> Outcome:
+        """Apply releases (one store call each), then evaluate all decided ticks together.
+
+        ``position(meta)`` gives an event's ``("topic:partition", offset)`` for the offset fence.
+        """
         out = Outcome()
+        snaps: list[Snapshot] = []
+        for rel in (releases,) if isinstance(releases, Release) else releases:
+            snaps.extend(self._apply(rel, position, out))
+        if snaps:
+            self._evaluate(snaps, out)
+        return out
+
+    def _apply(self, rel: Release, position: Position | None, out: Outcome) -> list[Snapshot]:
         per_user: dict[str, list[tuple[Item, Any]]] = defaultdict(list)
         new = tuple.__new__
-        if position is None:
-            for ev, meta in released:
-                per_user[ev.user_id].append((new(Item, (ev, False, None, None)), meta))
-            for ev, meta in late:
-                per_user[ev.user_id].append((new(Item, (ev, True, None, None)), meta))
-        else:
-            for ev, meta in released:
-                tp, off = position(meta)
-                per_user[ev.user_id].append((new(Item, (ev, False, tp, off)), meta))
-            for ev, meta in late:
-                tp, off = position(meta)
-                per_user[ev.user_id].append((new(Item, (ev, True, tp, off)), meta))
-        out.late = len(late)
-        if late:
+        for events, late in ((rel.released, False), (rel.late, True)):
+            if position is None:
+                for ev, meta in events:
+                    per_user[ev.user_id].append((new(Item, (ev, late, None, None)), meta))
+            else:
+                for ev, meta in events:
+                    tp, off = position(meta)
+                    per_user[ev.user_id].append((new(Item, (ev, late, tp, off)), meta))
+        out.late += len(rel.late)
+        if rel.late:
             for items in per_user.values():
                 items.sort(key=lambda im: canonical_key(im[0].event))
-        touched = set(per_user)
         batches = [UserBatch(u, [im for im, _ in items]) for u, items in per_user.items()]
-        batches += [UserBatch(u, ()) for u in self._due(watermark_ms, touched)]
+        batches += [UserBatch(u, ()) for u in self._due(rel.group, rel.watermark_ms, per_user)]
         if not batches:
-            return out
-        results = self.store.apply(batches, watermark_ms, commit_floor)
+            return []
+        results = self.store.apply(batches, rel.watermark_ms, rel.commit_floor)
         snaps: list[Snapshot] = []
+        rejected = duplicates = 0
         for res in results:
-            self._set_pending(res.user_id, res.pending_tick)
+            self._set_pending(rel.group, res.user_id, res.pending_tick)
             snaps.extend(res.snapshots)
-            out.duplicates += res.duplicates
+            duplicates += res.duplicates
             if res.rejected:
                 items = per_user[res.user_id]
                 for i, reason in res.rejected:
                     item, meta = items[i]
                     out.rejected.append((item.event, meta, reason))
-        out.applied = len(released) + len(late) - out.duplicates - len(out.rejected)
-        if snaps:
-            self._evaluate(snaps, out)
-        return out
+                rejected += len(res.rejected)
+        out.duplicates += duplicates
+        out.applied += len(rel.released) + len(rel.late) - duplicates - rejected
+        return snaps
 
     def commit(self, outcome: Outcome) -> None:
-        """Persist the policy state of an outcome whose alerts were delivered."""
-        if outcome.policy:
-            self.policy_store.save(outcome.policy)
+        """Persist the policy state of an outcome whose alerts were delivered; empty the outboxes."""
+        if outcome.confirm:
+            self.store.confirm(outcome.confirm)
 
     # -- evaluation -------------------------------------------------------------------------------
     def _evaluate(self, snaps: list[Snapshot], out: Outcome) -> None:
@@ -191,7 +191,7 @@ class Detector:
         if self.tap is not None:
             self.tap(snaps, x, rules)
         n = len(snaps)
-        out.evaluations = n
+        out.evaluations += n
         scores: list[float | None] = [None] * n
         model_version: str | None = None
         if self.scorer is not None:
@@ -200,11 +200,12 @@ class Detector:
                 p = self.scorer.score(x[eligible])
                 for i, v in zip(eligible.tolist(), p.tolist()):
                     scores[i] = round(float(v), SCORE_DECIMALS)
-                out.scored = len(eligible)
+                out.scored += len(eligible)
             model_version = self.scorer.info.model_version
         order = sorted(range(n), key=lambda i: (snaps[i].user_id, snaps[i].tick_end_ms))
         users = sorted({s.user_id for s in snaps})
-        states = self.policy_store.load(users)
+        fields = self.store.load_policy(users)
+        states = {u: PolicyState.from_fields(fields[u]) for u in users}
         decided: list[tuple[int, Decision]] = []
         for i in order:
             s = snaps[i]
@@ -223,7 +224,11 @@ class Detector:
             )
             for d in self.policy.decide(states[s.user_id], ev):
                 decided.append((i, d))
-        out.policy = states
+        last_tick: dict[str, int] = {}
+        for s in snaps:
+            if s.tick_end_ms > last_tick.get(s.user_id, -1):
+                last_tick[s.user_id] = s.tick_end_ms
+        out.confirm = {u: (last_tick[u], states[u].to_fields()) for u in users}
         if not decided:
             return
         ml_rows = [i for i, d in decided if d.kind == "ml_risk"]

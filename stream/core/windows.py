@@ -13,6 +13,12 @@ that becomes decidable (DESIGN §8):
 A late event (flagged by the reorder buffer: older than what was already released) only adds to the
 volume counters of the buckets it belongs to and to the late counter; it never touches the session
 or the pending tick, so it never re-opens a decision.
+
+Decided snapshots go to the user's *outbox* and stay there until :meth:`WindowStore.confirm`
+writes the policy state that consumed them. Every ``apply`` returns the whole outbox, so a worker
+that crashed after the state moved on but before its alerts were delivered gets the same snapshots
+again after redelivery (the offset fence makes the events themselves no-ops) and re-decides the
+same alerts with the same ids.
 """
 
 from __future__ import annotations
@@ -75,7 +81,15 @@ class WindowStore(Protocol):
         watermark_ms: int,
         commit_floor: Mapping[str, int] | None = None,
     ) -> list[UserResult]:
-        """Apply each user's items atomically; return snapshots of the ticks decided."""
+        """Apply each user's items atomically; return the snapshots in each user's outbox."""
+        ...
+
+    def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The policy-state fields of each user ({} for a user without any)."""
+        ...
+
+    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
+        """Per user, atomically: store the policy fields, drop outbox snapshots up to the tick end."""
         ...
 
     def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
@@ -125,7 +139,7 @@ assert L.H_ACTIVE == 0 and L.D_ACTIVE == 0
 
 
 class _UserState:
-    __slots__ = ("rings", "s", "age_band", "fence")
+    __slots__ = ("rings", "s", "age_band", "fence", "outbox", "policy")
 
     def __init__(self) -> None:
         self.rings = array("I", bytes(L.RING_BYTES))
@@ -133,6 +147,8 @@ class _UserState:
         self.s[L.S_LT] = 0
         self.age_band: str | None = None
         self.fence: dict[str, tuple[int, set[int]]] = {}
+        self.outbox: list[Snapshot] = []
+        self.policy: dict[str, str] = {}
 
     # -- ring helpers ---------------------------------------------------------------------------
     def _add(self, idx: int, inc: int) -> None:
@@ -345,7 +361,7 @@ class MemoryWindowStore:
                 if r is None:
                     pass
                 elif isinstance(r, Snapshot):
-                    res.snapshots.append(_with_user(r, uid))
+                    st.outbox.append(_with_user(r, uid))
                 else:
                     res.rejected.append((i, r))
                     continue
@@ -353,12 +369,29 @@ class MemoryWindowStore:
                     st.mark(tp, offset)
             pt = st.s[L.S_PT]
             if pt != L.NONE and (pt + 1) * L.TICK_MS <= watermark_ms:
-                res.snapshots.append(st.snapshot_at((pt + 1) * L.TICK_MS, uid))
+                st.outbox.append(st.snapshot_at((pt + 1) * L.TICK_MS, uid))
                 st.s[L.S_PT] = L.NONE
                 pt = L.NONE
+            res.snapshots = list(st.outbox)
             res.pending_tick = None if pt == L.NONE else pt
             out.append(res)
         return out
+
+    def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for u in user_ids:
+            st = self._users.get(u)
+            out[u] = dict(st.policy) if st is not None else {}
+        return out
+
+    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
+        for u, (through_ms, fields) in done.items():
+            st = self._users.get(u)
+            if st is None:
+                st = self._users[u] = _UserState()
+            st.policy.update(fields)
+            if st.outbox:
+                st.outbox = [x for x in st.outbox if x.tick_end_ms > through_ms]
 
     def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
         st = self._users.get(user_id)

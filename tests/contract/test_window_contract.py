@@ -34,8 +34,25 @@ def test_pending_tick_is_decided_only_when_the_watermark_passes_it(store, uid):
     r = apply(store, uid, [], wm=at(0, 10, 1))  # exactly the tick end: decidable
     assert [s.tick_end_ms for s in r.snapshots] == [at(0, 10, 1)]
     assert r.pending_tick is None
+    store.confirm({uid: (at(0, 10, 1), {})})
     r = apply(store, uid, [], wm=FAR)
     assert r.snapshots == []
+
+
+def test_outbox_returns_unconfirmed_snapshots_until_the_policy_state_is_confirmed(store, uid):
+    items = [Item(ev(uid, at(0, 7, m)), False, "t:3", 40 + m) for m in range(3)]
+    first = apply(store, uid, items, wm=at(0, 7, 5))
+    assert [s.tick_end_ms for s in first.snapshots] == [at(0, 7, 1), at(0, 7, 2), at(0, 7, 3)]
+    # a crash before the alerts were delivered: the same events are redelivered
+    again = apply(store, uid, items, wm=at(0, 7, 5))
+    assert again.duplicates == 3
+    assert again.snapshots == first.snapshots
+    store.confirm({uid: (at(0, 7, 2), {"pol:tick": str(at(0, 7, 2)), "pol:ml": "none"})})
+    assert [s.tick_end_ms for s in apply(store, uid, [], wm=at(0, 7, 5)).snapshots] == [at(0, 7, 3)]
+    store.confirm({uid: (at(0, 7, 3), {"pol:tick": str(at(0, 7, 3))})})
+    assert apply(store, uid, [], wm=FAR).snapshots == []
+    assert store.load_policy([uid, uid + "-nobody"]) == {
+        uid: {"pol:tick": str(at(0, 7, 3)), "pol:ml": "none"}, uid + "-nobody": {}}
 
 
 def test_a_later_tick_decides_the_earlier_one_before_it_is_applied(store, uid):
@@ -79,6 +96,7 @@ def test_sessions_split_on_gaps_and_views_extend_them(store, uid):
 
 def test_late_event_counts_volume_only_and_never_reopens_a_tick(store, uid):
     apply(store, uid, [ev(uid, at(0, 12)), ev(uid, at(0, 12, 10))], wm=at(0, 12, 5))
+    store.confirm({uid: (at(0, 12, 1), {})})
     before, _, raw_before = store.state_of(uid)
     r = apply(store, uid, [Item(ev(uid, at(0, 11, 0), "view", dwell_ms=7_000), late=True)], wm=at(0, 12, 5))
     assert r.snapshots == [] and r.rejected == []

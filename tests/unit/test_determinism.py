@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.core.alerts import alert_to_json
-from stream.core.detector import Detector, MemoryPolicyStore
+from stream.core.detector import Detector, Release
 from stream.core.events import Event
 from stream.core.ordering import ReorderBuffer
 from stream.core.policy import AlertPolicy
@@ -21,11 +21,11 @@ L_MS = 120_000
 def fingerprint(det: Detector, store: MemoryWindowStore, alerts: list) -> tuple:
     users = sorted(store.users())
     states = tuple((u, store.state_of(u)) for u in users)
-    pol = det.policy_store.load(users)
+    pol = det.store.load_policy(users)
     return (
         tuple(sorted(alert_to_json(a) for a in alerts)),
         states,
-        tuple((u, tuple(sorted(pol[u].to_fields().items()))) for u in users),
+        tuple((u, tuple(sorted(pol[u].items()))) for u in users),
     )
 
 
@@ -38,7 +38,7 @@ def reference(events: list[Event]) -> tuple:
 
 def streamed(arrivals: list[tuple[str, Event]], cuts: list[int], inputs: tuple[str, ...]) -> tuple:
     store = MemoryWindowStore()
-    det = Detector(store, AlertPolicy(short_policy()), MemoryPolicyStore(), feature_scorer())
+    det = Detector(store, AlertPolicy(short_policy()), feature_scorer())
     buf: ReorderBuffer[None] = ReorderBuffer(inputs, lateness_ms=L_MS, max_events=10**6)
     alerts: list = []
     bounds = sorted({0, len(arrivals), *[c % (len(arrivals) + 1) for c in cuts]})
@@ -47,11 +47,11 @@ def streamed(arrivals: list[tuple[str, Event]], cuts: list[int], inputs: tuple[s
         late = [(ev, None) for name, ev in arrivals[a:b] if not buf.push(name, ev)]
         late_total += len(late)
         released, wm = buf.release()
-        out = det.process(released, wm, late=late)
+        out = det.process(Release(released, wm, late))
         alerts += out.alerts
         det.commit(out)
     released, wm = buf.drain()
-    out = det.process(released, wm)
+    out = det.process(Release(released, wm))
     alerts += out.alerts
     det.commit(out)
     assert late_total == 0, "arrivals were meant to stay within the lateness bound"
