@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     idle_ms: int = Field(default=2000, ge=0)
     state_ttl_s: int = Field(default=30 * 86_400, ge=3600)
     consumer_group: str = "riskstream"
+    buffer_max_events: int = Field(default=100_000, ge=100)
+    produce_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    commit_interval_s: float = Field(default=1.0, gt=0, le=60)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @field_validator("namespace")
     @classmethod

@@ -1,0 +1,32 @@
+"""Prometheus metrics of a worker: one bundle, created against an injectable registry.
+
+Labels are outcomes, kinds, reasons and partitions, never user ids. Latencies are in seconds.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages = Counter("riskstream_messages", "Kafka messages consumed", registry=r)
+        self.events = Counter("riskstream_events", "Events by outcome", ["outcome"], registry=r)
+        self.dlq = Counter("riskstream_dlq", "Records sent to the DLQ by reason", ["reason"], registry=r)
+        self.alerts = Counter("riskstream_alerts", "Alerts published", ["kind", "level"], registry=r)
+        self.redis_retries = Counter("riskstream_redis_retries", "Redis calls retried", registry=r)
+        self.paused = Counter("riskstream_partition_pauses", "Input partitions paused (buffer full)",
+                              registry=r)
+        self.batch_seconds = Histogram("riskstream_batch_seconds", "Blocking part of one micro-batch",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.decidable_to_ack = Histogram(
+            "riskstream_decidable_to_ack_seconds",
+            "From the watermark passing an alert's tick to Kafka acknowledging the alert",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.watermark_lag = Gauge("riskstream_watermark_lag_seconds",
+                                   "Wall clock minus the partition watermark (event time)", ["partition"],
+                                   registry=r)
