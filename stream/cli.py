@@ -142,6 +142,98 @@ def score(events: Path, model: Path | None, no_model: bool, out: Path | None,
         click.echo(line, err=True)
 
 
+# -- live ----------------------------------------------------------------------------------------
+@main.command("worker")
+@common_options
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="RISKSTREAM_MODEL_PATH", help="ONNX model [default: the shipped one]")
+@click.option("--no-model", is_flag=True, help="rules only, no ML scoring")
+@click.option("--policy-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="RISKSTREAM_POLICY_CONFIG", help="alert policy TOML [default: packaged]")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=None,
+              help="max messages per micro-batch [env RISKSTREAM_BATCH_SIZE, default 2000]")
+@click.option("--batch-wait", "batch_wait_s", type=click.FloatRange(0.001, 60), default=None,
+              help="max seconds to fill a micro-batch [env RISKSTREAM_BATCH_WAIT_S, default 0.2]")
+@click.option("--group", "consumer_group", default=None,
+              help="consumer group (prefixed by the namespace) [env RISKSTREAM_CONSUMER_GROUP]")
+@click.option("--lateness-ms", type=click.IntRange(0, 3_600_000), default=None,
+              help="lateness bound L [env RISKSTREAM_LATENESS_MS, default 120000]")
+@click.option("--idle-ms", type=click.IntRange(0, 3_600_000), default=None,
+              help="idle time before a caught-up input stops holding the watermark [default 2000]")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="serve Prometheus metrics on 127.0.0.1:PORT (0 = off)")
+@click.option("--loglevel", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def worker(bootstrap: str | None, redis_url: str | None, namespace: str | None, model: Path | None,
+           no_model: bool, policy_config: Path | None, batch_size: int | None, batch_wait_s: float | None,
+           consumer_group: str | None, lateness_ms: int | None, idle_ms: int | None,
+           metrics_port: int | None, loglevel: str) -> None:
+    """Run the streaming worker (Faust agent, Redis windows, alerts and DLQ on Kafka)."""
+    import json
+    import logging
+
+    from stream.worker import run_worker
+
+    s = settings_from(bootstrap, redis_url, namespace, model_path=model, policy_config=policy_config,
+                      batch_size=batch_size, batch_wait_s=batch_wait_s, consumer_group=consumer_group,
+                      lateness_ms=lateness_ms, idle_ms=idle_ms, metrics_port=metrics_port)
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    scorer = None if no_model else _load_scorer(s.model_path, required=False)
+    click.echo("riskstream worker: " + json.dumps(s.masked(), default=str), err=True)
+    if scorer is not None:
+        click.echo(f"riskstream worker: model {scorer.info.path} version {scorer.info.model_version}", err=True)
+    run_worker(s, scorer, loglevel=loglevel.upper())
+
+
+@main.command("replay")
+@click.argument("events", type=click.Path(dir_okay=False, path_type=Path))
+@common_options
+@click.option("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+@click.option("--speed", type=float, default=None, help="replay at X times the event-time speed")
+@click.option("--envelope", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="up to N events of one user per message (batch envelopes, DESIGN §3)")
+@click.option("--skew", type=click.Choice(["views-first", "clicks-first"]), default=None,
+              help="publish all of one type before the other (parity tests)")
+@click.option("--progress/--no-progress", default=None, help="progress bar [default: if a tty]")
+def replay_cmd(events: Path, bootstrap: str | None, redis_url: str | None, namespace: str | None,
+               rate: float | None, speed: float | None, envelope: int, skew: str | None,
+               progress: bool | None) -> None:
+    """Publish an event log (JSONL, optionally .gz) into the input topics, keyed by user."""
+    from stream.replay import parse_types, replay
+
+    s = settings_from(bootstrap, redis_url, namespace)
+    show = sys.stderr.isatty() if progress is None else progress
+    for types in parse_types(skew):
+        summary = replay(events, s, rate=rate, speed=speed, envelope=envelope, types=types, progress=show)
+        for line in summary.lines_out():
+            click.echo(line, err=True)
+
+
+@main.group()
+def alerts() -> None:
+    """Read the alert topic."""
+
+
+@alerts.command("tail")
+@common_options
+@click.option("--from-beginning", is_flag=True, help="start at the oldest retained alert")
+@click.option("--user", default=None, help="only this user's alerts")
+@click.option("--json", "as_json", is_flag=True, help="pass the JSON lines through")
+@click.option("--max", "max_alerts", type=click.IntRange(1), default=None, help="stop after N alerts")
+@click.option("--idle-timeout", type=float, default=None, help="stop after S seconds without an alert")
+def alerts_tail(bootstrap: str | None, redis_url: str | None, namespace: str | None, from_beginning: bool,
+                user: str | None, as_json: bool, max_alerts: int | None, idle_timeout: float | None) -> None:
+    """Follow risk.alerts (Ctrl-C stops)."""
+    from stream.tail import tail
+
+    s = settings_from(bootstrap, redis_url, namespace)
+    try:
+        tail(s, lambda line: click.echo(line), from_beginning=from_beginning, user=user, as_json=as_json,
+             max_alerts=max_alerts, idle_timeout_s=idle_timeout)
+    except KeyboardInterrupt:
+        pass
+
+
 def _register_optional() -> None:
     """Training commands live in models/ (they need the train extra only when they run)."""
     import importlib.util
