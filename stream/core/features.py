@@ -142,7 +142,7 @@ def compute(snaps: Sequence[Snapshot]) -> tuple[NDArray[np.float32], RuleArrays]
     sc = np.array([s.scalars for s in snaps], dtype=np.int64)
     t = np.array([s.tick_end_ms for s in snaps], dtype=np.int64)
 
-    tz = np.where(sc[:, L.S_TZ] == L.NONE, 0, sc[:, L.S_TZ])
+    tz = np.where(sc[:, L.S_TZ] == L.NONE, 0, sc[:, L.S_TZ] - L.TZ_BIAS)
     tl = t + tz * 60_000 - 1  # last local millisecond inside the tick
     h_top = tl // L.HOUR_MS
     d_top = tl // L.DAY_MS

@@ -114,12 +114,15 @@ SCALARS: Final = (
     "hh",  # newest hour bucket written (local hour number)
     "dh",  # newest day bucket written (local day number), shared by both day rings
     "fd",  # first local day seen
-    "tz",  # last known UTC offset, minutes
+    "tz",  # last known UTC offset, minutes, plus TZ_BIAS (so that no offset collides with NONE)
     "mx",  # newest event time applied (the user's event-time watermark)
     "pt",  # pending evaluation tick (tick number with activity, not evaluated yet)
     "lt",  # late events counted (volume only)
 )
 S_SS, S_SE, S_SD, S_LC, S_HH, S_DH, S_FD, S_TZ, S_MX, S_PT, S_LT = range(len(SCALARS))
+
+TZ_BIAS: Final = 1000
+"""The tz scalar stores ``tz_offset_min + TZ_BIAS`` (160 … 1840): an offset of -1 is not NONE."""
 
 RING_DTYPE: Final = np.dtype(">u4")
 """Serialised ring words: big-endian u32, as Redis BITFIELD stores them."""

@@ -85,7 +85,7 @@ class WindowStore(Protocol):
         ...
 
     def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        """The policy-state fields of each user ({} for a user without any)."""
+        """The policy-state fields of each user ({} for a user without any); names start "pol:"."""
         ...
 
     def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
@@ -121,7 +121,7 @@ def _log_fixed(seconds: float) -> int:
 # Hot-path constants (module globals are cheaper to read than attribute chains).
 _NONE, _MAX, _LONGEST, _GAP, _WAKING, _SQ = (
     L.NONE, L.U32_MAX, L.LONGEST_WINDOW_MS, L.SESSION_GAP_MS, L.WAKING_GAP_MAX_MS, L.SQ_UNIT_S2)
-_HOUR_MS, _DAY_MS, _TICK_MS = L.HOUR_MS, L.DAY_MS, L.TICK_MS
+_HOUR_MS, _DAY_MS, _TICK_MS, _TZ_BIAS = L.HOUR_MS, L.DAY_MS, L.TICK_MS, L.TZ_BIAS
 _S_SS, _S_SE, _S_SD, _S_HH, _S_DH, _S_FD, _S_TZ, _S_MX, _S_PT, _S_LT = (
     L.S_SS, L.S_SE, L.S_SD, L.S_HH, L.S_DH, L.S_FD, L.S_TZ, L.S_MX, L.S_PT, L.S_LT)
 _H_BASE, _D_BASE, _X_BASE = L.H_BASE, L.D_BASE, L.X_BASE
@@ -139,7 +139,7 @@ assert L.H_ACTIVE == 0 and L.D_ACTIVE == 0
 
 
 class _UserState:
-    __slots__ = ("rings", "s", "age_band", "fence", "outbox", "policy")
+    __slots__ = ("rings", "s", "age_band", "fence", "outbox")
 
     def __init__(self) -> None:
         self.rings = array("I", bytes(L.RING_BYTES))
@@ -148,7 +148,6 @@ class _UserState:
         self.age_band: str | None = None
         self.fence: dict[str, tuple[int, set[int]]] = {}
         self.outbox: list[Snapshot] = []
-        self.policy: dict[str, str] = {}
 
     # -- ring helpers ---------------------------------------------------------------------------
     def _add(self, idx: int, inc: int) -> None:
@@ -221,22 +220,23 @@ class _UserState:
         if mx != _NONE and ts < mx - _LONGEST:
             return Reason.TOO_LATE
         decided: Snapshot | None = None
+        tick = ts // _TICK_MS
+        if not late:
+            pt = s[_S_PT]
+            if pt != _NONE and tick > pt:
+                # the state as of the tick end: before anything of this event (tz, age band) lands
+                decided = self.snapshot_at((pt + 1) * _TICK_MS)
+                s[_S_PT] = _NONE
         tz = ev.tz_offset_min
         if tz is not None:
-            s[_S_TZ] = tz
+            s[_S_TZ] = tz + _TZ_BIAS
         else:
-            tz = s[_S_TZ] if s[_S_TZ] != _NONE else 0
+            tz = s[_S_TZ] - _TZ_BIAS if s[_S_TZ] != _NONE else 0
         if ev.age_band is not None:
             self.age_band = ev.age_band
         lt = ts + tz * 60_000
         hb = lt // _HOUR_MS
         db = lt // _DAY_MS
-        tick = ts // _TICK_MS
-        if not late:
-            pt = s[_S_PT]
-            if pt != _NONE and tick > pt:
-                decided = self.snapshot_at((pt + 1) * _TICK_MS)
-                s[_S_PT] = _NONE
         hh = s[_S_HH]
         dh = s[_S_DH]
         if hh == _NONE or hb > hh or dh == _NONE or db > dh:
@@ -334,6 +334,7 @@ class MemoryWindowStore:
 
     def __init__(self) -> None:
         self._users: dict[str, _UserState] = {}
+        self._policy: dict[str, dict[str, str]] = {}
 
     def __len__(self) -> int:
         return len(self._users)
@@ -380,17 +381,14 @@ class MemoryWindowStore:
     def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
         for u in user_ids:
-            st = self._users.get(u)
-            out[u] = dict(st.policy) if st is not None else {}
+            out[u] = dict(self._policy.get(u, {}))
         return out
 
     def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
         for u, (through_ms, fields) in done.items():
+            self._policy.setdefault(u, {}).update(fields)
             st = self._users.get(u)
-            if st is None:
-                st = self._users[u] = _UserState()
-            st.policy.update(fields)
-            if st.outbox:
+            if st is not None and st.outbox:
                 st.outbox = [x for x in st.outbox if x.tick_end_ms > through_ms]
 
     def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:

@@ -152,7 +152,7 @@ def test_local_time_and_last_known_profile(store, uid):
     apply(store, uid, [ev(uid, at(0, 22, 30), tz=120, age_band="13-15"),
                        ev(uid, at(0, 22, 31), tz=None, age_band=None)])
     sc, band, _ = store.state_of(uid)
-    assert band == "13-15" and sc[L.S_TZ] == 120
+    assert band == "13-15" and sc[L.S_TZ] == 120 + L.TZ_BIAS
     assert sc[L.S_HH] == (at(0, 22, 31) + 120 * 60_000) // L.HOUR_MS
     assert sc[L.S_DH] == at(1) // L.DAY_MS  # 00:31 local is the next local day
 
