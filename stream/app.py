@@ -27,6 +27,10 @@ def create_app(settings: Settings, *, app_id: str | None = None, **overrides: An
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        # A crashed worker's partitions move after 10 s instead of Faust's default 60 s; the
+        # blocking work runs in a thread, so the event loop keeps heartbeating meanwhile.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         stream_buffer_maxsize=16_384,
         worker_redirect_stdouts=False,
         autodiscover=False,

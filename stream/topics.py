@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
@@ -80,10 +81,18 @@ def ensure_topics(s: Settings) -> list[str]:
     return lines
 
 
-def _check_retention(admin: AdminClient, s: Settings) -> None:
+def _check_retention(admin: AdminClient, s: Settings, wait_s: float = 15.0) -> None:
     res = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in (s.clicks_topic, s.views_topic)]
-    for r, fut in admin.describe_configs(res, request_timeout=ADMIN_TIMEOUT_S).items():
-        cfg = fut.result()
+    deadline = time.monotonic() + wait_s
+    for r in res:
+        while True:  # a topic created a moment ago may not be known to every broker yet
+            try:
+                cfg = admin.describe_configs([r], request_timeout=ADMIN_TIMEOUT_S)[r].result()
+                break
+            except KafkaException as e:
+                if e.args[0].code() != 3 or time.monotonic() > deadline:  # UNKNOWN_TOPIC_OR_PART
+                    raise BrokerUnavailableError(f"cannot read the configuration of {r.name}: {e.args[0]}") from e
+                time.sleep(0.2)
         ret = int(cfg["retention.ms"].value)
         if 0 <= ret < 8 * 86_400_000:
             raise ConfigError(

@@ -87,6 +87,9 @@ class ReorderBuffer(Generic[M]):
     def set_idle(self, input_name: str, idle: bool = True) -> None:
         self._inputs[input_name].idle = idle
 
+    def is_idle(self, input_name: str) -> bool:
+        return self._inputs[input_name].idle
+
     def max_seen(self) -> int:
         return max(i.max_ts for i in self._inputs.values())
 

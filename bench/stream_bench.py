@@ -1,0 +1,252 @@
+"""Streaming benchmark on the real stack (Kafka + Redis up: deploy/local/stack up).
+
+    python bench/stream_bench.py [--events 150000] [--users 5000] [--rate 5000] [--latency-s 30]
+
+In one run, on the same pre-filled input topics (one event per Kafka message):
+  (a) a naive Faust agent: one Redis round trip (the window Lua script) and one ONNX call per event;
+  (b) a Faust agent that does nothing;
+  (c) the riskstream worker (and (c') the worker on 20-event batch envelopes);
+then the worker at a fixed input rate for the decidable→acknowledged latency percentiles, and
+Redis CPU per event and memory per active user. Drain rate = events between the first and the last
+observation of the consumer group's committed offsets, over that time (startup excluded, the same
+method for every variant). Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from confluent_kafka import Consumer, TopicPartition  # noqa: E402
+
+from stream.settings import load_settings  # noqa: E402
+from stream.topics import ensure_topics  # noqa: E402
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "RISKSTREAM_COMMIT_INTERVAL_S": "0.5"}
+
+
+# -- the two reference agents (run as: python bench/stream_bench.py --agent naive|noop ...) --------
+def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
+    import faust
+
+    from stream.app import create_app
+    from stream.core import features as F
+    from stream.core.events import decode_message
+    from stream.core.windows import Item, UserBatch
+
+    s = load_settings(namespace=namespace, consumer_group=group)
+    app = create_app(s, broker_commit_interval=0.5)
+    topic = app.topic(s.clicks_topic, s.views_topic, value_serializer="raw", key_serializer="raw")
+    if kind == "noop":
+        @app.agent(topic)
+        async def noop(stream):  # type: ignore[no-untyped-def]
+            async for _ in stream:
+                pass
+    else:
+        import numpy as np
+        import redis
+
+        from stream.core.scoring import OnnxScorer
+        from stream.redis_store import RedisWindowStore
+
+        store = RedisWindowStore(redis.Redis.from_url(s.redis_url.get_secret_value()),
+                                 key_prefix=f"{namespace}-naive:rs:", ttl_s=3600)
+        scorer = OnnxScorer(model, expected_spec_hash=F.FEATURE_SPEC_HASH, expected_feature_names=F.FEATURE_NAMES)
+        zero = np.zeros((1, F.N_FEATURES), dtype=np.float32)
+        topics = {s.clicks_topic: "click", s.views_topic: "view"}
+
+        @app.agent(topic)
+        async def naive(stream):  # type: ignore[no-untyped-def]
+            async for event in stream.events():
+                msg = event.message
+                evs, _ = decode_message(msg.value, topic_type=topics[msg.topic], key=msg.key, now_ms=2**62)
+                for ev in evs:
+                    res = store.apply([UserBatch(ev.user_id, [Item(ev)])], ev.ts_ms - 120_000)
+                    snaps = res[0].snapshots
+                    x = F.compute(snaps[-1:])[0] if snaps else zero
+                    scorer.score(x)
+                    if snaps:
+                        store.confirm({ev.user_id: (snaps[-1].tick_end_ms, {})})
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+# -- harness ---------------------------------------------------------------------------------------
+def committed_total(bootstrap: str, group: str, topics: list[str], partitions: int) -> int:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = c.committed([TopicPartition(t, p) for t in topics for p in range(partitions)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in tps)
+    finally:
+        c.close()
+
+
+def drain(name: str, cmd: list[str], bootstrap: str, group: str, topics: list[str], partitions: int,
+          total_msgs: int, events_per_msg: int, timeout: float = 900) -> float:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t1 = c1 = None
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < timeout:
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited early: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            c = committed_total(bootstrap, group, topics, partitions)
+            now = time.monotonic()
+            if c > 0 and t1 is None:
+                t1, c1 = now, c
+            if c >= total_msgs:
+                assert t1 is not None and c1 is not None
+                rate = (c - c1) * events_per_msg / max(now - t1, 1e-6)
+                print(f"  {name:34s} {rate:10,.0f} events/s   ({(c - c1) * events_per_msg:,} events in {now - t1:.1f} s)")
+                return rate
+            time.sleep(0.1)
+        raise SystemExit(f"{name} did not drain within {timeout:.0f} s ({c}/{total_msgs} messages)")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def histogram_quantiles(text: str, name: str, qs: tuple[float, ...]) -> tuple[list[float], int]:
+    buckets = [(float(m.group(1)) if m.group(1) != "+Inf" else float("inf"), float(m.group(2)))
+               for m in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)]
+    total = buckets[-1][1] if buckets else 0
+    out = []
+    for q in qs:
+        target, prev_le, prev_c = q * total, 0.0, 0.0
+        for le, c in buckets:
+            if c >= target:
+                if le == float("inf"):
+                    out.append(prev_le)
+                else:
+                    frac = 0 if c == prev_c else (target - prev_c) / (c - prev_c)
+                    out.append(prev_le + frac * (le - prev_le))
+                break
+            prev_le, prev_c = le, c
+    return out, int(total)
+
+
+def redis_cpu(r) -> float:  # type: ignore[no-untyped-def]
+    info = r.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agent", choices=["naive", "noop"])
+    ap.add_argument("--namespace")
+    ap.add_argument("--group")
+    ap.add_argument("--model")
+    ap.add_argument("--events", type=int, default=150_000)
+    ap.add_argument("--users", type=int, default=5_000)
+    ap.add_argument("--rate", type=int, default=5_000)
+    ap.add_argument("--latency-s", type=int, default=30)
+    a = ap.parse_args()
+    if a.agent:
+        run_agent(a.agent, a.namespace, a.group, a.model)
+        return
+
+    import redis
+
+    from bench.offline_bench import synth_log
+    from stream.core import features as F
+    from tests.model_factory import build_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="rs-stream-bench-"))
+    ns = f"bench{uuid.uuid4().hex[:6]}"
+    parts = 6
+    s = load_settings(namespace=ns, partitions=parts)
+    ensure_topics(s)
+    log = tmp / "events.jsonl.gz"
+    synth_log(log, a.events, a.users)
+    model = ROOT / "models" / "riskstream.onnx"
+    if not model.exists():
+        model = tmp / "model.onnx"
+        build_model(str(model), n_features=F.N_FEATURES, feature_names=list(F.FEATURE_NAMES),
+                    spec_hash=F.FEATURE_SPEC_HASH, kind="gbt", seed=0)
+    py = sys.executable
+    t = time.perf_counter()
+    subprocess.run([py, "-m", "stream", "replay", str(log), "--namespace", ns, "--no-progress"], cwd=ROOT,
+                   env=ENV, check=True, stderr=subprocess.DEVNULL)
+    print(f"input: {a.events:,} events of {a.users:,} users in {parts} partitions, one event per message "
+          f"(published in {time.perf_counter() - t:.1f} s); model {model.name}")
+    topics = [s.clicks_topic, s.views_topic]
+    r = redis.Redis.from_url(s.redis_url.get_secret_value())
+    print("drain rate (same input, fresh consumer group each):")
+    rate_a = drain("(a) naive agent: Redis+ONNX per event", [py, __file__, "--agent", "naive", "--namespace", ns,
+                   "--group", "naive", "--model", str(model)], s.kafka_bootstrap, f"{ns}.naive", topics, parts,
+                   a.events, 1)
+    rate_b = drain("(b) no-op Faust agent", [py, __file__, "--agent", "noop", "--namespace", ns, "--group", "noop"],
+                   s.kafka_bootstrap, f"{ns}.noop", topics, parts, a.events, 1)
+    cpu0 = redis_cpu(r)
+    mem0 = int(r.info("memory")["used_memory"])
+    rate_c = drain("(c) riskstream worker", [py, "-m", "stream", "worker", "--namespace", ns, "--group", "worker",
+                   "--model", str(model), "--loglevel", "WARNING"], s.kafka_bootstrap, f"{ns}.worker", topics, parts,
+                   a.events, 1)
+    cpu_per_event = (redis_cpu(r) - cpu0) / a.events * 1e6
+    users = sum(1 for _ in r.scan_iter(match=f"{ns}:rs:*:s", count=1000))
+    mem_per_user = (int(r.info("memory")["used_memory"]) - mem0) / max(users, 1)
+    print(f"  ratios: (c)/(a) = {rate_c / rate_a:.2f}   (c)/(b) = {rate_c / rate_b:.2f}")
+    print(f"  Redis: {cpu_per_event:.1f} µs CPU per event (worker run), "
+          f"{mem_per_user:,.0f} B per active user ({users:,} users)")
+
+    # (c') envelopes: the same events, 20 per message
+    ns2 = f"{ns}env"
+    s2 = load_settings(namespace=ns2, partitions=parts)
+    ensure_topics(s2)
+    subprocess.run([py, "-m", "stream", "replay", str(log), "--namespace", ns2, "--envelope", "20",
+                    "--no-progress"], cwd=ROOT, env=ENV, check=True, stderr=subprocess.DEVNULL)
+    msgs = committed_end(s2, parts)
+    drain("(c') worker, 20-event envelopes", [py, "-m", "stream", "worker", "--namespace", ns2, "--model",
+          str(model), "--loglevel", "WARNING"], s2.kafka_bootstrap, f"{ns2}.riskstream",
+          [s2.clicks_topic, s2.views_topic], parts, msgs, max(1, a.events // max(msgs, 1)))
+
+    # latency at a fixed input rate
+    ns3 = f"{ns}lat"
+    s3 = load_settings(namespace=ns3, partitions=parts)
+    ensure_topics(s3)
+    port = 19464
+    worker = subprocess.Popen([py, "-m", "stream", "worker", "--namespace", ns3, "--model", str(model),
+                               "--metrics-port", str(port), "--loglevel", "WARNING"], cwd=ROOT, env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(5)
+        n = a.rate * a.latency_s
+        lat_log = tmp / "latency.jsonl.gz"
+        synth_log(lat_log, n, max(a.users, n // 100), seed=2)
+        subprocess.run([py, "-m", "stream", "replay", str(lat_log), "--namespace", ns3, "--rate", str(a.rate),
+                        "--no-progress"], cwd=ROOT, env=ENV, check=True, stderr=subprocess.DEVNULL)
+        time.sleep(5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        (p50, p95, p99), count = histogram_quantiles(text, "riskstream_decidable_to_ack_seconds", (0.5, 0.95, 0.99))
+        print(f"latency at {a.rate:,} events/s for {a.latency_s} s: decidable→acknowledged "
+              f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms ({count:,} alerts)")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+
+
+def committed_end(s, parts: int) -> int:  # type: ignore[no-untyped-def]
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "probe"})
+    try:
+        return sum(c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                   for t in (s.clicks_topic, s.views_topic) for p in range(parts))
+    finally:
+        c.close()
+
+
+if __name__ == "__main__":
+    main()
