@@ -33,6 +33,9 @@ def create_app(settings: Settings, *, app_id: str | None = None, **overrides: An
         broker_heartbeat_interval=3.0,
         stream_buffer_maxsize=16_384,
         worker_redirect_stdouts=False,
+        # On shutdown do not wait for un-acked messages: riskstream holds back acks on purpose
+        # (buffered events, undecided ticks); they are redelivered to the next owner.
+        stream_wait_empty=False,
         autodiscover=False,
     )
     conf.update(overrides)

@@ -194,9 +194,10 @@ def worker(bootstrap: str | None, redis_url: str | None, namespace: str | None, 
               help="up to N events of one user per message (batch envelopes, DESIGN §3)")
 @click.option("--skew", type=click.Choice(["views-first", "clicks-first"]), default=None,
               help="publish all of one type before the other (parity tests)")
+@click.option("--sort", is_flag=True, help="publish in event-time order (reads the whole log first)")
 @click.option("--progress/--no-progress", default=None, help="progress bar [default: if a tty]")
 def replay_cmd(events: Path, bootstrap: str | None, redis_url: str | None, namespace: str | None,
-               rate: float | None, speed: float | None, envelope: int, skew: str | None,
+               rate: float | None, speed: float | None, envelope: int, skew: str | None, sort: bool,
                progress: bool | None) -> None:
     """Publish an event log (JSONL, optionally .gz) into the input topics, keyed by user."""
     from stream.replay import parse_types, replay
@@ -204,7 +205,8 @@ def replay_cmd(events: Path, bootstrap: str | None, redis_url: str | None, names
     s = settings_from(bootstrap, redis_url, namespace)
     show = sys.stderr.isatty() if progress is None else progress
     for types in parse_types(skew):
-        summary = replay(events, s, rate=rate, speed=speed, envelope=envelope, types=types, progress=show)
+        summary = replay(events, s, rate=rate, speed=speed, envelope=envelope, types=types, progress=show,
+                         sort=sort)
         for line in summary.lines_out():
             click.echo(line, err=True)
 

@@ -31,9 +31,9 @@ def _riskstream(*args: str, **kw: object) -> subprocess.Popen[bytes]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--users", type=int, default=300)
-    ap.add_argument("--days", type=int, default=10)
-    ap.add_argument("--speed", type=float, default=20_000.0, help="event-time speed-up factor")
+    ap.add_argument("--users", type=int, default=120)
+    ap.add_argument("--days", type=int, default=9)
+    ap.add_argument("--speed", type=float, default=8_000.0, help="event-time speed-up factor")
     ap.add_argument("--seed", type=int, default=7)
     a = ap.parse_args()
 
@@ -76,8 +76,8 @@ def main() -> int:
         def start_replay() -> None:
             _say(f"streaming the population at {a.speed:g}× event time (riskstream replay) …")
             _say("alerts as they arrive (riskstream alerts tail); Ctrl-C stops the demo\n")
-            procs.append(_riskstream("replay", str(events), "--speed", str(a.speed), "--envelope", "20",
-                                     "--no-progress"))
+            procs.append(_riskstream("replay", str(events), "--sort", "--speed", str(a.speed),
+                                     "--envelope", "20", "--no-progress"))
 
         # The tail subscribes at the end of risk.alerts first; the replay starts once it listens.
         threading.Timer(3.0, start_replay).start()

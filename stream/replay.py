@@ -106,9 +106,22 @@ def _groups(lines: Iterator[bytes], summary: ReplaySummary, envelope: int,
     yield from flush()
 
 
+def _sorted_lines(lines: Iterator[bytes]) -> Iterator[bytes]:
+    """The whole log in event-time order (for logs written user by user, like the simulator's)."""
+    keyed = []
+    for line in lines:
+        try:
+            ts = orjson.loads(line).get("ts")
+        except (orjson.JSONDecodeError, AttributeError):
+            ts = None
+        keyed.append((ts if isinstance(ts, int) else 0, line))
+    keyed.sort(key=lambda p: p[0])
+    return (line for _, line in keyed)
+
+
 def replay(path: str | Path, settings: Settings, *, rate: float | None = None, speed: float | None = None,
            envelope: int = 1, types: tuple[str, ...] = ("click", "view"), progress: bool = False,
-           flush_timeout_s: float = 60.0) -> ReplaySummary:
+           flush_timeout_s: float = 60.0, sort: bool = False) -> ReplaySummary:
     if rate is not None and speed is not None:
         raise ConfigError("--rate and --speed are exclusive")
     if (rate is not None and rate <= 0) or (speed is not None and speed <= 0):
@@ -134,7 +147,8 @@ def replay(path: str | Path, settings: Settings, *, rate: float | None = None, s
     t0 = time.perf_counter()
     with open_log(path) as f:
         bar = tqdm(desc="replay", unit=" ev", disable=not progress, mininterval=0.5)
-        for kind, user, ts, value in _groups(iter_lines(f), summary, envelope, set(types)):
+        lines = _sorted_lines(iter_lines(f)) if sort else iter_lines(f)
+        for kind, user, ts, value in _groups(lines, summary, envelope, set(types)):
             pacer.wait(ts)
             while True:
                 try:
@@ -166,4 +180,3 @@ def parse_types(skew: str | None) -> list[tuple[str, ...]]:
     raise ConfigError(f"unknown --skew {skew!r}: use views-first or clicks-first")
 
 
-__all__ = ["ReplaySummary", "orjson", "parse_types", "replay"]
