@@ -80,11 +80,11 @@ def start_worker(settings, art, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> bytes:
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> bytes:
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
@@ -162,6 +162,7 @@ def check_parity(settings, art, *, worker_args: tuple[str, ...] = (), replay_arg
         wait_drained(settings)
     finally:
         out = stop(proc)
+    assert proc.returncode == 0, f"SIGTERM must stop the worker cleanly:\n{out.decode()[-3000:]}"
     ids = [a["alert_id"] for a in got]
     assert set(ids) == want, f"missing {len(want - set(ids))}, extra {len(set(ids) - want)}\n{out.decode()[-3000:]}"
     assert len(ids) == len(set(ids)), "no crash here: every alert exactly once"

@@ -1,0 +1,97 @@
+"""Failure policy of the worker on the real stack: bad input to the DLQ, unavailable services exit."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from stream.core.events import encode_event
+from tests.eventgen import at, ev
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _worker(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stream", "worker", "--no-model", "--loglevel", "WARNING", *args],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _read_all(settings, topic: str, want: int, timeout: float = 60) -> list:
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.namespace}-rd",
+                  "enable.auto.commit": False})
+    md = c.list_topics(topic, timeout=10)
+    c.assign([TopicPartition(topic, p, 0) for p in md.topics[topic].partitions])
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < want and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            out.append(m)
+    c.close()
+    return out
+
+
+def test_invalid_events_go_to_the_dlq_with_reason_and_bytes_and_the_worker_keeps_going(settings):
+    p = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    good = ev("dlq-user", at(0, 12), "click", tz=0)
+    bad = [
+        (settings.clicks_topic, b"dlq-user", b'{"broken'),
+        (settings.clicks_topic, b"dlq-user", encode_event(ev("dlq-user", at(0, 12, 1), "view"))),  # wrong topic
+        (settings.views_topic, b"someone-else", encode_event(ev("dlq-user", at(0, 12, 2), "view"))),  # wrong key
+        (settings.views_topic, b"dlq-user",
+         b'{"v":1,"events":[' + encode_event(ev("dlq-user", at(0, 12, 3), "view")) + b',{"type":"view"}]}'),
+    ]
+    for topic, key, value in bad:
+        p.produce(topic, key=key, value=value)
+    p.produce(settings.clicks_topic, key=b"dlq-user", value=encode_event(good))
+    assert p.flush(30) == 0
+    proc = _worker("--namespace", settings.namespace, "--idle-ms", "300")
+    try:
+        records = _read_all(settings, settings.dlq_topic, 4)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id})
+            tps = [TopicPartition(t, q) for t in (settings.clicks_topic, settings.views_topic) for q in range(3)]
+            done = sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
+            c.close()
+            if done == 5:  # all five messages acked: the good event applied, the bad ones in the DLQ
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, "a bad event must never stop the worker"
+        assert done == 5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    recs = [orjson.loads(m.value()) for m in records]
+    reasons = sorted(r["reason"] for r in recs)
+    assert reasons == ["malformed_json", "missing_field", "type_topic_mismatch", "user_key_mismatch"]
+    broken = next(r for r in recs if r["reason"] == "malformed_json")
+    assert base64.b64decode(broken["original_b64"]) == b'{"broken'
+    assert broken["topic"] == settings.clicks_topic and isinstance(broken["offset"], int)
+    batch = next(r for r in recs if r["reason"] == "missing_field")
+    assert batch["index"] == 1 and batch["topic"] == settings.views_topic
+    assert all(m.key() in (b"dlq-user", b"someone-else") for m in records)
+
+
+def test_worker_exits_nonzero_when_redis_stays_unavailable(settings):
+    t = time.monotonic()
+    proc = _worker("--namespace", settings.namespace, "--redis-url", "redis://127.0.0.1:1/0")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out.decode()[-2000:]
+    assert b"Redis is unavailable" in out and time.monotonic() - t < 90
+
+
+def test_worker_exits_nonzero_when_kafka_stays_unavailable(settings):
+    proc = _worker("--namespace", settings.namespace, "--bootstrap", "127.0.0.1:1")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 75, out.decode()[-2000:]
+    assert b"riskstream: error: Kafka at 127.0.0.1:1" in out
