@@ -1,0 +1,182 @@
+"""Training: detector rows, user split, thresholds, ONNX export parity and the shipped model's contract."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import models.train as T
+from models.dataset import ROW_DAY_END, ROW_RANDOM, Extract, extract
+from models.export import onnx_probabilities, to_onnx
+from models.metrics import expected_calibration_error
+from models.population import draw_population, read_labels, write_labels
+from models.simulate import DEFAULT_START, write_events
+from stream.cli import main
+from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH, N_FEATURES
+from stream.core.policy import MlPolicy, load_policy_config
+from stream.core.scoring import OnnxScorer
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "riskstream.onnx"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Extract]:
+    d = tmp_path_factory.mktemp("tiny")
+    pop = draw_population(60, 10, 31, 0.3)
+    write_events(pop, d / "ev.jsonl.gz", workers=2)
+    write_labels(pop, d / "labels.csv", DEFAULT_START)
+    ex = extract(d / "ev.jsonl.gz", seed=0, policy=load_policy_config(None), workers=2)
+    return d / "ev.jsonl.gz", d / "labels.csv", ex
+
+
+def test_rows_are_day_end_and_one_random_tick_per_user_day(tiny: tuple[Path, Path, Extract]) -> None:
+    _, _, ex = tiny
+    rows = ex.rows
+    assert rows.x.shape == (len(rows), N_FEATURES) and rows.x.dtype == np.float32
+    keys = list(zip(rows.user_id.tolist(), rows.local_day.tolist(), rows.kind.tolist()))
+    assert len(keys) == len(set(keys))  # at most one row of each kind per user-day
+    day_end = {(u, d): t for u, d, k, t in zip(rows.user_id, rows.local_day, rows.kind, rows.tick_end_ms)
+               if k == ROW_DAY_END}
+    for u, d, k, t in zip(rows.user_id, rows.local_day, rows.kind, rows.tick_end_ms):
+        if k == ROW_RANDOM:
+            assert t <= day_end[(u, d)]  # the drawn tick is one of the day's ticks
+    assert len(set(rows.user_id.tolist())) == 60
+    assert rows.history_days.max() >= 10 and rows.history_days.min() >= 1
+
+
+def test_rows_do_not_depend_on_the_number_of_workers(tiny: tuple[Path, Path, Extract]) -> None:
+    events, _, ex = tiny
+    one = extract(events, seed=0, policy=load_policy_config(None), workers=1).rows
+    assert np.array_equal(one.user_id, ex.rows.user_id)
+    assert np.array_equal(one.tick_end_ms, ex.rows.tick_end_ms)
+    assert np.array_equal(one.x, ex.rows.x)
+
+
+def test_split_is_by_user_and_stratified() -> None:
+    users = np.array([f"u{i:03d}" for i in range(200)])
+    y = (np.arange(200) % 5 == 0).astype(np.int64)
+    val = T.split_users(users, y, 0.3, seed=1)
+    assert len(val) == 60
+    assert sum(int(u[1:]) % 5 == 0 for u in val) == 12  # 30 % of the 40 positives
+    assert val == T.split_users(users, y, 0.3, seed=1)
+    assert val != T.split_users(users, y, 0.3, seed=2)
+
+
+def test_every_candidate_exports_with_probability_parity(tiny: tuple[Path, Path, Extract]) -> None:
+    _, labels_path, ex = tiny
+    labels = read_labels(labels_path)
+    ds = T.build_dataset(ex, labels, load_policy_config(None), T.TrainSettings())
+    assert ds.rows.history_days.min() >= 7
+    assert not set(ds.rows.user_id[ds.val].tolist()) & set(ds.rows.user_id[~ds.val].tolist())
+    tr = ~ds.val
+    cands = T.fit_candidates(ds.rows.x[tr], ds.y[tr], ds.rows.user_id[tr], T.TrainSettings(gbt_min_leaf=20))
+    assert [c.name for c in cands] == ["logreg", "logreg_log", "gbt", "gbt_platt"]
+    x = ds.rows.x
+    for c in cands:
+        onx = to_onnx(c.model, N_FEATURES, graph_name="t")
+        diff = np.abs(onnx_probabilities(onx, x).astype(np.float64) - T.proba(c.model, x))
+        assert diff.max() <= T.PARITY_TOLERANCE, c.name
+
+
+def test_train_command_writes_a_contract_model(tiny: tuple[Path, Path, Extract], tmp_path: Path) -> None:
+    events, labels, _ = tiny
+    out = tmp_path / "m.onnx"
+    res = CliRunner().invoke(main, ["train", "--events", str(events), "--labels", str(labels), "--out", str(out),
+                                    "--seed", "3", "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert "ONNX parity" in res.stdout
+    scorer = OnnxScorer(out, expected_spec_hash=FEATURE_SPEC_HASH, expected_feature_names=FEATURE_NAMES)
+    meta = scorer.info.metadata
+    assert json.loads(meta["feature_names"]) == list(FEATURE_NAMES)
+    assert set(json.loads(meta["feature_baseline"])) == set(FEATURE_NAMES)
+    th = scorer.info.thresholds
+    MlPolicy(**th)  # exit < enter and elevated < high, as the policy requires
+    summary = json.loads(out.with_suffix(".train.json").read_text())
+    assert summary["parity_max_abs"] <= 1e-5
+    assert summary["kind"] in {"logreg", "logreg_log", "gbt", "gbt_platt"}
+    p = scorer.score(np.zeros((3, N_FEATURES), dtype=np.float32))
+    assert p.shape == (3,) and np.all((p >= 0) & (p <= 1))
+
+
+def test_parity_failure_fails_and_writes_nothing(tiny: tuple[Path, Path, Extract], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _, labels_path, ex = tiny
+    real = T.onnx_probabilities
+    monkeypatch.setattr(T, "onnx_probabilities", lambda m, x: real(m, x) + np.float32(1e-3))
+    out = tmp_path / "m.onnx"
+    with pytest.raises(T.TrainError, match="differ"):
+        T.train_extracted(ex, read_labels(labels_path), out, T.TrainSettings(), policy=load_policy_config(None))
+    assert not out.exists()
+
+
+def test_too_few_users_of_a_class_is_a_clear_error(tiny: tuple[Path, Path, Extract], tmp_path: Path) -> None:
+    _, labels_path, ex = tiny
+    labels = read_labels(labels_path)
+    all_negative = type(labels)({u: 0 for u in labels.label}, {}, {})
+    with pytest.raises(T.TrainError, match="at least 4 users of each class"):
+        T.train_extracted(ex, all_negative, tmp_path / "m.onnx", T.TrainSettings(), policy=load_policy_config(None))
+
+
+def test_hysteresis_entries_counts_episodes_per_user() -> None:
+    user = np.array(["a"] * 6 + ["b"] * 3)
+    day = np.array([0, 1, 2, 3, 4, 5, 0, 1, 2])
+    p = np.array([0.1, 0.8, 0.75, 0.65, 0.9, 0.2, 0.8, 0.1, 0.1])
+    # a: enters on day 1, stays (0.75 >= exit 0.7), leaves on day 3 (< 0.7), re-enters day 4; b: once.
+    assert T.hysteresis_entries(user, day, p, 0.8, 0.7) == 3
+    assert T.hysteresis_entries(user[::-1], day[::-1], p[::-1], 0.8, 0.7) == 3  # order-independent
+
+
+def test_thresholds_are_ordered_and_meet_the_precision_target() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random(4000) < 0.15).astype(np.int64)
+    p = np.clip(0.15 + 0.5 * (y - 0.15) + rng.normal(0, 0.15, 4000), 0, 1)
+    user = np.array([f"u{i % 400}" for i in range(4000)])
+    day = np.arange(4000) // 400
+    th, table = T.choose_thresholds(y, p, user, day, T.TrainSettings(false_alert_budget=100.0))
+    MlPolicy(**th)
+    assert th["elevated_exit"] == pytest.approx(th["elevated_enter"] - 0.1)
+    row = next(r for r in table["grid"] if r["threshold"] == th["elevated_enter"])
+    assert row["precision"] >= 0.6
+
+
+def test_thresholds_stay_valid_when_no_threshold_reaches_the_targets() -> None:
+    rng = np.random.default_rng(2)
+    y = (rng.random(2000) < 0.15).astype(np.int64)
+    p = rng.random(2000)  # no signal: precision never reaches 0.6
+    th, _ = T.choose_thresholds(y, p, np.array([f"u{i % 100}" for i in range(2000)]), np.arange(2000) // 100,
+                                T.TrainSettings())
+    MlPolicy(**th)
+    assert th["elevated_enter"] < th["high_enter"] <= 0.95
+
+
+def test_ece_is_zero_when_calibrated_and_large_when_not() -> None:
+    rng = np.random.default_rng(1)
+    p = rng.random(200_000)
+    y = (rng.random(200_000) < p).astype(np.int64)
+    assert expected_calibration_error(y, p) < 0.01
+    assert expected_calibration_error(np.zeros(100, dtype=np.int64), np.full(100, 0.9)) == pytest.approx(0.9)
+
+
+# -- the shipped model -----------------------------------------------------------------------------
+
+
+def test_shipped_model_matches_the_feature_spec_and_loads() -> None:
+    assert SHIPPED.exists(), "models/riskstream.onnx is missing: run python -m models.build"
+    scorer = OnnxScorer(SHIPPED, expected_spec_hash=FEATURE_SPEC_HASH, expected_feature_names=FEATURE_NAMES)
+    info = scorer.info
+    assert info.feature_spec_hash == FEATURE_SPEC_HASH
+    assert SHIPPED.stat().st_size < 1_000_000
+    datetime.fromisoformat(info.trained_at)
+    cfg = load_policy_config(None).with_model_thresholds(info.thresholds)
+    assert cfg.ml.elevated_enter == info.thresholds["elevated_enter"]
+    baseline = json.loads(info.metadata["feature_baseline"])
+    assert set(baseline) == set(FEATURE_NAMES) and all(np.isfinite(list(baseline.values())))
+    model = onnx.load(str(SHIPPED))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ["features"]
