@@ -1,9 +1,12 @@
 """The live window store: per-user state in Redis, updated by one atomic Lua call per user.
 
 :class:`RedisWindowStore` is the Redis twin of :class:`stream.core.windows.MemoryWindowStore`. The
-update rule lives in ``stream/lua/apply.lua`` (and ``confirm.lua``), the key layout in
-``docs/state-layout.md``. One :meth:`~RedisWindowStore.apply` is one pipelined round trip (split per
-node by redis-py in a cluster): an ``EVALSHA`` per touched user, whose keys share the user's hash tag.
+update rule lives in ``stream/lua/apply.lua``, the key layout in ``docs/state-layout.md``. One
+:meth:`~RedisWindowStore.apply` is one pipelined round trip (split per node by redis-py in a
+cluster): an ``EVALSHA`` per touched user, whose keys share the user's hash tag. One
+:meth:`~RedisWindowStore.confirm` is one pipelined round trip too, with no script: per user one
+``HSET`` of the policy fields and the confirmed tick end ``ob`` (atomic on its own) and an
+``EXPIRE``; the next ``apply`` drops the confirmed snapshots.
 
 Redelivery is safe: items that carry a Kafka position are fenced inside the script, so a pipeline
 that redis-py retries after a connection error (or a batch Kafka redelivers) applies nothing twice.
@@ -26,8 +29,8 @@ from stream.core.events import Reason
 from stream.core.windows import Snapshot, UserBatch, UserResult
 from stream.errors import StoreUnavailableError
 
-__all__ = ["FENCE_SUFFIX", "OUTBOX_SUFFIX", "POLICY_PREFIX", "RING_SUFFIX", "STATE_SUFFIX", "RedisWindowStore", "user_keys",
-           "user_tag"]
+__all__ = ["CONFIRMED_FIELD", "FENCE_SUFFIX", "OUTBOX_GRACE_S", "OUTBOX_SUFFIX", "POLICY_PREFIX", "RING_SUFFIX", "STATE_SUFFIX",
+           "RedisWindowStore", "user_keys", "user_tag"]
 
 RING_SUFFIX: Final = ":w"
 STATE_SUFFIX: Final = ":s"
@@ -35,6 +38,7 @@ OUTBOX_SUFFIX: Final = ":o"
 FENCE_SUFFIX: Final = ":f"
 POLICY_PREFIX: Final = "pol:"
 AGE_BAND_FIELD: Final = "ab"
+CONFIRMED_FIELD: Final = "ob"  # written by confirm: the tick end through which the outbox is confirmed
 
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
 _STATE_FIELDS: Final = (*L.SCALARS, AGE_BAND_FIELD)
@@ -42,7 +46,10 @@ _REASONS: Final = {r.value.encode(): r for r in Reason}
 _CATEGORY_CODE: Final = {c: i * 4 for c, i in L.CATEGORY_INDEX.items()}
 _ITEM = struct.Struct(">qBIhHHq")  # apply.lua's ITEM: ts, code, dwell, tz, age band, tp, offset
 _TZ_ABSENT: Final = -32768
-_HEAD = struct.Struct(">12qB")  # apply.lua's HEAD: tick end, 11 scalars, has-age-band; then the band
+_HEAD = struct.Struct(">12qB")  # apply.lua's HEAD: tick end, 11 scalars, flags; then the age band
+_HAS_BAND, _LIVE = 1, 2  # the flags: the user has an age band; the snapshot is live (a reply only)
+OUTBOX_GRACE_S: Final = 3_600
+_MAX_HINTS: Final = 200_000
 
 Client = redis.Redis | redis.RedisCluster
 
@@ -52,8 +59,7 @@ def _source(name: str) -> str:
 
 
 APPLY_LUA: Final = _source("apply.lua")
-CONFIRM_LUA: Final = _source("confirm.lua")
-_NUMKEYS: Final = {APPLY_LUA: 4, CONFIRM_LUA: 2}
+_NUMKEYS: Final = {APPLY_LUA: 4}
 
 
 def user_tag(user_id: str) -> str:
@@ -73,8 +79,11 @@ def user_keys(key_prefix: str, user_id: str) -> tuple[bytes, bytes, bytes, bytes
 class RedisWindowStore:
     """:class:`~stream.core.windows.WindowStore` on Redis (standalone or Redis Cluster)."""
 
-    def __init__(self, client: Client, *, key_prefix: str, ttl_s: int) -> None:
-        """Load the scripts (on every master of a cluster) and keep their SHAs.
+    def __init__(self, client: Client, *, key_prefix: str, ttl_s: int, outbox_grace_s: int = OUTBOX_GRACE_S) -> None:
+        """Load the script (on every master of a cluster) and keep its SHA.
+
+        ``outbox_grace_s`` bounds how long an outbox list whose snapshots were all confirmed waits for
+        the user's next ``apply`` (which deletes it) before it expires (see :meth:`confirm`).
 
         Raises:
             ValueError: the client decodes responses (rings must stay bytes) or ttl_s < 1.
@@ -88,7 +97,10 @@ class RedisWindowStore:
         self._prefix = key_prefix
         self._ttl_s = ttl_s
         self._max_fence = windows.MAX_FENCE_OFFSETS
-        self._scripts = {src: hashlib.sha1(src.encode()).hexdigest() for src in (APPLY_LUA, CONFIRM_LUA)}
+        self._grace_s = max(1, min(outbox_grace_s, ttl_s))
+        # user -> newest tick end of the snapshots stored in the outbox list, from the last reply
+        self._listed: dict[str, int] = {}
+        self._scripts = {src: hashlib.sha1(src.encode()).hexdigest() for src in (APPLY_LUA,)}
         for src in self._scripts:
             self._load_script(src)
 
@@ -113,7 +125,18 @@ class RedisWindowStore:
         floors = commit_floor or {}
         calls = [self._apply_args(b, watermark_ms, floors) for b in batches]
         replies = self._eval_all(APPLY_LUA, calls)
-        return [_decode(b.user_id, r) for b, r in zip(batches, replies, strict=True)]
+        listed = self._listed
+        if len(listed) > _MAX_HINTS:
+            listed.clear()  # only a hint for confirm
+        out = []
+        for b, r in zip(batches, replies, strict=True):
+            res, newest_listed = _decode(b.user_id, r)
+            if newest_listed is None:
+                listed.pop(b.user_id, None)
+            else:
+                listed[b.user_id] = newest_listed
+            out.append(res)
+        return out
 
     def load_policy(self, user_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         """The ``pol:`` fields of each user's state hash ({} for a user without any)."""
@@ -128,21 +151,42 @@ class RedisWindowStore:
         }
 
     def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
-        """Per user, atomically: store the ``pol:`` fields, drop outbox snapshots up to the tick end.
+        """Per user, atomically: store the ``pol:`` fields and the confirmed tick end; see WindowStore.
+
+        One ``HSET <state> ob <through_ms> pol:… …`` per user (a single command: atomic), then an
+        ``EXPIRE`` of the hash (it may have just been created), all users in one pipeline. The user's
+        next ``apply`` drops the outbox snapshots with tick end <= ``ob`` before anything else.
+
+        A user may not come back for a long time, and a list of stored snapshots would wait for that
+        next ``apply`` until its TTL: when this confirm covers every stored snapshot of the user's last
+        ``apply`` reply, the list also gets ``EXPIRE outbox_grace_s``. An ``apply`` that keeps
+        snapshots in it (confirmed by nobody) restores the full TTL, so only an outage longer than the
+        grace during a race with another worker's ``apply`` could lose one.
 
         Raises:
             ValueError: a field name does not start with ``pol:`` (the hash also holds window state).
         """
-        calls: list[list[Any]] = []
+        todo: list[tuple[bytes, dict[str, Any], bytes | None]] = []
+        covered: list[str] = []
         for u, (through_ms, fields) in done.items():
             _check_policy_fields(fields)
             _, state_key, outbox_key, _ = self.keys_of(u)
-            args: list[Any] = [state_key, outbox_key, through_ms, self._ttl_s]
-            for k, v in fields.items():
-                args += (k, v)
-            calls.append(args)
-        if calls:
-            self._eval_all(CONFIRM_LUA, calls)
+            newest = self._listed.get(u)
+            grace_key: bytes | None = None
+            if newest is not None and through_ms >= newest:
+                covered.append(u)
+                grace_key = outbox_key
+            todo.append((state_key, {CONFIRMED_FIELD: int(through_ms), **fields}, grace_key))
+        if todo:
+            def queue(pipe: Any) -> None:
+                for key, mapping, outbox_key in todo:
+                    pipe.hset(key, mapping=mapping)
+                    pipe.expire(key, self._ttl_s)
+                    if outbox_key is not None:
+                        pipe.expire(outbox_key, self._grace_s)
+            self._pipeline(queue)
+            for u in covered:
+                del self._listed[u]
 
     def save_policy(self, states: Mapping[str, Mapping[str, str]]) -> None:
         """HSET each user's ``pol:`` fields and refresh the hash's TTL, in one pipeline."""
@@ -251,21 +295,26 @@ def _check_policy_fields(fields: Mapping[str, str]) -> None:
                          f"too): {bad[:3]}")
 
 
-def _decode(user_id: str, reply: list[Any]) -> UserResult:
+def _decode(user_id: str, reply: list[Any]) -> tuple[UserResult, int | None]:
+    """The result, and the newest tick end of the snapshots stored in the outbox list (None if none)."""
     pt = reply[0]
     res = UserResult(user_id, duplicates=reply[1], pending_tick=None if pt == L.NONE else pt)
     rejected = reply[2]
     if rejected:
         res.rejected = [(rejected[k], _REASONS[rejected[k + 1]]) for k in range(0, len(rejected), 2)]
+    newest_listed = None
     if len(reply) > 3:
-        res.snapshots = [_snapshot(user_id, reply[k], reply[k + 1]) for k in range(3, len(reply), 2)]
-    return res
+        res.snapshots = snaps = [_snapshot(user_id, reply[k], reply[k + 1]) for k in range(3, len(reply), 2)]
+        for s, k in zip(snaps, range(3, len(reply), 2)):
+            if not reply[k][_HEAD.size - 1] & _LIVE and (newest_listed is None or s.tick_end_ms > newest_listed):
+                newest_listed = s.tick_end_ms
+    return res, newest_listed
 
 
 def _snapshot(user_id: str, header: bytes, ring: bytes) -> Snapshot:
-    """Decode one outbox entry: its header (tick end, 11 scalars, age band) and its ring bytes."""
+    """Decode one outbox entry: its header (tick end, 11 scalars, flags, age band) and its ring bytes."""
     v = _HEAD.unpack_from(header)
-    return Snapshot(user_id, v[0], v[1:12], header[_HEAD.size:].decode() if v[12] else None, ring)
+    return Snapshot(user_id, v[0], v[1:12], header[_HEAD.size:].decode() if v[12] & _HAS_BAND else None, ring)
 
 
 def _unavailable(e: Exception) -> StoreUnavailableError:

@@ -19,6 +19,15 @@ writes the policy state that consumed them. Every ``apply`` returns the whole ou
 that crashed after the state moved on but before its alerts were delivered gets the same snapshots
 again after redelivery (the offset fence makes the events themselves no-ops) and re-decides the
 same alerts with the same ids.
+
+``confirm(user -> (through_ms, fields))`` stores the policy fields together with ``through_ms``
+(one atomic write in Redis, no script); the outbox entries with ``tick_end_ms <= through_ms`` are
+dropped by the user's next ``apply``, before anything else, and are never returned again. The pair
+is last-writer-wins: a second confirm before that ``apply`` replaces the first (its ``through_ms``,
+and the policy fields it names), so the stored policy state always matches the snapshots that are
+dropped (the detector's confirms per user only move forward). The Redis twin keeps a snapshot decided at
+the end of a call as a header-only "live" marker and copies the ring only when a later call is
+about to change it; that is invisible here, where a :class:`Snapshot` is immutable anyway.
 """
 
 from __future__ import annotations
@@ -89,7 +98,12 @@ class WindowStore(Protocol):
         ...
 
     def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
-        """Per user, atomically: store the policy fields, drop outbox snapshots up to the tick end."""
+        """Per user, atomically: store the policy fields and the tick end they cover.
+
+        Outbox snapshots up to that tick end are never returned again: the user's next ``apply``
+        drops them first. A later confirm before that ``apply`` replaces this one (its tick end, and
+        the policy fields it names).
+        """
         ...
 
     def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
@@ -139,7 +153,7 @@ assert L.H_ACTIVE == 0 and L.D_ACTIVE == 0
 
 
 class _UserState:
-    __slots__ = ("rings", "s", "age_band", "fence", "outbox")
+    __slots__ = ("rings", "s", "age_band", "fence", "outbox", "confirmed")
 
     def __init__(self) -> None:
         self.rings = array("I", bytes(L.RING_BYTES))
@@ -148,6 +162,7 @@ class _UserState:
         self.age_band: str | None = None
         self.fence: dict[str, tuple[int, set[int]]] = {}
         self.outbox: list[Snapshot] = []
+        self.confirmed: int | None = None  # through_ms of the last confirm, until the next apply
 
     # -- ring helpers ---------------------------------------------------------------------------
     def _add(self, idx: int, inc: int) -> None:
@@ -353,6 +368,11 @@ class MemoryWindowStore:
             if st is None:
                 st = self._users[uid] = _UserState()
             res = UserResult(uid)
+            if st.confirmed is not None:
+                # confirm's drop, done lazily (as the Redis twin does): before anything else
+                through = st.confirmed
+                st.outbox = [x for x in st.outbox if x.tick_end_ms > through]
+                st.confirmed = None
             for i, (ev, late, tp, offset) in enumerate(batch.items):
                 if tp is not None and offset is not None:
                     if st.seen(tp, offset, floors.get(tp)):
@@ -388,8 +408,8 @@ class MemoryWindowStore:
         for u, (through_ms, fields) in done.items():
             self._policy.setdefault(u, {}).update(fields)
             st = self._users.get(u)
-            if st is not None and st.outbox:
-                st.outbox = [x for x in st.outbox if x.tick_end_ms > through_ms]
+            if st is not None:
+                st.confirmed = through_ms  # last writer wins; the next apply drops the entries
 
     def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
         st = self._users.get(user_id)

@@ -5,16 +5,41 @@ the per-user loop of MemoryWindowStore.apply). Both must give byte-identical rin
 scalars, snapshots and results; tests/contract and tests/integration/test_redis_store.py hold them
 to it. The key layout and every encoding below are specified in docs/state-layout.md.
 
+There is no confirm script: RedisWindowStore.confirm is one native HSET of the state hash (the
+policy fields and "ob", see below), and this script drops what it confirmed, first thing.
+
 KEYS (all carry the user's hash tag, so one call touches one Redis Cluster slot):
   KEYS[1]  <prefix>{<tag>}:w  ring string: RING_WORDS big-endian u32 words (RING_BYTES bytes)
   KEYS[2]  <prefix>{<tag>}:s  hash: scalars ss se sd lc hh dh fd tz mx pt lt (absent = none), the
-                              age band "ab", offset fences "f:<topic>:<partition>". Fields "pol:*"
-                              belong to the policy layer (confirm.lua): never read or written here.
-  KEYS[3]  <prefix>{<tag>}:o  outbox list: two elements per decided, unconfirmed snapshot, in
-                              decision order: its header (below), then its ring bytes
+                              age band "ab", offset fences "f:<topic>:<partition>", and the outbox
+                              fields: "lv" tick end of the live snapshot (absent = none), "om"
+                              newest tick end among the snapshots in the outbox list (0 = none),
+                              "ob" confirmed-through tick end (written by confirm; lowered here
+                              only, see below). Fields "pol:*" belong to the policy layer: never
+                              read or written here.
+  KEYS[3]  <prefix>{<tag>}:o  outbox list: two elements per stored (decided, unconfirmed) snapshot,
+                              in decision order: its header (below), then its ring bytes
   KEYS[4]  <prefix>{<tag>}:f  fence spill hash, "<topic>:<partition>" -> fence, for the rare fence
                               longer than FENCE_INLINE_MAX (the state hash then holds
                               "<frontier>,@"), so that the state hash stays a small listpack
+
+The outbox is the stored snapshots (the list) followed by at most one live snapshot:
+  * A tick decided at the END of a call (the watermark passed it) is "live": only its tick end is
+    kept ("lv"); its header is the current scalars (with pt = its tick) and age band, its ring the
+    current ring, so the reply builds it from those (one GET). The first item of a later call that
+    changes the state (not a duplicate, not rejected) first materialises it: header + a copy of
+    the ring pushed to the list. A live snapshot always follows every stored one, and there is at
+    most one: a new one needs a pending tick, which only an item that changes the state sets, and
+    that item materialised the previous one.
+  * A tick decided by an event of the call is stored at once (the ring moves on): header + copy.
+  * Drop: when "ob" is present, the snapshots with tick end <= ob go before anything else: a live
+    one; the whole list when om <= ob (one DEL, no header read: the usual case), else those whose
+    header (read with LINDEX) says so (the list trimmed, or rebuilt if they are not the oldest).
+    "ob" stays: every snapshot left is > ob, and a snapshot decided later with a tick end <= ob (an
+    in-order event older than a decided tick) lowers ob to its tick end - 1, so a confirm only ever
+    covers snapshots decided before it.
+  * "om" is present once this script has run for the user; if it is absent on an existing state,
+    the list was written by the previous version of this script: its headers are read once.
 
 ARGV (decimal integers unless said otherwise):
   [1]  watermark_ms        partition watermark, event time, epoch ms
@@ -38,11 +63,11 @@ Reply: {pending_tick, duplicates, rejected, header, ring, header, ring, ...}
   pending_tick  tick number (ts_ms // TICK_MS) still pending after the call, or -1
   duplicates    number of items the offset fence skipped
   rejected      flat array {item_index (0-based), reason, ...}; reason is "too_late"
-  header, ring  the whole outbox after the call (earlier unconfirmed snapshots first, then the
-                ticks this call decided): header = struct '>i8i8i8i8i8i8i8i8i8i8i8i8B' of
-                tick_end_ms, ss, se, sd, lc, hh, dh, fd, tz, mx, pt, lt (-1 = none) and 1 if the
-                user has an age band (0 if not), followed by the age band's bytes; ring =
-                RING_BYTES bytes
+  header, ring  the whole outbox after the call, in decision order: the stored snapshots, then
+                the live one if any: header = struct '>i8i8i8i8i8i8i8i8i8i8i8i8B' of tick_end_ms,
+                ss, se, sd, lc, hh, dh, fd, tz, mx, pt, lt (-1 = none) and flags (1: the user has
+                an age band; 2: this is the live snapshot, set in replies only, never stored),
+                followed by the age band's bytes; ring = RING_BYTES bytes
 
 Numbers are doubles: every quantity here is an integer below 2^53 (epoch ms, offsets, counters
 before saturation), so +, -, * and floor(a / b) are exact and equal Python's int arithmetic, and
@@ -135,32 +160,35 @@ local ntp = tonumber(ARGV[5])
 local band0 = 5 + 2 * ntp  -- ARGV[band0 + k] is age band k
 
 -- ---- load ------------------------------------------------------------------------------------
+-- h[1..11] scalars, h[12] age band, h[13] ob, h[14] lv, h[15] om, h[15 + j] fence of tp j
 local ring_alive = call('EXPIRE', rkey, ttl) == 1
 local h
 local fnames
 if ntp == 0 then
-  h = call('HMGET', hkey, 'ss', 'se', 'sd', 'lc', 'hh', 'dh', 'fd', 'tz', 'mx', 'pt', 'lt', 'ab')
+  h = call('HMGET', hkey, 'ss', 'se', 'sd', 'lc', 'hh', 'dh', 'fd', 'tz', 'mx', 'pt', 'lt', 'ab', 'ob', 'lv', 'om')
 elseif ntp == 1 then
   fnames = {'f:' .. ARGV[6]}
-  h = call('HMGET', hkey, 'ss', 'se', 'sd', 'lc', 'hh', 'dh', 'fd', 'tz', 'mx', 'pt', 'lt', 'ab', fnames[1])
+  h = call('HMGET', hkey, 'ss', 'se', 'sd', 'lc', 'hh', 'dh', 'fd', 'tz', 'mx', 'pt', 'lt', 'ab', 'ob', 'lv', 'om',
+    fnames[1])
 elseif ntp == 2 then
   fnames = {'f:' .. ARGV[6], 'f:' .. ARGV[8]}
-  h = call('HMGET', hkey, 'ss', 'se', 'sd', 'lc', 'hh', 'dh', 'fd', 'tz', 'mx', 'pt', 'lt', 'ab',
+  h = call('HMGET', hkey, 'ss', 'se', 'sd', 'lc', 'hh', 'dh', 'fd', 'tz', 'mx', 'pt', 'lt', 'ab', 'ob', 'lv', 'om',
     fnames[1], fnames[2])
 else
   fnames = {}
-  local fields = {'ss', 'se', 'sd', 'lc', 'hh', 'dh', 'fd', 'tz', 'mx', 'pt', 'lt', 'ab'}
+  local fields = {'ss', 'se', 'sd', 'lc', 'hh', 'dh', 'fd', 'tz', 'mx', 'pt', 'lt', 'ab', 'ob', 'lv', 'om'}
   for j = 1, ntp do
     fnames[j] = 'f:' .. ARGV[4 + 2 * j]
-    fields[12 + j] = fnames[j]
+    fields[15 + j] = fnames[j]
   end
-  h = call('HMGET', hkey, unpack(fields, 1, 12 + ntp))
+  h = call('HMGET', hkey, unpack(fields, 1, 15 + ntp))
 end
 if not (ring_alive and h[11]) then
   -- No state, or half of one (a ring without scalars, scalars without their ring, e.g. after an
-  -- eviction): start the user afresh, keeping the policy layer's fields.
+  -- eviction; or only what a confirm wrote for a user without state): start the user afresh,
+  -- keeping the policy layer's fields.
   local stale = false
-  for j = 1, 12 + ntp do
+  for j = 1, 15 + ntp do
     if h[j] then stale = true; h[j] = false end
   end
   if stale then
@@ -179,6 +207,70 @@ local ss, se, sd, lc, hh, dh, fd, tz, mx, pt = o[1], o[2], o[3], o[4], o[5], o[6
 local lt = h[11] and o[11] or 0
 local ab = h[12]
 
+-- ---- outbox: drop what confirm acknowledged ------------------------------------------------------
+-- `live`: tick end of the live snapshot (false if none), decided at the end of an earlier call; its
+-- scalars, age band and ring are the current ones. `om`: the newest tick end among the snapshots
+-- stored in the list, 0 when there is none; written by every call (absent on an existing state:
+-- the list was written by the previous version of this script, without it: read once). `ob`
+-- (written by confirm): every snapshot with tick end <= ob goes now; afterwards every snapshot left
+-- or decided later is > ob.
+local live = h[14] and tonumber(h[14]) or false
+local om, om0
+if h[15] then
+  om = tonumber(h[15])
+  om0 = om
+else
+  om, om0 = 0, -1
+  if h[11] then
+    local n = call('LLEN', okey)
+    for i = 0, n - 2, 2 do
+      local te = sunpack('>i8', call('LINDEX', okey, i))
+      if te > om then om = te end
+    end
+  end
+end
+local live0 = live
+local ob = h[13] and tonumber(h[13])
+local ob0 = ob
+if ob then
+  if live and live <= ob then live = false end
+  if om > 0 then
+    if om <= ob then
+      call('DEL', okey)  -- the usual case: all of them go, no header is read
+      om = 0
+    else
+      local n = call('LLEN', okey)
+      local keep, nk = {}, 0
+      om = 0
+      for i = 0, n - 2, 2 do
+        local te = sunpack('>i8', call('LINDEX', okey, i))  -- only the small headers are read
+        if te > ob then
+          nk = nk + 1
+          keep[nk] = i
+          if te > om then om = te end
+        end
+      end
+      if nk == 0 then
+        call('DEL', okey)
+      elseif 2 * nk < n then
+        if keep[1] == n - 2 * nk and keep[nk] == n - 2 then
+          call('LTRIM', okey, keep[1], -1)  -- the oldest ones go
+        else
+          local els = call('LRANGE', okey, 0, -1)
+          local out = {}
+          for k = 1, nk do
+            out[2 * k - 1] = els[keep[k] + 1]
+            out[2 * k] = els[keep[k] + 2]
+          end
+          call('DEL', okey)
+          call('RPUSH', okey, unpack(out))
+        end
+      end
+    end
+  end
+end
+local listed = om > 0  -- the list holds snapshots from earlier calls
+
 -- Offset fences, one record per topic-partition: {frontier, applied set, count, dirty, heap,
 -- spilled}. Stored as "frontier[,d1,d2,...]": the applied offsets above the frontier as ascending
 -- deltas; inline in the state hash, or in the spill hash when longer than FENCE_INLINE_MAX.
@@ -186,7 +278,7 @@ local fences
 if ntp > 0 then
   fences = {}
   for j = 1, ntp do
-    local v = h[12 + j]
+    local v = h[15 + j]
     local frontier, set, cnt, dirty, spilled = -1, {}, 0, false, false
     if v and string.byte(v, -1) == 64 then  -- "<frontier>,@": the fence is in the spill hash
       spilled = true
@@ -231,7 +323,7 @@ end
 
 -- ---- items -------------------------------------------------------------------------------------
 local pend = {}
-local new = nil        -- outbox elements decided by this call
+local new = nil        -- list elements (header, ring, ...) this call appends to the outbox
 local rejected = {}
 local dups = 0
 local index = 0
@@ -252,6 +344,17 @@ for pos = 1, #blob, ITEM_BYTES do
     rejected[#rejected + 1] = index
     rejected[#rejected + 1] = 'too_late'
   else
+    if live then
+      -- the first item that changes the state: the live snapshot is materialised first, its header
+      -- and a copy of the ring (both unchanged since the call that decided it)
+      local head = spack(HEAD, live, ss, se, sd, lc, hh, dh, fd, tz, mx, live / TICK_MS - 1, lt, ab and 1 or 0)
+      if ab then head = head .. ab end
+      new = new or {}
+      new[#new + 1] = head
+      new[#new + 1] = call('GET', rkey)
+      if live > om then om = live end
+      live = false
+    end
     local is_view = code % 2 == 1
     local late = code % 4 >= 2
     local tick = floor(ts / TICK_MS)
@@ -259,11 +362,14 @@ for pos = 1, #blob, ITEM_BYTES do
       -- the event decides the pending tick: snapshot the state as it is before the event
       flush(rkey, pend)
       pend = {}
-      local head = spack(HEAD, (pt + 1) * TICK_MS, ss, se, sd, lc, hh, dh, fd, tz, mx, pt, lt, ab and 1 or 0)
+      local te = (pt + 1) * TICK_MS
+      local head = spack(HEAD, te, ss, se, sd, lc, hh, dh, fd, tz, mx, pt, lt, ab and 1 or 0)
       if ab then head = head .. ab end
       new = new or {}
       new[#new + 1] = head
       new[#new + 1] = call('GET', rkey)
+      if te > om then om = te end
+      if ob and te <= ob then ob = te - 1 end  -- decided after the confirm: not covered by it
       pt = -1
     end
     -- tz and age band land after the decided snapshot (it is the state as of the tick end)
@@ -435,14 +541,13 @@ for pos = 1, #blob, ITEM_BYTES do
   index = index + 1
 end
 
--- the pending tick is decided at the end of the call once the watermark has passed its end
+-- the pending tick is decided at the end of the call once the watermark has passed its end: the
+-- state is its snapshot, so it becomes the live snapshot (no copy). There was none: an earlier live
+-- snapshot leaves pt at -1, and the item that set pt since materialised it.
 flush(rkey, pend)
 if pt ~= -1 and (pt + 1) * TICK_MS <= wm then
-  local head = spack(HEAD, (pt + 1) * TICK_MS, ss, se, sd, lc, hh, dh, fd, tz, mx, pt, lt, ab and 1 or 0)
-  if ab then head = head .. ab end
-  new = new or {}
-  new[#new + 1] = head
-  new[#new + 1] = call('GET', rkey)
+  live = (pt + 1) * TICK_MS
+  if ob and live <= ob then ob = live - 1 end  -- decided after the confirm: not covered by it
   pt = -1
 end
 
@@ -500,32 +605,48 @@ for j = 1, ntp do
     nhs = nhs + 2
   end
 end
+local nnew = new and #new or 0
+if nnew > 0 then call('RPUSH', okey, unpack(new)) end
+if live ~= live0 then
+  if live then
+    hs[nhs + 1] = 'lv'
+    hs[nhs + 2] = live
+    nhs = nhs + 2
+  else
+    hd = hd or {}
+    hd[#hd + 1] = 'lv'
+  end
+end
+if om ~= om0 then
+  hs[nhs + 1] = 'om'
+  hs[nhs + 2] = om
+  nhs = nhs + 2
+end
+if ob ~= ob0 then
+  hs[nhs + 1] = 'ob'
+  hs[nhs + 2] = ob
+  nhs = nhs + 2
+end
 if nhs > 0 then call('HSET', hkey, unpack(hs, 1, nhs)) end
 if hd then call('HDEL', hkey, unpack(hd)) end
 call('EXPIRE', hkey, ttl)
 
 -- ---- reply: the whole outbox --------------------------------------------------------------------
-local reply
-if new then
-  local nnew = #new
-  local len = call('RPUSH', okey, unpack(new))
+local reply = {pt, dups, rejected}
+if om > 0 then
   call('EXPIRE', okey, ttl)
-  if len > nnew then
-    reply = call('LRANGE', okey, 0, -1)
-    table.insert(reply, 1, pt)
-    table.insert(reply, 2, dups)
-    table.insert(reply, 3, rejected)
+  if not listed then
+    for k = 1, nnew do reply[k + 3] = new[k] end  -- all of it was written just now
   else
-    reply = {pt, dups, rejected}
-    for k = 1, nnew do reply[k + 3] = new[k] end
+    local els = call('LRANGE', okey, 0, -1)
+    for k = 1, #els do reply[k + 3] = els[k] end
   end
-elseif call('LLEN', okey) > 0 then
-  reply = call('LRANGE', okey, 0, -1)
-  table.insert(reply, 1, pt)
-  table.insert(reply, 2, dups)
-  table.insert(reply, 3, rejected)
-  call('EXPIRE', okey, ttl)
-else
-  reply = {pt, dups, rejected}
+end
+if live then
+  local head = spack(HEAD, live, ss, se, sd, lc, hh, dh, fd, tz, mx, live / TICK_MS - 1, lt, ab and 3 or 2)
+  if ab then head = head .. ab end
+  local n = #reply
+  reply[n + 1] = head
+  reply[n + 2] = call('GET', rkey)
 end
 return reply

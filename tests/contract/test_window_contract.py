@@ -178,3 +178,91 @@ def test_snapshot_matches_state_and_users_are_isolated(store, uid):
     sc, band, raw = store.state_of(uid)
     assert s.rings == raw and s.scalars[:L.S_PT] == sc[:L.S_PT]
     assert store.state_of(other)[0][L.S_MX] == at(1, 8)
+
+
+# -- outbox and confirm ----------------------------------------------------------------------------
+def test_crash_before_confirm_returns_a_tick_decided_at_the_end_of_a_call_unchanged(store, uid):
+    items = [Item(ev(uid, at(0, 10, 0, s)), False, "t:0", s) for s in (5, 20)]
+    first = apply(store, uid, items, wm=at(0, 10, 1))  # the watermark decides 10:00 at the end of the call
+    [snap] = first.snapshots
+    sc, band, raw = store.state_of(uid)
+    assert snap.tick_end_ms == at(0, 10, 1) and snap.rings == raw and snap.scalars[:L.S_PT] == sc[:L.S_PT]
+    # the worker dies before confirm; redelivery, then more events: a late one (it changes the rings
+    # but not the tick), one that starts a tick, one with a new tz and age band that decides it
+    more = items + [Item(ev(uid, at(0, 9, 30), "view", dwell_ms=5_000), True, "t:0", 30),
+                    Item(ev(uid, at(0, 10, 2, 10)), False, "t:0", 31),
+                    Item(ev(uid, at(0, 10, 3, 10), tz=60, age_band="13-15"), False, "t:0", 32)]
+    second = apply(store, uid, more, wm=at(0, 10, 3))
+    assert second.duplicates == 2 and second.pending_tick == at(0, 10, 3) // L.TICK_MS
+    assert [s.tick_end_ms for s in second.snapshots] == [at(0, 10, 1), at(0, 10, 3)]
+    assert second.snapshots[0] == snap  # byte for byte the state at 10:01
+    assert second.snapshots[1].age_band is None  # the 10:03 event lands after the 10:02 tick's snapshot
+    assert apply(store, uid, [], wm=at(0, 10, 3)).snapshots == second.snapshots
+    store.confirm({uid: (at(0, 10, 3), {"pol:tick": str(at(0, 10, 3))})})
+    assert [s.tick_end_ms for s in apply(store, uid, [], wm=FAR).snapshots] == [at(0, 10, 4)]
+
+
+def test_a_redelivered_call_returns_the_same_snapshots_as_the_lost_reply(store, uid):
+    other = uid + "-b"
+    batch = [UserBatch(uid, [Item(ev(uid, at(0, 6, 0, 1)), False, "t:0", 1)]),
+             UserBatch(other, [Item(ev(other, at(0, 6, 0, 2)), False, "t:0", 2)])]
+    lost = store.apply(batch[:1], at(0, 6, 1))  # the pipeline broke after the first user's call
+    again = store.apply(batch, at(0, 6, 1))
+    assert again[0].duplicates == 1 and again[1].duplicates == 0
+    assert again[0].snapshots == lost[0].snapshots and len(again[1].snapshots) == 1
+    store.confirm({uid: (at(0, 6, 1), {})})  # a confirm that reached only one of them
+    again = store.apply(batch, at(0, 6, 1))
+    assert again[0].snapshots == [] and [s.tick_end_ms for s in again[1].snapshots] == [at(0, 6, 1)]
+
+
+def test_confirming_part_of_the_outbox_keeps_the_rest_byte_for_byte(store, uid):
+    items = [Item(ev(uid, at(0, 7, m, 10)), False, "t:3", 40 + m) for m in range(4)]
+    first = apply(store, uid, items, wm=at(0, 7, 4))  # 07:00-07:02 decided by events, 07:03 by the watermark
+    assert [s.tick_end_ms for s in first.snapshots] == [at(0, 7, m) for m in (1, 2, 3, 4)]
+    store.confirm({uid: (at(0, 7, 2), {"pol:tick": "2"})})
+    assert apply(store, uid, [], wm=at(0, 7, 4)).snapshots == first.snapshots[2:]
+    r = apply(store, uid, [Item(ev(uid, at(0, 7, 5, 10), tz=30), False, "t:3", 50)], wm=at(0, 7, 5))
+    assert r.snapshots == first.snapshots[2:]  # the 07:03 snapshot survives the state moving on
+    store.confirm({uid: (at(0, 7, 3), {"pol:tick": "3"})})
+    assert apply(store, uid, [], wm=at(0, 7, 5)).snapshots == first.snapshots[3:]
+    store.confirm({uid: (at(0, 7, 4), {"pol:tick": "4"})})
+    assert apply(store, uid, [], wm=at(0, 7, 5)).snapshots == []
+    assert store.load_policy([uid]) == {uid: {"pol:tick": "4"}}
+
+
+def test_confirm_covers_only_snapshots_decided_before_it(store, uid):
+    # tick ends are not always increasing: an in-order event older than a decided tick opens it again
+    first = apply(store, uid, [ev(uid, at(0, 10, 5, 10))], wm=FAR)
+    assert [s.tick_end_ms for s in first.snapshots] == [at(0, 10, 6)]
+    r = apply(store, uid, [ev(uid, at(0, 10, 0, 10)), ev(uid, at(0, 10, 7))], wm=at(0, 10, 7))
+    assert [s.tick_end_ms for s in r.snapshots] == [at(0, 10, 6), at(0, 10, 1)]
+    store.confirm({uid: (at(0, 10, 1), {})})  # not the oldest entry: only 10:01 goes
+    assert apply(store, uid, [], wm=at(0, 10, 7)).snapshots == r.snapshots[:1]
+    r = apply(store, uid, [], wm=FAR)
+    assert [s.tick_end_ms for s in r.snapshots] == [at(0, 10, 6), at(0, 10, 8)]
+    store.confirm({uid: (at(0, 10, 8), {})})
+    r = apply(store, uid, [ev(uid, at(0, 10, 2, 30))], wm=FAR)  # decides 10:02 at the end of the call
+    assert [s.tick_end_ms for s in r.snapshots] == [at(0, 10, 3)]
+    assert apply(store, uid, [], wm=FAR).snapshots == r.snapshots  # its tick end <= 10:08, yet not confirmed
+
+
+def test_confirm_for_a_user_without_window_state(store, uid):
+    store.confirm({uid: (at(0, 9), {"pol:x": "1"})})
+    assert store.state_of(uid) is None
+    assert store.load_policy([uid]) == {uid: {"pol:x": "1"}}
+    r = apply(store, uid, [ev(uid, at(0, 8, 59))], wm=at(0, 9))  # its tick ends at the confirmed 09:00
+    assert [s.tick_end_ms for s in r.snapshots] == [at(0, 9)]  # a confirm covers only what it saw
+    assert apply(store, uid, [], wm=FAR).snapshots == r.snapshots
+    store.confirm({uid: (at(0, 9), {})})
+    assert apply(store, uid, [], wm=FAR).snapshots == []
+    assert store.load_policy([uid]) == {uid: {"pol:x": "1"}}
+
+
+def test_a_second_confirm_before_the_next_apply_replaces_the_first(store, uid):
+    """Tick end and policy fields are one pair, last writer wins (the detector never goes back)."""
+    items = [Item(ev(uid, at(0, 7, m, 10)), False, "t:3", m) for m in range(3)]
+    first = apply(store, uid, items, wm=at(0, 7, 3))
+    store.confirm({uid: (at(0, 7, 3), {"pol:tick": "3"})})
+    store.confirm({uid: (at(0, 7, 1), {"pol:tick": "1"})})  # e.g. a stale worker, late
+    assert apply(store, uid, [], wm=at(0, 7, 3)).snapshots == first.snapshots[1:]
+    assert store.load_policy([uid]) == {uid: {"pol:tick": "1"}}

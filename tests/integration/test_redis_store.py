@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+import struct
 import uuid
 from collections.abc import Generator, Iterator
 from typing import Any
@@ -266,8 +267,11 @@ def test_key_layout_is_pinned(client, prefix):
     assert user_tag(u) == "a%7Bb%7Dc" and user_tag("%7B") == "%257B" and user_tag("ü") == "ü"
     ring, state, outbox, spill = (prefix + "{a%7Bb%7Dc}" + s for s in (":w", ":s", ":o", ":f"))
     assert store.keys_of(u) == user_keys(prefix, u) == tuple(k.encode() for k in (ring, state, outbox, spill))
+    window_fields = {b"ss", b"se", b"sd", b"lc", b"hh", b"dh", b"fd", b"tz", b"mx", b"lt", b"ab",
+                     b"f:events.views:3", b"pol:tick", b"pol:ml", b"om"}  # + pt, lv, ob when set
 
     store.save_policy({u: {"pol:tick": "1", "pol:ml": "none"}})
+    # the 09:02 event decides the 09:00 tick inside the call: a copy of the ring goes to the list
     r = store.apply([UserBatch(u, [Item(ev(u, at(0, 9)), False, "events.views:3", 17),
                                    Item(ev(u, at(0, 9, 2), age_band="13-15"), False, "events.views:3", 18)])],
                     at(0, 9, 1))[0]
@@ -277,24 +281,145 @@ def test_key_layout_is_pinned(client, prefix):
     assert client.type(state) == b"hash" and client.type(outbox) == b"list" and client.llen(outbox) == 2  # header, ring
     for k in (ring, state, outbox):
         assert TTL_S - 10 < client.ttl(k) <= TTL_S
+    head = client.lindex(outbox, 0)
+    assert RS._snapshot(u, head, client.lindex(outbox, 1)) == r.snapshots[0]
+    assert struct.unpack_from(">q", head)[0] == at(0, 9, 1)
     fields = client.hgetall(state)
-    assert set(fields) == {b"ss", b"se", b"sd", b"lc", b"hh", b"dh", b"fd", b"tz", b"mx", b"pt", b"lt", b"ab",
-                           b"f:events.views:3", b"pol:tick", b"pol:ml"}
+    assert set(fields) == window_fields | {b"pt"}
     assert fields[b"pt"] == str(at(0, 9, 2) // L.TICK_MS).encode() and fields[b"lt"] == b"0"
+    assert fields[b"om"] == str(at(0, 9, 1)).encode()  # the newest tick end in the list
     assert fields[b"ab"] == b"13-15" and fields[b"f:events.views:3"] == b"-1,18,1"
     assert fields[b"pol:tick"] == b"1"  # the policy layer's fields are left alone
     assert client.object("encoding", state) == b"listpack"
     if isinstance(client, redis.RedisCluster):
         assert len({client.keyslot(k) for k in (ring, state, outbox, spill)}) == 1
 
+    # confirm is one HSET: the policy fields and "ob"; the list stays until the next apply
     store.confirm({u: (at(0, 9, 1), {"pol:tick": str(at(0, 9, 1))})})
-    assert scan(client, prefix) == {ring.encode(), state.encode()}  # outbox emptied and gone
+    assert client.hget(state, "ob") == str(at(0, 9, 1)).encode() and client.llen(outbox) == 2
+    assert TTL_S - 10 < client.ttl(state) <= TTL_S
+    assert RS.OUTBOX_GRACE_S - 10 < client.ttl(outbox) <= RS.OUTBOX_GRACE_S  # all of it confirmed
     assert store.load_policy([u]) == {u: {"pol:tick": str(at(0, 9, 1)), "pol:ml": "none"}}
-    # a floor past both offsets prunes the fence to its frontier
-    store.apply([UserBatch(u, [Item(ev(u, at(0, 9, 3)), False, "events.views:3", 16)])], at(0, 9, 2), {"events.views:3": 19})
+    # the next apply drops the confirmed snapshot first: the list is gone, "ob" stays (nothing in
+    # the outbox is <= ob after an apply); a floor past both offsets prunes the fence to its frontier
+    r = store.apply([UserBatch(u, [Item(ev(u, at(0, 9, 3)), False, "events.views:3", 16)])], at(0, 9, 2),
+                    {"events.views:3": 19})[0]
+    assert r.snapshots == [] and r.duplicates == 1
+    assert scan(client, prefix) == {ring.encode(), state.encode()}
+    fields = client.hgetall(state)
+    assert set(fields) == window_fields | {b"pt", b"ob"} and fields[b"om"] == b"0"
     assert client.hget(state, "f:events.views:3") == b"18"
+
+    # a tick decided at the end of a call is "live": the field lv, no copy; the reply has the ring
+    r = store.apply([UserBatch(u, [])], at(0, 9, 3))[0]
+    assert [s.tick_end_ms for s in r.snapshots] == [at(0, 9, 3)] and r.pending_tick is None
+    live = r.snapshots[0]
+    assert scan(client, prefix) == {ring.encode(), state.encode()}
+    assert client.hget(state, "lv") == str(at(0, 9, 3)).encode() and client.hget(state, "pt") is None
+    sc, band, raw = store.state_of(u)
+    assert live.rings == raw and band == live.age_band == "13-15"
+    assert sc[:L.S_PT] == live.scalars[:L.S_PT] and live.scalars[L.S_PT] == at(0, 9, 2) // L.TICK_MS
+    assert store.apply([UserBatch(u, [])], FAR)[0].snapshots == [live]  # nothing changes it
+    # unconfirmed, it is materialised (header + ring copy) before an item changes the state
+    r = store.apply([UserBatch(u, [Item(ev(u, at(0, 9, 4)), False, "events.views:3", 20)])], at(0, 9, 4))[0]
+    assert r.snapshots == [live]
+    assert client.hget(state, "lv") is None and client.hget(state, "om") == str(at(0, 9, 3)).encode()
+    assert client.llen(outbox) == 2
+    assert RS._snapshot(u, client.lindex(outbox, 0), client.lindex(outbox, 1)) == live
+    assert TTL_S - 10 < client.ttl(outbox) <= TTL_S
+    # confirmed, a live snapshot is dropped without ever being copied
+    store.confirm({u: (at(0, 9, 3), {})})
+    assert RS.OUTBOX_GRACE_S - 10 < client.ttl(outbox) <= RS.OUTBOX_GRACE_S
+    r = store.apply([UserBatch(u, [])], at(0, 9, 5))[0]
+    assert [s.tick_end_ms for s in r.snapshots] == [at(0, 9, 5)]
+    store.confirm({u: (at(0, 9, 5), {})})
+    r = store.apply([UserBatch(u, [Item(ev(u, at(0, 9, 6)), False, "events.views:3", 21)])], at(0, 9, 6))[0]
+    assert r.snapshots == [] and scan(client, prefix) == {ring.encode(), state.encode()}
+    fields = client.hgetall(state)
+    assert set(fields) == window_fields | {b"pt", b"ob"} and fields[b"ob"] == str(at(0, 9, 5)).encode()
+    assert store.load_policy([u]) == {u: {"pol:tick": str(at(0, 9, 1)), "pol:ml": "none"}}
     with pytest.raises(ValueError, match="pol:"):
         store.confirm({u: (0, {"ss": "1"})})
+    with pytest.raises(ValueError, match="pol:"):
+        store.confirm({u: (0, {"ob": "1"})})
+
+
+def test_confirm_for_a_user_without_state_writes_only_the_policy_hash_with_a_ttl(client, prefix):
+    store = RedisWindowStore(client, key_prefix=prefix, ttl_s=TTL_S)
+    u = "nobody"
+    ring, state, _, _ = store.keys_of(u)
+    store.confirm({u: (at(0, 9), {"pol:x": "1"})})
+    assert scan(client, prefix) == {state}
+    assert TTL_S - 10 < client.ttl(state) <= TTL_S
+    assert store.state_of(u) is None and store.load_policy([u]) == {u: {"pol:x": "1"}}
+    mem = MemoryWindowStore()
+    mem.confirm({u: (at(0, 9), {"pol:x": "1"})})
+    b = [UserBatch(u, [Item(ev(u, at(0, 8, 59)))])]  # its tick ends at the confirmed 09:00
+    got = store.apply(b, FAR)
+    assert got == mem.apply(b, FAR) and [x.tick_end_ms for x in got[0].snapshots] == [at(0, 9)]  # not dropped
+    assert store.state_of(u) == mem.state_of(u)
+    assert client.hget(state, "ob") is None and store.load_policy([u]) == {u: {"pol:x": "1"}}  # reset
+
+
+def test_a_confirmed_outbox_list_gets_the_grace_ttl_and_a_partly_confirmed_one_keeps_its_ttl(client, prefix):
+    store, mem = RedisWindowStore(client, key_prefix=prefix, ttl_s=TTL_S, outbox_grace_s=600), MemoryWindowStore()
+    u = "grace"
+    _, _, outbox, _ = store.keys_of(u)
+    items = [Item(ev(u, at(0, 7, m, 10)), False, "t:3", m) for m in range(4)]
+    got = store.apply([UserBatch(u, items)], at(0, 7, 4))[0]  # 3 ticks decided by events, 1 at the end (live)
+    assert got == mem.apply([UserBatch(u, items)], at(0, 7, 4))[0] and client.llen(outbox) == 6
+    store.confirm({u: (at(0, 7, 2), {})})  # part of the list
+    assert TTL_S - 10 < client.ttl(outbox) <= TTL_S
+    store.confirm({u: (at(0, 7, 3), {})})  # all of the list, not the live one: enough
+    assert 590 < client.ttl(outbox) <= 600
+    mem.confirm({u: (at(0, 7, 3), {})})
+    got = store.apply([UserBatch(u, [Item(ev(u, at(0, 7, 5)), False, "t:3", 9)])], at(0, 7, 4))
+    assert got == mem.apply([UserBatch(u, [Item(ev(u, at(0, 7, 5)), False, "t:3", 9)])], at(0, 7, 4))
+    assert client.llen(outbox) == 2 and TTL_S - 10 < client.ttl(outbox) <= TTL_S  # the live one, stored
+
+
+def test_a_vanished_outbox_list_is_forgotten_not_an_error(client, prefix):
+    """om names a list that is gone (its grace TTL met a race, or an eviction): apply carries on."""
+    store = RedisWindowStore(client, key_prefix=prefix, ttl_s=TTL_S)
+    u = "vanished"
+    _, state, outbox, _ = store.keys_of(u)
+    items = [Item(ev(u, at(0, 7, m, 10)), False, "t:3", m) for m in range(3)]
+    store.apply([UserBatch(u, items)], at(0, 7, 2))
+    store.confirm({u: (at(0, 7, 1), {})})  # covers the first stored snapshot only
+    client.delete(outbox)
+    r = store.apply([UserBatch(u, [])], at(0, 7, 2))[0]
+    assert r.snapshots == [] and client.hget(state, "om") == b"0"
+    r = store.apply([UserBatch(u, [Item(ev(u, at(0, 7, 3, 10)), False, "t:3", 7)])], FAR)[0]
+    assert [s.tick_end_ms for s in r.snapshots] == [at(0, 7, 3), at(0, 7, 4)]
+
+
+def test_a_snapshot_decided_after_a_confirm_lowers_ob_below_its_tick_end(client, prefix):
+    store = RedisWindowStore(client, key_prefix=prefix, ttl_s=TTL_S)
+    u = "lower"
+    _, state, _, _ = store.keys_of(u)
+    store.apply([UserBatch(u, [Item(ev(u, at(0, 10, 5, 10)))])], FAR)
+    store.confirm({u: (at(0, 10, 6), {})})
+    r = store.apply([UserBatch(u, [Item(ev(u, at(0, 10, 0, 10)))])], FAR)[0]  # an in-order event, older
+    assert [s.tick_end_ms for s in r.snapshots] == [at(0, 10, 1)]
+    assert client.hget(state, "ob") == str(at(0, 10, 1) - 1).encode()
+    assert store.apply([UserBatch(u, [])], FAR)[0].snapshots == r.snapshots
+
+
+def test_an_outbox_written_by_the_previous_script_is_still_returned(client, prefix):
+    """Upgrade: a list without "om" (written by the previous apply.lua, e.g. crashed before confirm)."""
+    store, mem = RedisWindowStore(client, key_prefix=prefix, ttl_s=TTL_S), MemoryWindowStore()
+    u = "upgrade"
+    _, state, outbox, _ = store.keys_of(u)
+    items = [Item(ev(u, at(0, 7, m, 10)), False, "t:3", m) for m in range(3)]
+    want = mem.apply([UserBatch(u, items)], at(0, 7, 2))
+    assert store.apply([UserBatch(u, items)], at(0, 7, 2)) == want and client.llen(outbox) == 4
+    client.hdel(state, "om")  # what the previous script left: header/ring pairs, no summary
+    assert store.apply([UserBatch(u, items)], at(0, 7, 2)) == mem.apply([UserBatch(u, items)], at(0, 7, 2))
+    assert client.hget(state, "om") == str(at(0, 7, 2)).encode()
+    store.confirm({u: (at(0, 7, 2), {})})
+    mem.confirm({u: (at(0, 7, 2), {})})
+    assert store.apply([UserBatch(u, [])], FAR) == mem.apply([UserBatch(u, [])], FAR)
+    assert client.exists(outbox) == 0 and client.hget(state, "om") == b"0"
 
 
 def test_a_long_fence_spills_and_the_state_hash_stays_a_listpack(client, prefix):
@@ -318,6 +443,9 @@ def test_user_ids_never_collide_or_break_the_hash_tag(client, prefix):
     store, mem = RedisWindowStore(client, key_prefix=prefix, ttl_s=TTL_S), MemoryWindowStore()
     batches = [UserBatch(u, [Item(ev(u, at(0, 8, i)))]) for i, u in enumerate(USER_POOL)]
     assert store.apply(batches, FAR) == mem.apply(batches, FAR)
+    assert len(scan(client, prefix)) == 2 * len(USER_POOL)  # ticks decided at the end of the call: no list
+    batches = [UserBatch(u, [Item(ev(u, at(0, 9, i)))]) for i, u in enumerate(USER_POOL)]
+    assert store.apply(batches, FAR) == mem.apply(batches, FAR)  # unconfirmed: copied into the list first
     keys = scan(client, prefix)
     assert len(keys) == 3 * len(USER_POOL)
     for u in USER_POOL:
