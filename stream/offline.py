@@ -108,8 +108,6 @@ def run_detector(events: list[Event], detector: Detector, emit: Callable[[Alert]
         wm = events[stop].ts_ms if stop < n else tick_ceil(events[-1].ts_ms)
         _step(detector, [(ev, None) for ev in events[start:stop]], wm, [], emit, summary)
         bar.update(stop - start)
-    if n == 0:
-        return
     bar.close()
 
 

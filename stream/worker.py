@@ -42,10 +42,9 @@ from confluent_kafka import KafkaException, Producer
 from prometheus_client import CollectorRegistry
 
 from stream.app import create_app
-from stream.core.alerts import Alert, alert_to_json
+from stream.core.alerts import alert_to_json
 from stream.core.detector import Detector, Outcome, Release
 from stream.core.events import MAX_BATCH_EVENTS, Event, Rejection, decode_message
-from stream.core.layout import TICK_MS
 from stream.core.ordering import ReorderBuffer, tick_ceil
 from stream.core.policy import AlertPolicy, load_policy_config
 from stream.core.scoring import Scorer

@@ -21,7 +21,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import orjson
@@ -104,9 +104,6 @@ class Detector:
         self._pending_heap: dict[Hashable, list[tuple[int, str]]] = defaultdict(list)
 
     # -- pending ticks (per group: a partition live, the whole log offline) ------------------------
-    def pending_users(self) -> int:
-        return sum(len(p) for p in self._pending.values())
-
     def drop_group(self, group: Hashable) -> None:
         """Forget a partition's pending ticks (revoked: its new owner rebuilds them on redelivery)."""
         self._pending.pop(group, None)

@@ -15,7 +15,7 @@ exactly as the offline scorer decides it at end of file.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -128,7 +128,3 @@ class ReorderBuffer(Generic[M]):
         for inp in self._inputs.values():
             inp.idle = True
         return self.release()
-
-
-def sort_canonical(events: Iterable[Event]) -> list[Event]:
-    return sorted(events, key=canonical_key)
