@@ -37,7 +37,7 @@ from stream.core.alerts import KIND_ML_RISK, Alert
 from stream.core.events import Event, decode_message
 from stream.core.features import N_FEATURES, RuleArrays
 from stream.core.policy import PolicyConfig
-from stream.core.windows import Snapshot
+from stream.core.windows import Snapshots
 from stream.offline import Summary, build_detector, open_log, run_detector
 
 ROW_DAY_END: Final = 0
@@ -112,12 +112,12 @@ class _DayTap:
         self.span = UserSpan()
         self._salt = str(seed).encode()
 
-    def __call__(self, snaps: Sequence[Snapshot], x: NDArray[np.float32], rules: RuleArrays) -> None:
+    def __call__(self, snaps: Snapshots, x: NDArray[np.float32], rules: RuleArrays) -> None:
         days = rules.local_day.tolist()
         hist = rules.history_days.tolist()
         span = self.span
-        for i, s in enumerate(snaps):
-            uid, tick, day = s.user_id, s.tick_end_ms, days[i]
+        for i, (uid, tick) in enumerate(zip(snaps.user_ids, snaps.tick_end.tolist())):
+            day = days[i]
             key = (uid, day)
             prev = self.last.get(key)
             if prev is None or tick > prev[0]:

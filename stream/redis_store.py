@@ -26,7 +26,7 @@ from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterExcept
 from stream.core import layout as L
 from stream.core import windows
 from stream.core.events import Reason
-from stream.core.windows import Snapshot, UserBatch, UserResult
+from stream.core.windows import Snapshot, Snapshots, UserBatch, UserResult
 from stream.errors import StoreUnavailableError
 
 __all__ = ["CONFIRMED_FIELD", "FENCE_SUFFIX", "OUTBOX_GRACE_S", "OUTBOX_SUFFIX", "POLICY_PREFIX", "RING_SUFFIX", "STATE_SUFFIX",
@@ -304,10 +304,11 @@ def _decode(user_id: str, reply: list[Any]) -> tuple[UserResult, int | None]:
         res.rejected = [(rejected[k], _REASONS[rejected[k + 1]]) for k in range(0, len(rejected), 2)]
     newest_listed = None
     if len(reply) > 3:
-        res.snapshots = snaps = [_snapshot(user_id, reply[k], reply[k + 1]) for k in range(3, len(reply), 2)]
+        snaps = [_snapshot(user_id, reply[k], reply[k + 1]) for k in range(3, len(reply), 2)]
         for s, k in zip(snaps, range(3, len(reply), 2)):
             if not reply[k][_HEAD.size - 1] & _LIVE and (newest_listed is None or s.tick_end_ms > newest_listed):
                 newest_listed = s.tick_end_ms
+        res.snapshots = Snapshots.from_rows(snaps)
     return res, newest_listed
 
 

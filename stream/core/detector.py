@@ -34,13 +34,13 @@ from stream.core.layout import TICK_MS
 from stream.core.ordering import canonical_key
 from stream.core.policy import AlertPolicy, Decision, Evaluation, PolicyState, RuleInputs
 from stream.core.scoring import Scorer
-from stream.core.windows import Item, Snapshot, UserBatch, WindowStore
+from stream.core.windows import EventColumns, Item, Snapshots, UserBatch, WindowStore
 
 SCORE_DECIMALS = 6
 TOP_REASONS = 3
 
 
-Tap = Callable[[Sequence[Snapshot], NDArray[np.float32], F.RuleArrays], None]
+Tap = Callable[[Snapshots, NDArray[np.float32], F.RuleArrays], None]
 
 
 @dataclass(slots=True)
@@ -94,12 +94,19 @@ Position = Callable[[Any], tuple[str | None, int | None]]
 
 class Detector:
     def __init__(self, store: WindowStore, policy: AlertPolicy, scorer: Scorer | None = None,
-                 tap: Tap | None = None) -> None:
-        """``tap``, when given, sees every evaluated batch (training backfill, benchmarks)."""
+                 tap: Tap | None = None, *, resident_policy: bool = False) -> None:
+        """``tap``, when given, sees every evaluated batch (training backfill, benchmarks).
+
+        ``resident_policy`` keeps the per-user policy state in this object instead of loading it
+        from and confirming it to the store around every release: only for the embedded offline
+        mode, where every release is committed before the next and nothing is redelivered. Live,
+        the store must hold it, so that a crash between deciding and publishing re-decides.
+        """
         self.tap = tap
         self.store = store
         self.policy = policy
         self.scorer = scorer
+        self._resident: dict[str, PolicyState] | None = {} if resident_policy else None
         self._pending: dict[Hashable, dict[str, int]] = defaultdict(dict)
         self._pending_heap: dict[Hashable, list[tuple[int, str]]] = defaultdict(list)
 
@@ -134,14 +141,29 @@ class Detector:
         ``position(meta)`` gives an event's ``("topic:partition", offset)`` for the offset fence.
         """
         out = Outcome()
-        snaps: list[Snapshot] = []
+        parts: list[Snapshots] = []
         for rel in (releases,) if isinstance(releases, Release) else releases:
-            snaps.extend(self._apply(rel, position, out))
-        if snaps:
+            parts.extend(self._apply(rel, position, out))
+        snaps = Snapshots.concat(parts)
+        if len(snaps):
             self._evaluate(snaps, out)
         return out
 
-    def _apply(self, rel: Release, position: Position | None, out: Outcome) -> list[Snapshot]:
+    def process_columns(self, cols: EventColumns, watermark_ms: int) -> tuple[Outcome, NDArray[np.intp]]:
+        """The embedded offline fast path: canonical-order event columns, one memory-store call.
+
+        Needs a store with ``apply_columns`` (:class:`MemoryWindowStore`); the store itself decides
+        users whose pending tick the watermark passed. Returns the outcome and the indices of the
+        refused (too late) events.
+        """
+        out = Outcome()
+        res = self.store.apply_columns(cols, watermark_ms)  # type: ignore[attr-defined]
+        out.applied = len(cols) - len(res.too_late)
+        if len(res.snapshots):
+            self._evaluate(res.snapshots, out)
+        return out, res.too_late
+
+    def _apply(self, rel: Release, position: Position | None, out: Outcome) -> list[Snapshots]:
         per_user: dict[str, list[tuple[Item, Any]]] = defaultdict(list)
         new = tuple.__new__
         for events, late in ((rel.released, False), (rel.late, True)):
@@ -161,11 +183,11 @@ class Detector:
         if not batches:
             return []
         results = self.store.apply(batches, rel.watermark_ms, rel.commit_floor)
-        snaps: list[Snapshot] = []
+        snaps: list[Snapshots] = []
         rejected = duplicates = 0
         for res in results:
             self._set_pending(rel.group, res.user_id, res.pending_tick)
-            snaps.extend(res.snapshots)
+            snaps.append(res.snapshots)
             duplicates += res.duplicates
             if res.rejected:
                 items = per_user[res.user_id]
@@ -177,14 +199,21 @@ class Detector:
         out.applied += len(rel.released) + len(rel.late) - duplicates - rejected
         return snaps
 
+    def policy_fields(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The persisted policy state of users, wherever it lives (store, or resident offline)."""
+        if self._resident is None:
+            return self.store.load_policy(user_ids)
+        res = self._resident
+        return {u: res[u].to_fields() if u in res else {} for u in user_ids}
+
     def commit(self, outcome: Outcome) -> None:
         """Persist the policy state of an outcome whose alerts were delivered; empty the outboxes."""
         if outcome.confirm:
             self.store.confirm(outcome.confirm)
 
     # -- evaluation -------------------------------------------------------------------------------
-    def _evaluate(self, snaps: list[Snapshot], out: Outcome) -> None:
-        x, rules = F.compute(snaps)
+    def _evaluate(self, snaps: Snapshots, out: Outcome) -> None:
+        x, rules = F.compute_arrays(snaps.rings, snaps.scalars, snaps.tick_end)
         if self.tap is not None:
             self.tap(snaps, x, rules)
         n = len(snaps)
@@ -196,36 +225,50 @@ class Detector:
             if len(eligible):
                 p = self.scorer.score(x[eligible])
                 for i, v in zip(eligible.tolist(), p.tolist()):
-                    scores[i] = round(float(v), SCORE_DECIMALS)
+                    scores[i] = round(v, SCORE_DECIMALS)
                 out.scored += len(eligible)
             model_version = self.scorer.info.model_version
-        order = sorted(range(n), key=lambda i: (snaps[i].user_id, snaps[i].tick_end_ms))
-        users = sorted({s.user_id for s in snaps})
-        fields = self.store.load_policy(users)
-        states = {u: PolicyState.from_fields(fields[u]) for u in users}
+        uids = snaps.user_ids
+        ticks = snaps.tick_end.tolist()
+        bands = snaps.age_bands
+        users = sorted(set(uids))
+        rank = {u: i for i, u in enumerate(users)}
+        order = np.lexsort((snaps.tick_end, np.fromiter((rank[u] for u in uids), np.int64, n))).tolist()
+        if self._resident is not None:
+            resident = self._resident
+            states = {u: resident.get(u) or resident.setdefault(u, PolicyState()) for u in users}
+        else:
+            fields = self.store.load_policy(users)
+            states = {u: PolicyState.from_fields(fields[u]) for u in users}
+        today = rules.today_active_min.tolist()
+        session = rules.session_min.tolist()
+        minute = rules.local_minute.tolist()
+        day = rules.local_day.tolist()
+        history = rules.history_days.tolist()
         decided: list[tuple[int, Decision]] = []
+        decide = self.policy.decide
         for i in order:
-            s = snaps[i]
             ev = Evaluation(
-                user_id=s.user_id,
-                tick_end_ms=s.tick_end_ms,
+                user_id=uids[i],
+                tick_end_ms=ticks[i],
                 score=scores[i],
                 rules=RuleInputs(
-                    today_active_min=float(rules.today_active_min[i]),
-                    session_min=float(rules.session_min[i]),
-                    local_minute=int(rules.local_minute[i]),
-                    local_day=int(rules.local_day[i]),
-                    age_band=s.age_band,
-                    history_days=int(rules.history_days[i]),
+                    today_active_min=today[i],
+                    session_min=session[i],
+                    local_minute=minute[i],
+                    local_day=day[i],
+                    age_band=bands[i],
+                    history_days=history[i],
                 ),
             )
-            for d in self.policy.decide(states[s.user_id], ev):
+            for d in decide(states[uids[i]], ev):
                 decided.append((i, d))
-        last_tick: dict[str, int] = {}
-        for s in snaps:
-            if s.tick_end_ms > last_tick.get(s.user_id, -1):
-                last_tick[s.user_id] = s.tick_end_ms
-        out.confirm = {u: (last_tick[u], states[u].to_fields()) for u in users}
+        if self._resident is None:
+            last_tick: dict[str, int] = {}
+            for u, t in zip(uids, ticks):
+                if t > last_tick.get(u, -1):
+                    last_tick[u] = t
+            out.confirm = {u: (last_tick[u], states[u].to_fields()) for u in users}
         if not decided:
             return
         ml_rows = [i for i, d in decided if d.kind == "ml_risk"]

@@ -49,7 +49,9 @@ __all__ = [
     "Event",
     "Reason",
     "Rejection",
+    "EventTuple",
     "decode_message",
+    "decode_message_tuples",
     "encode_event",
 ]
 
@@ -143,6 +145,22 @@ _RFC3339_FRACTION_MS: dict[str, int] = {
 def decode_message(
     raw: bytes, *, topic_type: str | None, key: bytes | None, now_ms: int
 ) -> tuple[list[Event], list[Rejection]]:
+    return _decode_message(raw, topic_type, key, now_ms, _make_event)
+
+
+EventTuple = tuple[str, int, str, str, str, int, int | None, str | None, str | None, str | None]
+"""A valid event as a plain tuple in :class:`Event` field order (the offline columnar path)."""
+
+
+def decode_message_tuples(
+    raw: bytes, *, topic_type: str | None, key: bytes | None, now_ms: int
+) -> tuple[list[EventTuple], list[Rejection]]:
+    """:func:`decode_message`, but valid events come back as :data:`EventTuple` (no objects built)."""
+    return _decode_message(raw, topic_type, key, now_ms, _make_tuple)
+
+
+def _decode_message(raw: bytes, topic_type: str | None, key: bytes | None, now_ms: int,
+                    make: Any) -> tuple[list[Any], list[Rejection]]:
     """Decode one Kafka message value (or one log line) into valid events and rejections.
 
     Args:
@@ -171,10 +189,10 @@ def decode_message(
     limit_ms = now_ms + MAX_FUTURE_MS
 
     if "events" not in obj:
-        result = _decode_event(obj, None, topic_type, key_user, limit_ms)
-        if isinstance(result, Event):
-            return [result], []
-        return [], [result]
+        result = _decode_event(obj, None, topic_type, key_user, limit_ms, make)
+        if type(result) is Rejection:
+            return [], [result]
+        return [result], []
 
     version = obj.get("v")
     if version is not None and (type(version) is not int or version != 1):
@@ -187,18 +205,18 @@ def decode_message(
     if len(items) > MAX_BATCH_EVENTS:
         detail = f"'events' has {len(items)} elements, limit {MAX_BATCH_EVENTS}"
         return [], [_message_rejection(Reason.INVALID_BATCH, detail)]
-    events: list[Event] = []
+    events: list[Any] = []
     rejections: list[Rejection] = []
     for index, item in enumerate(items):
         if type(item) is not dict:
             detail = f"element is a JSON {_json_type(item)}, expected object"
             rejections.append(Rejection(Reason.NOT_AN_OBJECT, detail, index, None, None))
             continue
-        result = _decode_event(item, index, topic_type, key_user, limit_ms)
-        if isinstance(result, Event):
-            events.append(result)
-        else:
+        result = _decode_event(item, index, topic_type, key_user, limit_ms, make)
+        if type(result) is Rejection:
             rejections.append(result)
+        else:
+            events.append(result)
     return events, rejections
 
 
@@ -230,8 +248,9 @@ def encode_event(ev: Event) -> bytes:
 
 
 def _decode_event(
-    obj: dict[str, Any], index: int | None, topic_type: str | None, key_user: str | None, limit_ms: int
-) -> Event | Rejection:
+    obj: dict[str, Any], index: int | None, topic_type: str | None, key_user: str | None, limit_ms: int,
+    make: Any = None,
+) -> Any:
     """Validate one event object; the order of checks is the one in the module docstring."""
     get = obj.get
     version = get("v")
@@ -322,6 +341,13 @@ def _decode_event(
         detail = f"field 'ts': {ts} is more than {MAX_FUTURE_MS} ms ahead of the clock"
         return _rejection(obj, index, Reason.FUTURE_TS, detail)
 
+    return (make or _make_event)(user_id, ts, etype, event_id, category, dwell_ms, tz_offset_min, age_band,
+                                 item_id, session_id)
+
+
+def _make_event(user_id: str, ts: int, etype: str, event_id: str, category: str, dwell_ms: int,
+                tz_offset_min: int | None, age_band: str | None, item_id: str | None,
+                session_id: str | None) -> Event:
     ev = _new_builder(_EventBuilder)
     ev.user_id = user_id
     ev.ts_ms = ts
@@ -335,6 +361,10 @@ def _decode_event(
     ev.session_id = session_id
     ev.__class__ = Event
     return ev  # type: ignore[no-any-return]
+
+
+def _make_tuple(*fields: Any) -> tuple[Any, ...]:
+    return fields
 
 
 def _parse_rfc3339_ms(text: str) -> int | None:

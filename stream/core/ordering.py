@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import numpy as np
+from numpy.typing import NDArray
+
 from stream.core.events import Event
 from stream.core.layout import TICK_MS
 
@@ -31,6 +34,25 @@ M = TypeVar("M")
 def canonical_key(ev: Event) -> tuple[int, str, str]:
     """Per-user canonical order: event time, then type, then event id."""
     return (ev.ts_ms, ev.type, ev.event_id)
+
+
+def canonical_order(ts: NDArray[np.int64], view: NDArray[np.int8], event_ids: Sequence[str]) -> NDArray[np.intp]:
+    """The permutation that puts events (as columns) in canonical order, like sorting by
+    :func:`canonical_key`: event time, then type ("click" < "view"), then event id."""
+    order = np.lexsort((view, ts))
+    key = ts[order] * 2 + view[order]
+    ties = np.flatnonzero(key[1:] == key[:-1])
+    if len(ties):
+        # runs of equal (time, type): order each by event id (rare; Python sort per run)
+        run_start = ties[np.flatnonzero(np.diff(ties, prepend=-2) != 1)]
+        for lo in run_start.tolist():
+            hi = lo + 1
+            while hi < len(key) and key[hi] == key[lo]:
+                hi += 1
+            seg = order[lo:hi].tolist()
+            seg.sort(key=lambda i: event_ids[i])
+            order[lo:hi] = seg
+    return order
 
 
 def tick_ceil(ts_ms: int) -> int:

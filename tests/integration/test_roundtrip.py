@@ -7,7 +7,7 @@ import time
 
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from stream.core.events import decode_message, encode_event
 from tests.eventgen import at, ev

@@ -8,7 +8,6 @@ state and the same alert set as the offline run (duplicates only with identical 
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess

@@ -21,7 +21,7 @@ L_MS = 120_000
 def fingerprint(det: Detector, store: MemoryWindowStore, alerts: list) -> tuple:
     users = sorted(store.users())
     states = tuple((u, store.state_of(u)) for u in users)
-    pol = det.store.load_policy(users)
+    pol = det.policy_fields(users)
     return (
         tuple(sorted(alert_to_json(a) for a in alerts)),
         states,
