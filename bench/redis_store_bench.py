@@ -159,8 +159,7 @@ def run(client: redis.Redis, k: int, users: int, rounds: int, mode: str,
             done = {res.user_id: (res.snapshots[-1].tick_end_ms, {"pol:tick": str(res.snapshots[-1].tick_end_ms)})
                     for res in results if res.snapshots}
             cc, w0 = _server_cpu(client), time.perf_counter()
-            if done:
-                store.confirm(done)
+            store.confirm(done)  # also when nothing was decided (a store may write applied state here)
             w1, c1 = time.perf_counter() - w0 + w_apply, _server_cpu(client)
             floors = dict(feed.offsets)  # the previous round is committed by the time the next one runs
             if r == 0:
@@ -184,7 +183,7 @@ def run(client: redis.Redis, k: int, users: int, rounds: int, mode: str,
     }
 
 
-def memory_of_a_week(client: redis.Redis, next_event: bool = False) -> dict[str, int]:
+def memory_of_a_week(client: redis.Redis, next_event: bool = False) -> dict[str, Any]:
     """A realistic heavy-ish user: ~40 pickups a day for 7 days, 3-25 events each, one call a minute.
 
     Each call's watermark is past its events (as released), so its tick is decided at its end;
@@ -206,21 +205,18 @@ def memory_of_a_week(client: redis.Redis, next_event: bool = False) -> dict[str,
                 for minute in range(int(rng.integers(1, 8))):
                     b = feed.batches(int(rng.integers(1, 6)), t + minute * 60_000, 60_000)
                     res = store.apply(b, t + (minute + (0 if next_event else 1)) * 60_000, floors)[0]
-                    if res.snapshots:
-                        store.confirm({u: (res.snapshots[-1].tick_end_ms, {
-                            "pol:tick": str(res.snapshots[-1].tick_end_ms), "pol:ml": "none", "pol:ml_at": "",
-                            "pol:el_t0": "", "pol:hi_t0": "", "pol:cap_day": str(19875 + day), "pol:cf_at": "",
-                            "pol:cu_n": "0", "pol:cu_min": "3.5"})})
+                    store.confirm({u: (res.snapshots[-1].tick_end_ms, {
+                        "pol:tick": str(res.snapshots[-1].tick_end_ms), "pol:ml": "none", "pol:ml_at": "",
+                        "pol:el_t0": "", "pol:hi_t0": "", "pol:cap_day": str(19875 + day), "pol:cf_at": "",
+                        "pol:cu_n": "0", "pol:cu_min": "3.5"})} if res.snapshots else {})
                     floors = dict(feed.offsets)
                     n += sum(len(x.items) for x in b)
         # the last call's offsets stay in the fence until the next commit floor passes them
-        ring, state, outbox, spill = store.keys_of(u)
-        out = {"events": n, "ring": client.memory_usage(ring, samples=0),
-               "state": client.memory_usage(state, samples=0),
-               "outbox": client.memory_usage(outbox, samples=0) or 0,
-               "spill": client.memory_usage(spill, samples=0) or 0,
-               "state_fields": client.hlen(state), "state_encoding": client.object("encoding", state)}
-        out["total"] = out["ring"] + out["state"] + out["outbox"] + out["spill"]
+        keys = sorted(client.scan_iter(match=prefix + "*", count=1000))
+        out: dict[str, Any] = {"events": n, "keys": len(keys)}
+        for key in keys:
+            out[key.decode().rsplit("}", 1)[-1] or "key"] = client.memory_usage(key, samples=0)
+        out["total"] = sum(client.memory_usage(key, samples=0) for key in keys)
         return out
     finally:
         for key in client.scan_iter(match=prefix + "*", count=1000):
@@ -248,6 +244,7 @@ def memory_per_user_overall(client: redis.Redis, users: int = 5000, next_event: 
                     for x in results if x.snapshots}
             for lo in range(0, len(done), 500):
                 store.confirm(dict(list(done.items())[lo: lo + 500]))
+            store.confirm({})
             floors = dict(feed.offsets)
         after = int(client.info("memory")["used_memory"])
         return {"users": users, "bytes_per_user": (after - before) / users}

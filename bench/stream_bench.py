@@ -3,7 +3,7 @@
     python bench/stream_bench.py [--events 150000] [--users 5000] [--rate 5000] [--latency-s 30]
 
 In one run, on the same pre-filled input topics (one event per Kafka message):
-  (a) a naive Faust agent: one Redis round trip (the window Lua script) and one ONNX call per event;
+  (a) a naive Faust agent: one Redis round trip (the fenced state write) and one ONNX call per event;
   (b) a Faust agent that does nothing;
   (c) the riskstream worker (and (c') the worker on 20-event batch envelopes);
 then the worker at a fixed input rate for the decidable→acknowledged latency percentiles, and
@@ -76,43 +76,44 @@ def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
                     snaps = res[0].snapshots
                     x = F.compute(snaps[-1:])[0] if snaps else zero
                     scorer.score(x)
-                    if snaps:
-                        store.confirm({ev.user_id: (snaps[-1].tick_end_ms, {})})
+                    # the write (one EVALSHA round trip), also when no tick was decided
+                    store.confirm({ev.user_id: (snaps[-1].tick_end_ms, {})} if snaps else {})
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
 # -- harness ---------------------------------------------------------------------------------------
-def committed_total(bootstrap: str, group: str, topics: list[str], partitions: int) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        tps = c.committed([TopicPartition(t, p) for t in topics for p in range(partitions)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
-    finally:
-        c.close()
-
-
 def drain(name: str, cmd: list[str], bootstrap: str, group: str, topics: list[str], partitions: int,
-          total_msgs: int, events_per_msg: int, timeout: float = 900) -> float:
+          total_msgs: int, events_per_msg: int, timeout: float = 600) -> float:
+    """Run ``cmd`` until the group's committed offsets reach ``total_msgs``; events/s in between.
+
+    One probe consumer with the agent's ``group.id`` reads the committed offsets (OffsetFetch); it
+    never subscribes, so it does not join the group or trigger a rebalance.
+    """
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t1 = c1 = None
+    c = 0
     start = time.monotonic()
     try:
         while time.monotonic() - start < timeout:
             if proc.poll() is not None:
                 raise SystemExit(f"{name} exited early: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            c = committed_total(bootstrap, group, topics, partitions)
+            c = sum(max(tp.offset, 0) for tp in probe.committed(tps, timeout=10))
             now = time.monotonic()
             if c > 0 and t1 is None:
                 t1, c1 = now, c
             if c >= total_msgs:
                 assert t1 is not None and c1 is not None
                 rate = (c - c1) * events_per_msg / max(now - t1, 1e-6)
-                print(f"  {name:34s} {rate:10,.0f} events/s   ({(c - c1) * events_per_msg:,} events in {now - t1:.1f} s)")
+                print(f"  {name:34s} {rate:10,.0f} events/s   ({(c - c1) * events_per_msg:,} events in {now - t1:.1f} s)",
+                      flush=True)
                 return rate
-            time.sleep(0.1)
-        raise SystemExit(f"{name} did not drain within {timeout:.0f} s ({c}/{total_msgs} messages)")
+            time.sleep(0.25)
+        raise SystemExit(f"{name} did not drain within {timeout:.0f} s ({c}/{total_msgs} messages committed)")
     finally:
+        probe.close()
         proc.terminate()
         try:
             proc.wait(timeout=60)
@@ -197,7 +198,7 @@ def main() -> None:
                    "--model", str(model), "--loglevel", "WARNING"], s.kafka_bootstrap, f"{ns}.worker", topics, parts,
                    a.events, 1)
     cpu_per_event = (redis_cpu(r) - cpu0) / a.events * 1e6
-    users = sum(1 for _ in r.scan_iter(match=f"{ns}:rs:*:s", count=1000))
+    users = sum(1 for _ in r.scan_iter(match=f"{ns}:rs:*", count=1000))
     mem_per_user = (int(r.info("memory")["used_memory"]) - mem0) / max(users, 1)
     print(f"  ratios: (c)/(a) = {rate_c / rate_a:.2f}   (c)/(b) = {rate_c / rate_b:.2f}")
     print(f"  Redis: {cpu_per_event:.1f} µs CPU per event (worker run), "

@@ -30,3 +30,7 @@ class BrokerUnavailableError(RiskstreamError):
 
 class ModelContractError(RiskstreamError):
     """The ONNX model does not match the running feature spec or the I/O contract."""
+
+
+class StaleStateError(RiskstreamError):
+    """Another worker replaced state this one had loaded: it no longer owns that partition."""

@@ -1,55 +1,60 @@
-"""The live window store: per-user state in Redis, updated by one atomic Lua call per user.
+"""The live window store: the core's window state, kept by the worker and persisted in Redis.
 
-:class:`RedisWindowStore` is the Redis twin of :class:`stream.core.windows.MemoryWindowStore`. The
-update rule lives in ``stream/lua/apply.lua``, the key layout in ``docs/state-layout.md``. One
-:meth:`~RedisWindowStore.apply` is one pipelined round trip (split per node by redis-py in a
-cluster): an ``EVALSHA`` per touched user, whose keys share the user's hash tag. One
-:meth:`~RedisWindowStore.confirm` is one pipelined round trip too, with no script: per user one
-``HSET`` of the policy fields and the confirmed tick end ``ob`` (atomic on its own) and an
-``EXPIRE``; the next ``apply`` drops the confirmed snapshots.
+:class:`RedisWindowStore` *is* :class:`~stream.core.windows.MemoryWindowStore` — the same compiled
+update rule, the same results — with Redis as the durable, shared copy (docs/state-layout.md):
 
-Redelivery is safe: items that carry a Kafka position are fenced inside the script, so a pipeline
-that redis-py retries after a connection error (or a batch Kafka redelivers) applies nothing twice.
+* **Load once.** The first time a worker touches a user, one pipelined ``HGETALL`` per new user
+  loads the state hash; afterwards the worker's copy is current for as long as it owns the user's
+  partition (nothing in a worker is authoritative: it can be dropped at any time and reloaded).
+* **Fenced write per user per batch.** :meth:`confirm` — called after the batch's alerts were
+  acknowledged by Kafka — writes every user changed since the last confirm with one ``EVALSHA`` of
+  ``stream/lua/state.lua``, all in one pipeline: a compare-and-set on the user's version, so only
+  the owner of the current state can replace it. A stale owner (a zombie after a rebalance) gets
+  :class:`StaleStateError` and must stop; the offsets it did not commit are redelivered to the
+  owner.
+* **Nothing unconfirmed is persisted.** A user whose decided ticks are not all confirmed yet is
+  written by a later confirm. So Redis always holds a state whose decisions were published: after
+  a crash, redelivery re-applies the same events to it and re-decides the same ticks, with the
+  same alert ids (DESIGN §4, §7). The offset fence travels in the state.
+* **Bounded memory.** At most ``max_cached_users`` users stay cached; the least recently touched
+  persisted ones are dropped first. :meth:`invalidate` (on every rebalance) drops all of them at
+  the next safe point.
+
+Compared with applying events inside a Lua script (the previous design, measured in
+``bench/redis_store_bench.py``), Redis does one small write per touched user per batch instead of
+the window arithmetic, and the worker runs the same compiled kernel as the offline scorer.
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final
 
+import numpy as np
+import orjson
 import redis
 from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, TryAgainError
 
 from stream.core import layout as L
-from stream.core import windows
-from stream.core.events import Reason
-from stream.core.windows import Snapshot, Snapshots, UserBatch, UserResult
-from stream.errors import StoreUnavailableError
+from stream.core.windows import MemoryWindowStore, UserBatch, UserResult
+from stream.errors import StaleStateError, StoreUnavailableError
 
-__all__ = ["CONFIRMED_FIELD", "FENCE_SUFFIX", "OUTBOX_GRACE_S", "OUTBOX_SUFFIX", "POLICY_PREFIX", "RING_SUFFIX", "STATE_SUFFIX",
-           "RedisWindowStore", "user_keys", "user_tag"]
+__all__ = ["DEFAULT_CACHE_USERS", "POLICY_PREFIX", "STATE_LUA", "STATE_SUFFIX", "RedisWindowStore",
+           "user_key", "user_tag"]
 
-RING_SUFFIX: Final = ":w"
-STATE_SUFFIX: Final = ":s"
-OUTBOX_SUFFIX: Final = ":o"
-FENCE_SUFFIX: Final = ":f"
+STATE_SUFFIX: Final = ":u"
 POLICY_PREFIX: Final = "pol:"
-AGE_BAND_FIELD: Final = "ab"
-CONFIRMED_FIELD: Final = "ob"  # written by confirm: the tick end through which the outbox is confirmed
+DEFAULT_CACHE_USERS: Final = 100_000  # ≈ 2.6 KB each: ≈ 260 MB of window state at most
+SCALARS_DTYPE: Final = np.dtype(">i8")
 
+_F_VERSION, _F_RINGS, _F_STATE, _F_POLICY = b"v", b"r", b"st", b"pol"
+_SCALAR_BYTES: Final = 8 * len(L.SCALARS)
+_BAND_NONE: Final = 0xFFFF
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
-_STATE_FIELDS: Final = (*L.SCALARS, AGE_BAND_FIELD)
-_REASONS: Final = {r.value.encode(): r for r in Reason}
-_CATEGORY_CODE: Final = {c: i * 4 for c, i in L.CATEGORY_INDEX.items()}
-_ITEM = struct.Struct(">qBIhHHq")  # apply.lua's ITEM: ts, code, dwell, tz, age band, tp, offset
-_TZ_ABSENT: Final = -32768
-_HEAD = struct.Struct(">12qB")  # apply.lua's HEAD: tick end, 11 scalars, flags; then the age band
-_HAS_BAND, _LIVE = 1, 2  # the flags: the user has an age band; the snapshot is live (a reply only)
-OUTBOX_GRACE_S: Final = 3_600
-_MAX_HINTS: Final = 200_000
 
 Client = redis.Redis | redis.RedisCluster
 
@@ -58,8 +63,7 @@ def _source(name: str) -> str:
     return resources.files("stream").joinpath("lua", name).read_text(encoding="utf-8")
 
 
-APPLY_LUA: Final = _source("apply.lua")
-_NUMKEYS: Final = {APPLY_LUA: 4}
+STATE_LUA: Final = _source("state.lua")
 
 
 def user_tag(user_id: str) -> str:
@@ -69,48 +73,52 @@ def user_tag(user_id: str) -> str:
     return user_id
 
 
-def user_keys(key_prefix: str, user_id: str) -> tuple[bytes, bytes, bytes, bytes]:
-    """(ring, state hash, outbox, fence spill) keys of one user, UTF-8 encoded."""
-    base = f"{key_prefix}{{{user_tag(user_id)}}}"
-    return ((base + RING_SUFFIX).encode(), (base + STATE_SUFFIX).encode(), (base + OUTBOX_SUFFIX).encode(),
-            (base + FENCE_SUFFIX).encode())
+def user_key(key_prefix: str, user_id: str) -> bytes:
+    """The user's state hash key, UTF-8 encoded: ``<prefix>{<tag>}:u``."""
+    return f"{key_prefix}{{{user_tag(user_id)}}}{STATE_SUFFIX}".encode()
 
 
-class RedisWindowStore:
-    """:class:`~stream.core.windows.WindowStore` on Redis (standalone or Redis Cluster)."""
+class RedisWindowStore(MemoryWindowStore):
+    """:class:`~stream.core.windows.WindowStore` persisted in Redis (standalone or Redis Cluster)."""
 
-    def __init__(self, client: Client, *, key_prefix: str, ttl_s: int, outbox_grace_s: int = OUTBOX_GRACE_S) -> None:
-        """Load the script (on every master of a cluster) and keep its SHA.
-
-        ``outbox_grace_s`` bounds how long an outbox list whose snapshots were all confirmed waits for
-        the user's next ``apply`` (which deletes it) before it expires (see :meth:`confirm`).
+    def __init__(self, client: Client, *, key_prefix: str, ttl_s: int,
+                 max_cached_users: int = DEFAULT_CACHE_USERS, writer_id: str | None = None) -> None:
+        """Load the script (on every primary of a cluster) and keep its SHA.
 
         Raises:
-            ValueError: the client decodes responses (rings must stay bytes) or ttl_s < 1.
+            ValueError: the client decodes responses (rings are raw bytes), ttl_s < 1 or
+                max_cached_users < 1.
             StoreUnavailableError: Redis cannot be reached.
         """
         if client.get_encoder().decode_responses:
             raise ValueError("RedisWindowStore needs a client with decode_responses=False (rings are raw bytes)")
         if ttl_s < 1:
             raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s}")
+        if max_cached_users < 1:
+            raise ValueError(f"max_cached_users must be >= 1, got {max_cached_users}")
+        super().__init__(keep_outbox=True)
         self._client = client
         self._prefix = key_prefix
-        self._ttl_s = ttl_s
-        self._max_fence = windows.MAX_FENCE_OFFSETS
-        self._grace_s = max(1, min(outbox_grace_s, ttl_s))
-        # user -> newest tick end of the snapshots stored in the outbox list, from the last reply
-        self._listed: dict[str, int] = {}
-        self._scripts = {src: hashlib.sha1(src.encode()).hexdigest() for src in (APPLY_LUA,)}
-        for src in self._scripts:
-            self._load_script(src)
+        self._ttl_ms = ttl_s * 1000
+        self._max_cached = max_cached_users
+        self._writer = writer_id or uuid.uuid4().hex
+        self._version: dict[str, int] = {}  # user -> version of the stored state our copy derives from
+        self._dirty: set[str] = set()  # changed since the last write
+        self._recent: OrderedDict[str, None] = OrderedDict()  # cached users, least recently touched first
+        self._invalidate_requested = False
+        self._sha = hashlib.sha1(STATE_LUA.encode()).hexdigest()
+        self._load_script()
 
     @property
     def key_prefix(self) -> str:
         return self._prefix
 
-    def keys_of(self, user_id: str) -> tuple[bytes, bytes, bytes, bytes]:
-        """(ring, state hash, outbox, fence spill) keys of one user."""
-        return user_keys(self._prefix, user_id)
+    def key_of(self, user_id: str) -> bytes:
+        return user_key(self._prefix, user_id)
+
+    @property
+    def cached_users(self) -> int:
+        return len(self._slot)
 
     # -- WindowStore -------------------------------------------------------------------------------
     def apply(
@@ -119,146 +127,189 @@ class RedisWindowStore:
         watermark_ms: int,
         commit_floor: Mapping[str, int] | None = None,
     ) -> list[UserResult]:
-        """Apply each user's items atomically (one EVALSHA each, one pipeline); see WindowStore."""
+        """Load users not cached yet (one pipeline), then apply as the memory store does."""
         if not batches:
             return []
-        floors = commit_floor or {}
-        calls = [self._apply_args(b, watermark_ms, floors) for b in batches]
-        replies = self._eval_all(APPLY_LUA, calls)
-        listed = self._listed
-        if len(listed) > _MAX_HINTS:
-            listed.clear()  # only a hint for confirm
-        out = []
-        for b, r in zip(batches, replies, strict=True):
-            res, newest_listed = _decode(b.user_id, r)
-            if newest_listed is None:
-                listed.pop(b.user_id, None)
-            else:
-                listed[b.user_id] = newest_listed
-            out.append(res)
-        return out
+        if self._invalidate_requested and not self._dirty:
+            self._drop_cache()
+        users = [b.user_id for b in batches]
+        self._load(users)
+        results = super().apply(batches, watermark_ms, commit_floor)
+        self._dirty.update(users)
+        self._touch(users)
+        return results
 
-    def load_policy(self, user_ids: Iterable[str]) -> dict[str, dict[str, str]]:
-        """The ``pol:`` fields of each user's state hash ({} for a user without any)."""
+    def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         users = list(user_ids)
-        if not users:
-            return {}
-        rows = self._pipeline(lambda pipe: [pipe.hgetall(self.keys_of(u)[1]) for u in users])
-        pol = POLICY_PREFIX.encode()
-        return {
-            u: {k.decode(): v.decode() for k, v in row.items() if k.startswith(pol)}
-            for u, row in zip(users, rows, strict=True)
-        }
+        self._load(users)
+        return super().load_policy(users)
 
     def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
-        """Per user, atomically: store the ``pol:`` fields and the confirmed tick end; see WindowStore.
+        """Store the policy fields (see WindowStore), then write every changed, fully confirmed user.
 
-        One ``HSET <state> ob <through_ms> pol:… …`` per user (a single command: atomic), then an
-        ``EXPIRE`` of the hash (it may have just been created), all users in one pipeline. The user's
-        next ``apply`` drops the outbox snapshots with tick end <= ``ob`` before anything else.
-
-        A user may not come back for a long time, and a list of stored snapshots would wait for that
-        next ``apply`` until its TTL: when this confirm covers every stored snapshot of the user's last
-        ``apply`` reply, the list also gets ``EXPIRE outbox_grace_s``. An ``apply`` that keeps
-        snapshots in it (confirmed by nobody) restores the full TTL, so only an outage longer than the
-        grace during a race with another worker's ``apply`` could lose one.
+        One ``EVALSHA state.lua`` per user, all in one pipeline. Call it after every batch, also
+        when nothing was decided (events applied without deciding a tick change the state too).
 
         Raises:
-            ValueError: a field name does not start with ``pol:`` (the hash also holds window state).
+            ValueError: a field name does not start with ``pol:``.
+            StaleStateError: another writer replaced some users' state since this store loaded it;
+                their copies are dropped. Stop processing: this worker no longer owns them.
+            StoreUnavailableError: Redis cannot be reached (retry: the write is idempotent).
         """
-        todo: list[tuple[bytes, dict[str, Any], bytes | None]] = []
-        covered: list[str] = []
-        for u, (through_ms, fields) in done.items():
+        for fields in (f for _, f in done.values()):
             _check_policy_fields(fields)
-            _, state_key, outbox_key, _ = self.keys_of(u)
-            newest = self._listed.get(u)
-            grace_key: bytes | None = None
-            if newest is not None and through_ms >= newest:
-                covered.append(u)
-                grace_key = outbox_key
-            todo.append((state_key, {CONFIRMED_FIELD: int(through_ms), **fields}, grace_key))
-        if todo:
-            def queue(pipe: Any) -> None:
-                for key, mapping, outbox_key in todo:
-                    pipe.hset(key, mapping=mapping)
-                    pipe.expire(key, self._ttl_s)
-                    if outbox_key is not None:
-                        pipe.expire(outbox_key, self._grace_s)
-            self._pipeline(queue)
-            for u in covered:
-                del self._listed[u]
-
-    def save_policy(self, states: Mapping[str, Mapping[str, str]]) -> None:
-        """HSET each user's ``pol:`` fields and refresh the hash's TTL, in one pipeline."""
-        todo = [(self.keys_of(u)[1], dict(f)) for u, f in states.items() if f]
-        for _, f in todo:
-            _check_policy_fields(f)
-        if todo:
-            def queue(pipe: Any) -> None:
-                for key, f in todo:
-                    pipe.hset(key, mapping=f)
-                    pipe.expire(key, self._ttl_s)
-            self._pipeline(queue)
+        users = list(done)
+        self._load(users)
+        super().confirm(done)
+        self._dirty.update(users)
+        self._touch(users)
+        self._write()
+        if self._invalidate_requested and not self._dirty:
+            self._drop_cache()
+        self._evict()
 
     def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
-        ring_key, state_key, _, _ = self.keys_of(user_id)
-        values, ring = self._pipeline(lambda pipe: (pipe.hmget(state_key, _STATE_FIELDS), pipe.get(ring_key)))
-        if ring is None or values[L.S_LT] is None:
+        """The user's state as this store sees it: its copy if cached, else what Redis holds."""
+        if user_id in self._slot:
+            return super().state_of(user_id)
+        return self.stored_state_of(user_id)
+
+    # -- beyond the protocol -----------------------------------------------------------------------
+    def stored_state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
+        """What Redis holds for the user (scalars, age band, ring bytes), or None."""
+        rings, blob = self._call(lambda c: c.hmget(self.key_of(user_id), [_F_RINGS, _F_STATE]))
+        if rings is None or blob is None:
             return None
-        scalars = tuple(L.NONE if v is None else int(v) for v in values[: len(L.SCALARS)])
-        band = values[-1]
-        return scalars, None if band is None else band.decode(), ring
+        scalars, band, _ = unpack_state(blob)
+        return tuple(scalars.tolist()), band, rings
+
+    def invalidate(self) -> None:
+        """Drop every cached user at the next point where all changes are written (a rebalance).
+
+        Safe to call from another thread than the one applying: it only sets a flag.
+        """
+        self._invalidate_requested = True
+
+    def pending_writes(self) -> int:
+        """Users changed but not written yet (decided ticks awaiting confirm, or a failed write)."""
+        return len(self._dirty)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _apply_args(self, batch: UserBatch, watermark_ms: int, floors: Mapping[str, int]) -> list[Any]:
-        tps: dict[str, int] = {}
-        bands: dict[str, int] = {}
-        pack = _ITEM.pack
-        items: list[bytes] = []
-        for ev, late, tp, offset in batch.items:
-            view = ev.type == "view"
-            tz = ev.tz_offset_min
-            band = ev.age_band
-            if band is None:
-                b = 0
+    def _touch(self, users: Iterable[str]) -> None:
+        recent = self._recent
+        for u in users:
+            recent[u] = None
+            recent.move_to_end(u)
+
+    def _drop_cache(self) -> None:
+        self._forget(list(self._slot))
+        self._version.clear()
+        self._recent.clear()
+        self._invalidate_requested = False
+
+    def _evict(self) -> None:
+        excess = len(self._slot) - self._max_cached
+        if excess <= 0:
+            return
+        victims: list[str] = []
+        for u in self._recent:  # least recently touched first
+            if u not in self._dirty:
+                victims.append(u)
+                if len(victims) >= excess + self._max_cached // 10:  # make some room at once
+                    break
+        for u in victims:
+            del self._recent[u]
+            self._version.pop(u, None)
+        self._forget(victims)
+
+    def _load(self, users: Sequence[str]) -> None:
+        """HGETALL the users not cached yet (one pipeline) and fill their rows."""
+        missing = list(dict.fromkeys(u for u in users if u not in self._slot))
+        if not missing:
+            return
+        rows = self._call(lambda c: _pipelined(c, lambda p: [p.hgetall(self.key_of(u)) for u in missing]))
+        slots = self.slots(missing)
+        for u, s, row in zip(missing, slots.tolist(), rows, strict=True):
+            self._version[u] = int(row.get(_F_VERSION, b"0"))
+            rings, blob = row.get(_F_RINGS), row.get(_F_STATE)
+            if rings is not None and blob is not None:
+                try:
+                    if len(rings) != L.RING_BYTES:
+                        raise ValueError(f"ring is {len(rings)} bytes, {L.RING_BYTES} expected")
+                    scalars, band, fence = unpack_state(blob)
+                except ValueError as e:
+                    raise ValueError(f"corrupt window state for user {u!r}: {e}") from e
+                self._rings[s] = np.frombuffer(rings, L.RING_DTYPE)
+                self._sc[s] = scalars
+                self._bands[s] = band
+                if fence:
+                    self._fence[s] = fence
+            pol = row.get(_F_POLICY)
+            if pol:
+                self._policy[u] = orjson.loads(pol)
+        self._touch(missing)
+
+    def _write(self) -> None:
+        """Write each dirty user whose decided ticks are all confirmed; one pipeline of EVALSHA."""
+        todo: list[str] = []
+        calls: list[list[Any]] = []
+        for u in self._dirty:
+            s = self._slot.get(u)
+            if s is None:  # forgotten meanwhile: nothing to write
+                continue
+            box = self._outbox.get(s)
+            if box is not None and len(box):
+                through = self._confirmed.get(s)
+                if through is None or bool((box.tick_end > through).any()):
+                    continue  # unconfirmed decisions: keep them out of Redis until confirmed
+            todo.append(u)
+            calls.append(self._write_args(u, s))
+        self._dirty.difference_update(u for u in list(self._dirty) if u not in self._slot)
+        if not todo:
+            return
+        replies = self._evalsha_all(calls)
+        stale: list[str] = []
+        for u, r in zip(todo, replies, strict=True):
+            if r == -1:
+                stale.append(u)
             else:
-                b = bands.get(band, 0)
-                if not b:
-                    b = bands[band] = len(bands) + 1
-            if tp is not None and offset is not None:
-                j = tps.get(tp, 0)
-                if not j:
-                    j = tps[tp] = len(tps) + 1
-            else:
-                j = offset = 0
-            items.append(pack(ev.ts_ms, _CATEGORY_CODE[ev.category] + (2 if late else 0) + view,
-                              ev.dwell_ms if view else 0, _TZ_ABSENT if tz is None else tz, b, j, offset))
-        args: list[Any] = [*self.keys_of(batch.user_id), watermark_ms, self._ttl_s, self._max_fence,
-                           b"".join(items), len(tps)]
-        for tp in tps:
-            f = floors.get(tp)
-            args += (tp, "" if f is None else f)
-        args += bands
+                self._version[u] = int(r)
+                self._dirty.discard(u)
+        if stale:
+            for u in stale:
+                self._dirty.discard(u)
+                self._recent.pop(u, None)
+                self._version.pop(u, None)
+            self._forget(stale)
+            raise StaleStateError(
+                f"{len(stale)} user(s) were written by another worker since this one loaded them "
+                f"(e.g. {stale[0]!r}): this worker no longer owns their partition")
+
+    def _write_args(self, u: str, s: int) -> list[Any]:
+        args: list[Any] = [self.key_of(u), self._version.get(u, 0), self._writer, self._ttl_ms]
+        if self._has_window_state(s):
+            args += [_F_RINGS, self._rings[s].astype(L.RING_DTYPE).tobytes(),
+                     _F_STATE, pack_state(self._sc[s], self._bands[s], self._fence.get(s))]
+        pol = self._policy.get(u)
+        if pol:
+            args += [_F_POLICY, orjson.dumps(pol)]
         return args
 
-    def _load_script(self, src: str) -> None:
-        try:
-            sha = self._client.script_load(src)  # RedisCluster: on every primary
-        except _UNAVAILABLE as e:
-            raise _unavailable(e) from e
+    def _load_script(self) -> None:
+        sha = self._call(lambda c: c.script_load(STATE_LUA))  # RedisCluster: on every primary
         got = sha.decode() if isinstance(sha, bytes) else str(sha)
-        if got != self._scripts[src]:
-            raise RuntimeError(f"SCRIPT LOAD returned {got}, expected {self._scripts[src]}")
+        if got != self._sha:
+            raise RuntimeError(f"SCRIPT LOAD returned {got}, expected {self._sha}")
 
-    def _eval_all(self, src: str, calls: list[list[Any]]) -> list[Any]:
-        """EVALSHA of one script per call (its keys first), pipelined; NOSCRIPT reloads and retries."""
-        results = self._evalsha(src, calls)
+    def _evalsha_all(self, calls: list[list[Any]]) -> list[Any]:
+        """EVALSHA per call (key first), pipelined; NOSCRIPT reloads the script and re-runs those."""
+        results = self._evalsha(calls)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
-            # SCRIPT FLUSH, a restart without persistence, a failover or a new master: the script
+            # SCRIPT FLUSH, a restart without persistence, a failover or a new primary: the script
             # did not run for these users, so load it again and run just those.
-            self._load_script(src)
-            for i, r in zip(missing, self._evalsha(src, [calls[i] for i in missing]), strict=True):
+            self._load_script()
+            for i, r in zip(missing, self._evalsha([calls[i] for i in missing]), strict=True):
                 results[i] = r
         for r in results:
             if isinstance(r, Exception):
@@ -267,25 +318,55 @@ class RedisWindowStore:
                 raise r
         return results
 
-    def _evalsha(self, src: str, calls: list[list[Any]]) -> list[Any]:
-        sha = self._scripts[src]
-        numkeys = _NUMKEYS[src]
+    def _evalsha(self, calls: list[list[Any]]) -> list[Any]:
+        def queue(pipe: Any) -> None:
+            ex = pipe.execute_command  # ClusterPipeline blocks .evalsha() by name; routing is by the key
+            for key, *argv in calls:
+                ex("EVALSHA", self._sha, 1, key, *argv)
+        return self._call(lambda c: _pipelined(c, queue, raise_on_error=False))  # type: ignore[no-any-return]
+
+    def _call(self, fn: Any) -> Any:
         try:
-            pipe = self._client.pipeline(transaction=False)
-            ex = pipe.execute_command  # ClusterPipeline blocks .evalsha() by name only; routing is by the keys
-            for args in calls:
-                ex("EVALSHA", sha, numkeys, *args)
-            return pipe.execute(raise_on_error=False)
+            return fn(self._client)
         except _UNAVAILABLE as e:
             raise _unavailable(e) from e
 
-    def _pipeline(self, queue: Any) -> list[Any]:
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            queue(pipe)
-            return pipe.execute()
-        except _UNAVAILABLE as e:
-            raise _unavailable(e) from e
+
+def pack_state(scalars: np.ndarray, band: str | None,  # type: ignore[type-arg]
+               fence: Mapping[str, tuple[int, set[int]]] | None) -> bytes:
+    """The ``st`` field: scalars (11 × big-endian i64), age band (big-endian u16 length, 0xFFFF =
+    none, then UTF-8), offset fence (JSON ``{tp: [frontier, [offsets above it]]}``, the rest; may be
+    empty)."""
+    if band is None:
+        band_part = _BAND_NONE.to_bytes(2, "big")
+    else:
+        b = band.encode()
+        band_part = len(b).to_bytes(2, "big") + b
+    fence_part = orjson.dumps({tp: [fr, sorted(applied)] for tp, (fr, applied) in fence.items()}) if fence else b""
+    return scalars.astype(SCALARS_DTYPE).tobytes() + band_part + fence_part
+
+
+def unpack_state(blob: bytes) -> tuple[np.ndarray, str | None, dict[str, tuple[int, set[int]]]]:  # type: ignore[type-arg]
+    """(scalars int64, age band, fence) from an ``st`` field."""
+    if len(blob) < _SCALAR_BYTES + 2:
+        raise ValueError(f"state is {len(blob)} bytes, at least {_SCALAR_BYTES + 2} expected")
+    scalars = np.frombuffer(blob, SCALARS_DTYPE, len(L.SCALARS)).astype(np.int64)
+    n = int.from_bytes(blob[_SCALAR_BYTES:_SCALAR_BYTES + 2], "big")
+    at = _SCALAR_BYTES + 2
+    band = None
+    if n != _BAND_NONE:
+        band = blob[at:at + n].decode()
+        at += n
+    fence: dict[str, tuple[int, set[int]]] = {}
+    if at < len(blob):
+        fence = {tp: (fr, set(applied)) for tp, (fr, applied) in orjson.loads(blob[at:]).items()}
+    return scalars, band, fence
+
+
+def _pipelined(client: Client, queue: Any, *, raise_on_error: bool = True) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    queue(pipe)
+    return pipe.execute(raise_on_error=raise_on_error)  # type: ignore[no-any-return]
 
 
 def _check_policy_fields(fields: Mapping[str, str]) -> None:
@@ -293,29 +374,6 @@ def _check_policy_fields(fields: Mapping[str, str]) -> None:
     if bad:
         raise ValueError(f"policy field names must start with {POLICY_PREFIX!r} (the hash holds window state "
                          f"too): {bad[:3]}")
-
-
-def _decode(user_id: str, reply: list[Any]) -> tuple[UserResult, int | None]:
-    """The result, and the newest tick end of the snapshots stored in the outbox list (None if none)."""
-    pt = reply[0]
-    res = UserResult(user_id, duplicates=reply[1], pending_tick=None if pt == L.NONE else pt)
-    rejected = reply[2]
-    if rejected:
-        res.rejected = [(rejected[k], _REASONS[rejected[k + 1]]) for k in range(0, len(rejected), 2)]
-    newest_listed = None
-    if len(reply) > 3:
-        snaps = [_snapshot(user_id, reply[k], reply[k + 1]) for k in range(3, len(reply), 2)]
-        for s, k in zip(snaps, range(3, len(reply), 2)):
-            if not reply[k][_HEAD.size - 1] & _LIVE and (newest_listed is None or s.tick_end_ms > newest_listed):
-                newest_listed = s.tick_end_ms
-        res.snapshots = Snapshots.from_rows(snaps)
-    return res, newest_listed
-
-
-def _snapshot(user_id: str, header: bytes, ring: bytes) -> Snapshot:
-    """Decode one outbox entry: its header (tick end, 11 scalars, flags, age band) and its ring bytes."""
-    v = _HEAD.unpack_from(header)
-    return Snapshot(user_id, v[0], v[1:12], header[_HEAD.size:].decode() if v[12] & _HAS_BAND else None, ring)
 
 
 def _unavailable(e: Exception) -> StoreUnavailableError:

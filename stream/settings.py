@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     batch_wait_s: float = Field(default=0.2, gt=0, le=60)
     idle_ms: int = Field(default=2000, ge=0)
     state_ttl_s: int = Field(default=30 * 86_400, ge=3600)
+    state_cache_users: int = Field(default=100_000, ge=100)
     consumer_group: str = "riskstream"
     buffer_max_events: int = Field(default=100_000, ge=100)
     produce_timeout_s: float = Field(default=30.0, gt=0, le=600)

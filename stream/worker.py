@@ -5,9 +5,10 @@ Per micro-batch (``noack_take``: at most ``batch_size`` messages or ``batch_wait
 1. decode and validate every message (orjson, DESIGN §3); invalid ones are queued for the DLQ;
 2. push valid events into the reorder buffer of their partition (one buffer spans the clicks and
    the views topic-partition of that partition number) and release what its watermark passed;
-3. in a worker thread: ``Detector.process`` (one pipelined Lua call per touched user per partition,
-   one ONNX run), publish alerts and DLQ records with an idempotent ``acks=all`` producer and wait
-   for the acknowledgements, then confirm the policy state in Redis;
+3. in a worker thread: ``Detector.process`` (the core's window kernel on the worker's copy of each
+   touched user's state, loaded from Redis on first touch; one ONNX run), publish alerts and DLQ
+   records with an idempotent ``acks=all`` producer and wait for the acknowledgements, then write
+   the changed users' window and policy state to Redis (one fenced Lua call per user, pipelined);
 4. ack the messages that are completely done. An event whose tick is not yet decided stays un-acked
    (so it is redelivered after a crash, and the tick is decided by whoever owns the partition then);
    buffered events are never acked. Faust commits the contiguous acked offsets.
@@ -48,7 +49,7 @@ from stream.core.events import MAX_BATCH_EVENTS, Event, Rejection, decode_messag
 from stream.core.ordering import ReorderBuffer, tick_ceil
 from stream.core.policy import AlertPolicy, load_policy_config
 from stream.core.scoring import Scorer
-from stream.errors import BrokerUnavailableError, StoreUnavailableError
+from stream.errors import BrokerUnavailableError, StaleStateError, StoreUnavailableError
 from stream.metrics import Metrics
 from stream.redis_store import RedisWindowStore
 from stream.settings import Settings
@@ -265,7 +266,7 @@ class Engine:
             loop = asyncio.get_running_loop()
             try:
                 outcome = await loop.run_in_executor(self.pool, self._blocking_step, releases, dlq, t_release)
-            except (StoreUnavailableError, BrokerUnavailableError) as e:
+            except (StoreUnavailableError, BrokerUnavailableError, StaleStateError) as e:
                 self._die(e)
                 return
             self._ack(releases, outcome, dlq)
@@ -294,8 +295,8 @@ class Engine:
         for a in outcome.alerts:
             self.metrics.alerts.labels(kind=a.kind, level=a.level).inc()
             self.metrics.decidable_to_ack.observe(t_acked - t_release)
-        if outcome.confirm:
-            retry("redis confirm", lambda: self.detector.commit(outcome), attempts=self.retry_attempts,
+        if releases:  # also without decisions: applied events changed the state, and it is written now
+            retry("redis write", lambda: self.detector.commit(outcome), attempts=self.retry_attempts,
                   base_s=0.1, retriable=(StoreUnavailableError,), on_retry=self.metrics.redis_retries.inc)
         self.metrics.events.labels(outcome="applied").inc(outcome.applied)
         self.metrics.events.labels(outcome="late").inc(outcome.late)
@@ -386,6 +387,9 @@ class Engine:
             self.detector.drop_group(p)
             for topic in self.inputs:
                 self.tps.pop((topic, p), None)
+        invalidate = getattr(self.detector.store, "invalidate", None)
+        if invalidate is not None:
+            invalidate()  # cached window state may belong to partitions another worker owns now
 
     def _die(self, e: BaseException) -> None:
         log.critical("giving up: %s; exiting with %d so a supervisor restarts the worker", e, EXIT_UNAVAILABLE)
@@ -398,7 +402,8 @@ def build_engine(settings: Settings, app: faust.App, scorer: Scorer | None, metr
     client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5,
                                   socket_connect_timeout=5, health_check_interval=30)
     store = retry("redis", lambda: RedisWindowStore(client, key_prefix=settings.key_prefix,
-                                                    ttl_s=settings.state_ttl_s),
+                                                    ttl_s=settings.state_ttl_s,
+                                                    max_cached_users=settings.state_cache_users),
                   attempts=START_ATTEMPTS, base_s=0.25, retriable=(StoreUnavailableError,))
     cfg = load_policy_config(settings.policy_config)
     if scorer is not None:

@@ -207,8 +207,12 @@ class Detector:
         return {u: res[u].to_fields() if u in res else {} for u in user_ids}
 
     def commit(self, outcome: Outcome) -> None:
-        """Persist the policy state of an outcome whose alerts were delivered; empty the outboxes."""
-        if outcome.confirm:
+        """Persist the policy state of an outcome whose alerts were delivered; empty the outboxes.
+
+        Called after every ``process`` (a store that keeps state in the worker writes the changes of
+        events that decided nothing too).
+        """
+        if self._resident is None:
             self.store.confirm(outcome.confirm)
 
     # -- evaluation -------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""Per-user rolling windows over event time: the store interface and its in-memory twin.
+"""Per-user rolling windows over event time: the store interface, the update rule, the memory store.
 
-The update rule (sessions, buckets, ticks, late events, the offset fence) is specified here and in
-``stream/lua/apply.lua``; the contract tests in ``tests/contract`` run the same cases against both.
+The update rule (sessions, buckets, ticks, late events) is one compiled kernel
+(:func:`_apply_kernel`, numba) over per-user state rows; every store runs it — the memory store
+here, and the Redis store (``stream/redis_store.py``), which is this store with Redis as the
+durable copy. The contract tests in ``tests/contract`` run the same cases against all of them.
 Events for one user arrive in canonical order (:func:`stream.core.ordering.canonical_key`); the
 store applies them, and returns a :class:`Snapshot` of the state at the end of every evaluation tick
 that becomes decidable (DESIGN §8):
@@ -12,22 +14,15 @@ that becomes decidable (DESIGN §8):
 
 A late event (flagged by the reorder buffer: older than what was already released) only adds to the
 volume counters of the buckets it belongs to and to the late counter; it never touches the session
-or the pending tick, so it never re-opens a decision.
+or the pending tick, so it never re-opens a decision. Items with a Kafka position pass the offset
+fence first (DESIGN §4): a position already applied is a duplicate and skipped.
 
 Decided snapshots go to the user's *outbox* and stay there until :meth:`WindowStore.confirm`
-writes the policy state that consumed them. Every ``apply`` returns the whole outbox, so a worker
-that crashed after the state moved on but before its alerts were delivered gets the same snapshots
-again after redelivery (the offset fence makes the events themselves no-ops) and re-decides the
-same alerts with the same ids.
-
-``confirm(user -> (through_ms, fields))`` stores the policy fields together with ``through_ms``
-(one atomic write in Redis, no script); the outbox entries with ``tick_end_ms <= through_ms`` are
-dropped by the user's next ``apply``, before anything else, and are never returned again. The pair
-is last-writer-wins: a second confirm before that ``apply`` replaces the first (its ``through_ms``,
-and the policy fields it names), so the stored policy state always matches the snapshots that are
-dropped (the detector's confirms per user only move forward). The Redis twin keeps a snapshot decided at
-the end of a call as a header-only "live" marker and copies the ring only when a later call is
-about to change it; that is invisible here, where a :class:`Snapshot` is immutable anyway.
+stores the policy state that consumed them; every ``apply`` returns the whole outbox.
+``confirm(user -> (through_ms, fields))`` stores the policy fields together with ``through_ms``;
+the outbox entries with ``tick_end_ms <= through_ms`` are dropped by the user's next ``apply``,
+before anything else, and are never returned again. The pair is last-writer-wins: a second confirm
+before that ``apply`` replaces the first (the detector's confirms per user only move forward).
 """
 
 from __future__ import annotations
