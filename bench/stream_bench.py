@@ -34,6 +34,7 @@ from stream.settings import load_settings  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "RISKSTREAM_COMMIT_INTERVAL_S": "0.5"}
+HISTORY_MS = 20 * 365 * 86_400_000  # the synthetic log is from 2025: keep Kafka from deleting it mid-run
 
 
 # -- the two reference agents (run as: python bench/stream_bench.py --agent naive|noop ...) --------
@@ -79,6 +80,9 @@ def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
                     # the write (one EVALSHA round trip), also when no tick was decided
                     store.confirm({ev.user_id: (snaps[-1].tick_end_ms, {})} if snaps else {})
 
+    import mode.loop
+
+    mode.loop.use("uvloop")  # as the worker does: compare like with like
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
@@ -169,7 +173,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rs-stream-bench-"))
     ns = f"bench{uuid.uuid4().hex[:6]}"
     parts = 6
-    s = load_settings(namespace=ns, partitions=parts)
+    s = load_settings(namespace=ns, partitions=parts, input_retention_ms=HISTORY_MS)
     ensure_topics(s)
     log = tmp / "events.jsonl.gz"
     synth_log(log, a.events, a.users)
@@ -206,7 +210,7 @@ def main() -> None:
 
     # (c') envelopes: the same events, 20 per message
     ns2 = f"{ns}env"
-    s2 = load_settings(namespace=ns2, partitions=parts)
+    s2 = load_settings(namespace=ns2, partitions=parts, input_retention_ms=HISTORY_MS)
     ensure_topics(s2)
     subprocess.run([py, "-m", "stream", "replay", str(log), "--namespace", ns2, "--envelope", "20",
                     "--no-progress"], cwd=ROOT, env=ENV, check=True, stderr=subprocess.DEVNULL)
@@ -217,7 +221,7 @@ def main() -> None:
 
     # latency at a fixed input rate
     ns3 = f"{ns}lat"
-    s3 = load_settings(namespace=ns3, partitions=parts)
+    s3 = load_settings(namespace=ns3, partitions=parts, input_retention_ms=HISTORY_MS)
     ensure_topics(s3)
     port = 19464
     worker = subprocess.Popen([py, "-m", "stream", "worker", "--namespace", ns3, "--model", str(model),

@@ -206,7 +206,7 @@ def replay_cmd(events: Path, bootstrap: str | None, redis_url: str | None, names
     show = sys.stderr.isatty() if progress is None else progress
     for types in parse_types(skew):
         summary = replay(events, s, rate=rate, speed=speed, envelope=envelope, types=types, progress=show,
-                         sort=sort)
+                         sort=sort, warn=lambda line: click.echo(line, err=True))
         for line in summary.lines_out():
             click.echo(line, err=True)
 

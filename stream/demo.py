@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,14 +44,18 @@ def main() -> int:
     if subprocess.run([str(STACK), "up"]).returncode != 0:
         _say("the local stack did not come up; see the lines above")
         return 1
-    if subprocess.run([sys.executable, "-m", "stream", "topics", "create"], cwd=ROOT).returncode != 0:
+    topics_env = {**os.environ, "RISKSTREAM_INPUT_RETENTION_MS": str(30 * 86_400_000)}
+    if subprocess.run([sys.executable, "-m", "stream", "topics", "create"], cwd=ROOT, env=topics_env).returncode != 0:
         return 1
     work = Path(tempfile.mkdtemp(prefix="riskstream-demo-"))
     events, labels = work / "events.jsonl.gz", work / "labels.csv"
     _say(f"simulating {a.users} users × {a.days} days (seed {a.seed}) …")
+    # Recent history (the simulated days end yesterday), and input topics that keep a month: Kafka's
+    # time-based retention looks at event times and deletes older history within minutes.
+    start = (datetime.now(timezone.utc).date() - timedelta(days=a.days + 1)).isoformat()
     sim = subprocess.run([sys.executable, "-m", "stream", "simulate", "--users", str(a.users), "--days",
-                          str(a.days), "--seed", str(a.seed), "--out", str(events), "--labels", str(labels)],
-                         cwd=ROOT)
+                          str(a.days), "--seed", str(a.seed), "--start", start, "--out", str(events),
+                          "--labels", str(labels)], cwd=ROOT)
     if sim.returncode != 0:
         return 1
     procs: list[subprocess.Popen[bytes]] = []

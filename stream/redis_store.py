@@ -54,6 +54,7 @@ SCALARS_DTYPE: Final = np.dtype(">i8")
 _F_VERSION, _F_RINGS, _F_STATE, _F_POLICY = b"v", b"r", b"st", b"pol"
 _SCALAR_BYTES: Final = 8 * len(L.SCALARS)
 _BAND_NONE: Final = 0xFFFF
+_NO_BAND: Final = _BAND_NONE.to_bytes(2, "big")
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
 
 Client = redis.Redis | redis.RedisCluster
@@ -82,8 +83,13 @@ class RedisWindowStore(MemoryWindowStore):
     """:class:`~stream.core.windows.WindowStore` persisted in Redis (standalone or Redis Cluster)."""
 
     def __init__(self, client: Client, *, key_prefix: str, ttl_s: int,
-                 max_cached_users: int = DEFAULT_CACHE_USERS, writer_id: str | None = None) -> None:
+                 max_cached_users: int = DEFAULT_CACHE_USERS, writer_id: str | None = None,
+                 keep_outbox: bool = True) -> None:
         """Load the script (on every primary of a cluster) and keep its SHA.
+
+        ``keep_outbox=False`` (the worker): ``apply`` returns only newly decided snapshots, not the
+        unconfirmed ones of earlier calls. A worker never needs them again in-process — a batch that
+        fails before its confirm ends the process, and a restart re-decides from Redis.
 
         Raises:
             ValueError: the client decodes responses (rings are raw bytes), ttl_s < 1 or
@@ -96,7 +102,7 @@ class RedisWindowStore(MemoryWindowStore):
             raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s}")
         if max_cached_users < 1:
             raise ValueError(f"max_cached_users must be >= 1, got {max_cached_users}")
-        super().__init__(keep_outbox=True)
+        super().__init__(keep_outbox=keep_outbox)
         self._client = client
         self._prefix = key_prefix
         self._ttl_ms = ttl_s * 1000
@@ -104,6 +110,7 @@ class RedisWindowStore(MemoryWindowStore):
         self._writer = writer_id or uuid.uuid4().hex
         self._version: dict[str, int] = {}  # user -> version of the stored state our copy derives from
         self._dirty: set[str] = set()  # changed since the last write
+        self._decided: dict[str, int] = {}  # newest tick end decided and not yet confirmed, per user
         self._recent: OrderedDict[str, None] = OrderedDict()  # cached users, least recently touched first
         self._invalidate_requested = False
         self._sha = hashlib.sha1(STATE_LUA.encode()).hexdigest()
@@ -135,6 +142,12 @@ class RedisWindowStore(MemoryWindowStore):
         users = [b.user_id for b in batches]
         self._load(users)
         results = super().apply(batches, watermark_ms, commit_floor)
+        decided = self._decided
+        for r in results:
+            if r.snapshots.user_ids:
+                newest = int(r.snapshots.tick_end.max())
+                if newest > decided.get(r.user_id, newest - 1):
+                    decided[r.user_id] = newest
         self._dirty.update(users)
         self._touch(users)
         return results
@@ -161,6 +174,10 @@ class RedisWindowStore(MemoryWindowStore):
         users = list(done)
         self._load(users)
         super().confirm(done)
+        decided = self._decided
+        for u, (through_ms, _) in done.items():
+            if u in decided and through_ms >= decided[u]:
+                del decided[u]
         self._dirty.update(users)
         self._touch(users)
         self._write()
@@ -204,6 +221,7 @@ class RedisWindowStore(MemoryWindowStore):
     def _drop_cache(self) -> None:
         self._forget(list(self._slot))
         self._version.clear()
+        self._decided.clear()
         self._recent.clear()
         self._invalidate_requested = False
 
@@ -220,6 +238,7 @@ class RedisWindowStore(MemoryWindowStore):
         for u in victims:
             del self._recent[u]
             self._version.pop(u, None)
+            self._decided.pop(u, None)
         self._forget(victims)
 
     def _load(self, users: Sequence[str]) -> None:
@@ -252,21 +271,17 @@ class RedisWindowStore(MemoryWindowStore):
     def _write(self) -> None:
         """Write each dirty user whose decided ticks are all confirmed; one pipeline of EVALSHA."""
         todo: list[str] = []
-        calls: list[list[Any]] = []
         for u in self._dirty:
             s = self._slot.get(u)
             if s is None:  # forgotten meanwhile: nothing to write
                 continue
-            box = self._outbox.get(s)
-            if box is not None and len(box):
-                through = self._confirmed.get(s)
-                if through is None or bool((box.tick_end > through).any()):
-                    continue  # unconfirmed decisions: keep them out of Redis until confirmed
+            if u in self._decided:
+                continue  # unconfirmed decisions: keep them out of Redis until confirmed
             todo.append(u)
-            calls.append(self._write_args(u, s))
         self._dirty.difference_update(u for u in list(self._dirty) if u not in self._slot)
         if not todo:
             return
+        calls = self._write_args(todo)
         replies = self._evalsha_all(calls)
         stale: list[str] = []
         for u, r in zip(todo, replies, strict=True):
@@ -280,20 +295,30 @@ class RedisWindowStore(MemoryWindowStore):
                 self._dirty.discard(u)
                 self._recent.pop(u, None)
                 self._version.pop(u, None)
+                self._decided.pop(u, None)
             self._forget(stale)
             raise StaleStateError(
                 f"{len(stale)} user(s) were written by another worker since this one loaded them "
                 f"(e.g. {stale[0]!r}): this worker no longer owns their partition")
 
-    def _write_args(self, u: str, s: int) -> list[Any]:
-        args: list[Any] = [self.key_of(u), self._version.get(u, 0), self._writer, self._ttl_ms]
-        if self._has_window_state(s):
-            args += [_F_RINGS, self._rings[s].astype(L.RING_DTYPE).tobytes(),
-                     _F_STATE, pack_state(self._sc[s], self._bands[s], self._fence.get(s))]
-        pol = self._policy.get(u)
-        if pol:
-            args += [_F_POLICY, orjson.dumps(pol)]
-        return args
+    def _write_args(self, users: list[str]) -> list[list[Any]]:
+        slots = np.array([self._slot[u] for u in users], np.int64)
+        rings = self._rings[slots].astype(L.RING_DTYPE)  # one conversion for the whole batch
+        scalars = self._sc[slots].astype(SCALARS_DTYPE)
+        has_state = scalars[:, L.S_MX] != L.NONE
+        calls: list[list[Any]] = []
+        version, writer, ttl, fences, bands, policy = (
+            self._version, self._writer, self._ttl_ms, self._fence, self._bands, self._policy)
+        for i, (u, s) in enumerate(zip(users, slots.tolist())):
+            args: list[Any] = [self.key_of(u), version.get(u, 0), writer, ttl]
+            if has_state[i]:
+                args += [_F_RINGS, rings[i].tobytes(),
+                         _F_STATE, scalars[i].tobytes() + _pack_tail(bands[s], fences.get(s))]
+            pol = policy.get(u)
+            if pol:
+                args += [_F_POLICY, orjson.dumps(pol)]
+            calls.append(args)
+        return calls
 
     def _load_script(self) -> None:
         sha = self._call(lambda c: c.script_load(STATE_LUA))  # RedisCluster: on every primary
@@ -337,13 +362,18 @@ def pack_state(scalars: np.ndarray, band: str | None,  # type: ignore[type-arg]
     """The ``st`` field: scalars (11 × big-endian i64), age band (big-endian u16 length, 0xFFFF =
     none, then UTF-8), offset fence (JSON ``{tp: [frontier, [offsets above it]]}``, the rest; may be
     empty)."""
+    return scalars.astype(SCALARS_DTYPE).tobytes() + _pack_tail(band, fence)
+
+
+def _pack_tail(band: str | None, fence: Mapping[str, tuple[int, set[int]]] | None) -> bytes:
     if band is None:
-        band_part = _BAND_NONE.to_bytes(2, "big")
+        band_part = _NO_BAND
     else:
         b = band.encode()
         band_part = len(b).to_bytes(2, "big") + b
-    fence_part = orjson.dumps({tp: [fr, sorted(applied)] for tp, (fr, applied) in fence.items()}) if fence else b""
-    return scalars.astype(SCALARS_DTYPE).tobytes() + band_part + fence_part
+    if not fence:
+        return band_part
+    return band_part + orjson.dumps({tp: [fr, sorted(applied)] for tp, (fr, applied) in fence.items()})
 
 
 def unpack_state(blob: bytes) -> tuple[np.ndarray, str | None, dict[str, tuple[int, set[int]]]]:  # type: ignore[type-arg]

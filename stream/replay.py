@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from stream.core.events import Event, decode_message, encode_event
 from stream.errors import BrokerUnavailableError, ConfigError
 from stream.offline import iter_lines, open_log
 from stream.settings import Settings
+from stream.topics import admin_client, input_retention_ms
 
 
 @dataclass(slots=True)
@@ -32,6 +33,8 @@ class ReplaySummary:
     messages: Counter[str] = field(default_factory=Counter)
     invalid: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    expiring: int = 0  # events older than the input topics' retention: Kafka deletes them soon
+    retention_ms: int = -1
 
     def lines_out(self) -> list[str]:
         rate = self.events / self.seconds if self.seconds > 0 else 0.0
@@ -40,7 +43,14 @@ class ReplaySummary:
             "messages: " + ", ".join(f"{t}={n}" for t, n in sorted(self.messages.items())),
             f"invalid lines: {sum(self.invalid.values())}"
             + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(self.invalid.items())) + ")" if self.invalid else ""),
-        ]
+        ] + ([expiry_warning(self.expiring, self.retention_ms)] if self.expiring else [])
+
+
+def expiry_warning(n: int, retention_ms: int) -> str:
+    return (f"warning: {n} events are older than the input topics' retention ({retention_ms / 86_400_000:.1f} "
+            "days): Kafka deletes them at its next retention check, possibly before a worker reads them. "
+            "Replay history into a namespace whose topics keep it: RISKSTREAM_INPUT_RETENTION_MS=<ms> "
+            "riskstream topics create --namespace <ns>")
 
 
 class _Pacer:
@@ -121,7 +131,8 @@ def _sorted_lines(lines: Iterator[bytes]) -> Iterator[bytes]:
 
 def replay(path: str | Path, settings: Settings, *, rate: float | None = None, speed: float | None = None,
            envelope: int = 1, types: tuple[str, ...] = ("click", "view"), progress: bool = False,
-           flush_timeout_s: float = 60.0, sort: bool = False) -> ReplaySummary:
+           flush_timeout_s: float = 60.0, sort: bool = False,
+           warn: Callable[[str], None] | None = None) -> ReplaySummary:
     if rate is not None and speed is not None:
         raise ConfigError("--rate and --speed are exclusive")
     if (rate is not None and rate <= 0) or (speed is not None and speed <= 0):
@@ -143,12 +154,20 @@ def replay(path: str | Path, settings: Settings, *, rate: float | None = None, s
     except KafkaException as e:
         raise BrokerUnavailableError(f"Kafka at {settings.kafka_bootstrap}: {e.args[0]}") from e
     summary = ReplaySummary()
+    # Kafka's time-based retention looks at record timestamps, i.e. the event times: history older
+    # than the retention is deleted within log.retention.check.interval.ms of being published.
+    summary.retention_ms = input_retention_ms(admin_client(settings), settings)
+    cutoff = int(time.time() * 1000) - summary.retention_ms if summary.retention_ms >= 0 else None
     pacer = _Pacer(rate, speed)
     t0 = time.perf_counter()
     with open_log(path) as f:
         bar = tqdm(desc="replay", unit=" ev", disable=not progress, mininterval=0.5)
         lines = _sorted_lines(iter_lines(f)) if sort else iter_lines(f)
         for kind, user, ts, value in _groups(lines, summary, envelope, set(types)):
+            if cutoff is not None and ts < cutoff:
+                if not summary.expiring and warn is not None:
+                    warn(expiry_warning(1, summary.retention_ms).replace("1 events are", "events are", 1))
+                summary.expiring += 1
             pacer.wait(ts)
             while True:
                 try:

@@ -81,9 +81,11 @@ def ensure_topics(s: Settings) -> list[str]:
     return lines
 
 
-def _check_retention(admin: AdminClient, s: Settings, wait_s: float = 15.0) -> None:
+def input_retention_ms(admin: AdminClient, s: Settings, wait_s: float = 15.0) -> int:
+    """The smaller ``retention.ms`` of the two input topics (-1: unlimited)."""
     res = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in (s.clicks_topic, s.views_topic)]
     deadline = time.monotonic() + wait_s
+    out: list[int] = []
     for r in res:
         while True:  # a topic created a moment ago may not be known to every broker yet
             try:
@@ -98,3 +100,10 @@ def _check_retention(admin: AdminClient, s: Settings, wait_s: float = 15.0) -> N
             raise ConfigError(
                 f"topic {r.name} keeps data for {ret} ms; inputs need retention >= 8 days "
                 f"(kafka-configs --alter --add-config retention.ms={s.input_retention_ms})")
+        out.append(ret)
+    limited = [r for r in out if r >= 0]
+    return min(limited) if limited else -1
+
+
+def _check_retention(admin: AdminClient, s: Settings) -> None:
+    input_retention_ms(admin, s)

@@ -48,6 +48,7 @@ from stream.core.detector import Detector, Outcome, Release
 from stream.core.events import MAX_BATCH_EVENTS, Event, Rejection, decode_message
 from stream.core.ordering import ReorderBuffer, tick_ceil
 from stream.core.policy import AlertPolicy, load_policy_config
+from stream.core.windows import warm_up
 from stream.core.scoring import Scorer
 from stream.errors import BrokerUnavailableError, StaleStateError, StoreUnavailableError
 from stream.metrics import Metrics
@@ -399,11 +400,13 @@ class Engine:
 
 
 def build_engine(settings: Settings, app: faust.App, scorer: Scorer | None, metrics: Metrics) -> Engine:
+    log.info("kernels ready in %.2f s", warm_up())  # not while the first batch waits
     client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5,
                                   socket_connect_timeout=5, health_check_interval=30)
     store = retry("redis", lambda: RedisWindowStore(client, key_prefix=settings.key_prefix,
                                                     ttl_s=settings.state_ttl_s,
-                                                    max_cached_users=settings.state_cache_users),
+                                                    max_cached_users=settings.state_cache_users,
+                                                    keep_outbox=False),
                   attempts=START_ATTEMPTS, base_s=0.25, retriable=(StoreUnavailableError,))
     cfg = load_policy_config(settings.policy_config)
     if scorer is not None:

@@ -112,9 +112,9 @@ class Snapshots:
 
     @classmethod
     def concat(cls, parts: Sequence[Snapshots]) -> Snapshots:
-        parts = [p for p in parts if len(p)]
+        parts = [p for p in parts if p.user_ids]
         if not parts:
-            return cls.empty()
+            return _EMPTY
         if len(parts) == 1:
             return parts[0]
         return cls([u for p in parts for u in p.user_ids], np.concatenate([p.tick_end for p in parts]),
@@ -168,10 +168,13 @@ class Snapshots:
         return f"Snapshots({list(self)!r})"
 
 
+_EMPTY = Snapshots.empty()  # shared: results never mutate a Snapshots in place
+
+
 @dataclass(slots=True)
 class UserResult:
     user_id: str
-    snapshots: Snapshots = field(default_factory=Snapshots.empty)
+    snapshots: Snapshots = field(default_factory=lambda: _EMPTY)
     rejected: list[tuple[int, Reason]] = field(default_factory=list)  # (item index, reason)
     duplicates: int = 0
     pending_tick: int | None = None
@@ -721,17 +724,22 @@ class MemoryWindowStore:
                 if item.tp is not None and item.offset is not None:
                     # refused events are not applied: a redelivery is refused again, not skipped
                     self._fence[int(slots[g])][item.tp][1].discard(item.offset)
-        for g, res in enumerate(results):
-            s = int(slots[g])
-            new = snaps.take(slice(bounds[g], bounds[g + 1]))
-            if self.keep_outbox:
-                box = Snapshots.concat([self._outbox.get(s, Snapshots.empty()), new.copy()])
-                if len(box):
-                    self._outbox[s] = box
+        pts = self._sc[slots, L.S_PT].tolist()
+        outbox = self._outbox
+        for g, (res, s, lo, hi, pt) in enumerate(zip(results, slots.tolist(), bounds, bounds[1:], pts)):
+            box = outbox.get(s)
+            if hi > lo:
+                new = snaps.take(slice(lo, hi))
+                if self.keep_outbox:
+                    box = new.copy() if box is None else Snapshots.concat([box, new.copy()])
+                    outbox[s] = box
+                    res.snapshots = box
+                else:
+                    res.snapshots = new
+            elif box is not None and self.keep_outbox:
                 res.snapshots = box
             else:
-                res.snapshots = new
-            pt = int(self._sc[s, L.S_PT])
+                res.snapshots = _EMPTY
             res.pending_tick = None if pt == L.NONE else pt
         return results
 
@@ -774,3 +782,21 @@ class MemoryWindowStore:
             self._confirmed.pop(s, None)
             self._policy.pop(u, None)
             self._free.append(s)
+
+
+def warm_up() -> float:
+    """Load (or, on a fresh checkout, compile) the numba kernels now; returns the seconds it took.
+
+    The first call of a kernel in a process loads it from numba's on-disk cache (≈ 0.5 s) or
+    compiles it (≈ 10 s without a cache); a worker does this before it consumes anything.
+    """
+    import time
+
+    from stream.core import features
+
+    t = time.perf_counter()
+    store = MemoryWindowStore(keep_outbox=False)
+    ev = Event("warm-up", 1_735_689_600_000, "click", "warm-up", "other", 0, 0, None, None, None)
+    [res] = store.apply([UserBatch("warm-up", [Item(ev)])], 2**62)
+    features.compute_arrays(res.snapshots.rings, res.snapshots.scalars, res.snapshots.tick_end)
+    return time.perf_counter() - t

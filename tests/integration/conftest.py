@@ -21,6 +21,7 @@ from stream.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "deploy" / "local" / "stack"
+HISTORY_RETENTION_MS = 20 * 365 * 86_400_000
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,7 +53,9 @@ def namespace() -> str:
 
 @pytest.fixture
 def settings(stack: None, namespace: str) -> Iterator[Settings]:
-    s = load_settings(namespace=namespace, partitions=3)
+    # Test logs are from 2024: with the default 8-day retention Kafka would delete them at its next
+    # retention check (every 5 min), in the middle of a test.
+    s = load_settings(namespace=namespace, partitions=3, input_retention_ms=HISTORY_RETENTION_MS)
     ensure_topics(s)
     yield s
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})

@@ -245,10 +245,11 @@ def test_the_scenarios_do_restart(client, prefix):
 
 
 # -- crashes, fencing ---------------------------------------------------------------------------------
-def test_a_crash_before_confirm_re_decides_the_same_ticks_from_the_written_state(client, prefix):
+@pytest.mark.parametrize("keep_outbox", [True, False])
+def test_a_crash_before_confirm_re_decides_the_same_ticks_from_the_written_state(client, prefix, keep_outbox):
     u = "crash"
     first = [Item(ev(u, at(0, 7, m)), False, "t:0", m) for m in range(3)]
-    a = new_store(client, prefix)
+    a = new_store(client, prefix, keep_outbox=keep_outbox)
     a.apply([UserBatch(u, first)], at(0, 7, 3))
     a.confirm({u: (at(0, 7, 3), {"pol:tick": "3"})})
     written = a.stored_state_of(u)
@@ -256,7 +257,8 @@ def test_a_crash_before_confirm_re_decides_the_same_ticks_from_the_written_state
     more = first + [Item(ev(u, at(0, 7, m, 5), tz=60, age_band="13-15"), False, "t:0", m) for m in range(3, 6)]
     decided = a.apply([UserBatch(u, more)], at(0, 7, 6))[0]
     assert [s.tick_end_ms for s in decided.snapshots] == [at(0, 7, m) for m in (4, 5, 6)]
-    assert a.stored_state_of(u) == written  # not written before confirm
+    a.confirm({})  # another user's batch confirms: this user's decisions are still unconfirmed
+    assert a.stored_state_of(u) == written and a.pending_writes() == 1  # so not written
     # the worker dies here; Kafka redelivers from the last committed offset (3)
     b = new_store(client, prefix)
     again = b.apply([UserBatch(u, more)], at(0, 7, 6))[0]
