@@ -215,7 +215,9 @@ def main() -> None:
     subprocess.run([py, "-m", "stream", "replay", str(log), "--namespace", ns2, "--envelope", "20",
                     "--no-progress"], cwd=ROOT, env=ENV, check=True, stderr=subprocess.DEVNULL)
     msgs = committed_end(s2, parts)
-    drain("(c') worker, 20-event envelopes", [py, "-m", "stream", "worker", "--namespace", ns2, "--model",
+    print(f"  (c') input: {a.events / max(msgs, 1):.2f} events per message (replay groups consecutive lines "
+          "of one user and type; this log interleaves users, so envelopes stay small)")
+    drain("(c') worker, up to 20-event envelopes", [py, "-m", "stream", "worker", "--namespace", ns2, "--model",
           str(model), "--loglevel", "WARNING"], s2.kafka_bootstrap, f"{ns2}.riskstream",
           [s2.clicks_topic, s2.views_topic], parts, msgs, max(1, a.events // max(msgs, 1)))
 

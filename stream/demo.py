@@ -27,7 +27,7 @@ def _say(msg: str) -> None:
 
 
 def _riskstream(*args: str, **kw: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "stream", *args], cwd=ROOT, **kw)  # type: ignore[call-overload]
+    return subprocess.Popen([sys.executable, "-m", "stream", *args], cwd=ROOT, **kw)  # type: ignore[call-overload, no-any-return]
 
 
 def main() -> int:

@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 import redis
 from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, TryAgainError
 
@@ -357,7 +358,7 @@ class RedisWindowStore(MemoryWindowStore):
             raise _unavailable(e) from e
 
 
-def pack_state(scalars: np.ndarray, band: str | None,  # type: ignore[type-arg]
+def pack_state(scalars: NDArray[np.int64], band: str | None,
                fence: Mapping[str, tuple[int, set[int]]] | None) -> bytes:
     """The ``st`` field: scalars (11 × big-endian i64), age band (big-endian u16 length, 0xFFFF =
     none, then UTF-8), offset fence (JSON ``{tp: [frontier, [offsets above it]]}``, the rest; may be
@@ -376,7 +377,7 @@ def _pack_tail(band: str | None, fence: Mapping[str, tuple[int, set[int]]] | Non
     return band_part + orjson.dumps({tp: [fr, sorted(applied)] for tp, (fr, applied) in fence.items()})
 
 
-def unpack_state(blob: bytes) -> tuple[np.ndarray, str | None, dict[str, tuple[int, set[int]]]]:  # type: ignore[type-arg]
+def unpack_state(blob: bytes) -> tuple[NDArray[np.int64], str | None, dict[str, tuple[int, set[int]]]]:
     """(scalars int64, age band, fence) from an ``st`` field."""
     if len(blob) < _SCALAR_BYTES + 2:
         raise ValueError(f"state is {len(blob)} bytes, at least {_SCALAR_BYTES + 2} expected")
@@ -396,7 +397,7 @@ def unpack_state(blob: bytes) -> tuple[np.ndarray, str | None, dict[str, tuple[i
 def _pipelined(client: Client, queue: Any, *, raise_on_error: bool = True) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     queue(pipe)
-    return pipe.execute(raise_on_error=raise_on_error)  # type: ignore[no-any-return]
+    return pipe.execute(raise_on_error=raise_on_error)
 
 
 def _check_policy_fields(fields: Mapping[str, str]) -> None:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
 from stream.errors import BrokerUnavailableError, ConfigError
 from stream.settings import Settings

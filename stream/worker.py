@@ -340,7 +340,7 @@ class Engine:
         for _, meta, _ in outcome.rejected:
             meta.msg.done()
         for rel in releases:
-            part = self.parts.get(rel.group)  # type: ignore[arg-type]
+            part = self.parts.get(rel.group)  # type: ignore[call-overload]
             if part is None:  # revoked meanwhile: its messages stay un-acked for the new owner
                 continue
             wm = rel.watermark_ms
@@ -446,7 +446,7 @@ def create_worker_app(settings: Settings, scorer: Scorer | None, *,
             log.exception("agent crashed")
             engine._die(e)
 
-    @app.timer(interval=max(settings.idle_ms / 4000, 0.05), name="riskstream.idle")
+    @app.timer(interval=max(settings.idle_ms / 4000, 0.05), name="riskstream.idle")  # type: ignore[untyped-decorator]
     async def idle() -> None:
         try:
             await engine.on_timer()
@@ -458,7 +458,7 @@ def create_worker_app(settings: Settings, scorer: Scorer | None, *,
             log.exception("idle timer crashed")
             engine._die(e)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
         async with engine.lock:
             engine.on_revoked(revoked)

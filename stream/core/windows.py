@@ -256,7 +256,7 @@ def _add(r: Any, u: int, i: int, inc: int) -> None:
 @numba.njit(cache=True, nogil=True)
 def _fixed(x: float) -> int:
     # floor(x + 0.5): the rounding every twin uses (Python's round() is banker's)
-    return np.int64(math.floor(x + 0.5))
+    return np.int64(math.floor(x + 0.5))  # type: ignore[return-value]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -695,10 +695,10 @@ class MemoryWindowStore:
             through = self._confirmed.pop(s, None)
             if through is not None and s in self._outbox:
                 # confirm's drop, done lazily (as the Redis twin does): before anything else
-                box = self._outbox.pop(s)
-                keep = np.flatnonzero(box.tick_end > through)
+                stored = self._outbox.pop(s)
+                keep = np.flatnonzero(stored.tick_end > through)
                 if len(keep):
-                    self._outbox[s] = box.take(keep)
+                    self._outbox[s] = stored.take(keep)
             fence = self._fence.get(s)
             seg_lo[g] = len(events)
             for i, (ev, late, tp, offset) in enumerate(batch.items):
@@ -731,9 +731,9 @@ class MemoryWindowStore:
             if hi > lo:
                 new = snaps.take(slice(lo, hi))
                 if self.keep_outbox:
-                    box = new.copy() if box is None else Snapshots.concat([box, new.copy()])
-                    outbox[s] = box
-                    res.snapshots = box
+                    kept = new.copy() if box is None else Snapshots.concat([box, new.copy()])
+                    outbox[s] = kept
+                    res.snapshots = kept
                 else:
                     res.snapshots = new
             elif box is not None and self.keep_outbox:
