@@ -38,6 +38,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 import redis
+from hiredis import pack_command
 from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, TryAgainError
 
 from stream.core import layout as L
@@ -345,6 +346,10 @@ class RedisWindowStore(MemoryWindowStore):
         return results
 
     def _evalsha(self, calls: list[list[Any]]) -> list[Any]:
+        if not isinstance(self._client, redis.RedisCluster):
+            commands = [("EVALSHA", self._sha, 1, *args) for args in calls]
+            return self._call(lambda c: _raw_pipeline(c, commands))  # type: ignore[no-any-return]
+
         def queue(pipe: Any) -> None:
             ex = pipe.execute_command  # ClusterPipeline blocks .evalsha() by name; routing is by the key
             for key, *argv in calls:
@@ -392,6 +397,31 @@ def unpack_state(blob: bytes) -> tuple[NDArray[np.int64], str | None, dict[str, 
     if at < len(blob):
         fence = {tp: (fr, set(applied)) for tp, (fr, applied) in orjson.loads(blob[at:]).items()}
     return scalars, band, fence
+
+
+def _raw_pipeline(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send commands on one connection in one write and read every reply (errors as values).
+
+    What redis-py's pipeline does, without its per-command bookkeeping: measured half the client
+    CPU for the state writes (≈ 6 vs 13 µs per 2.7 KB EVALSHA). Standalone Redis only; a cluster
+    goes through redis-py's pipeline, which routes commands to nodes.
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([b"".join(map(pack_command, commands))])  # type: ignore[no-untyped-call]
+        out: list[Any] = []
+        for _ in commands:
+            try:
+                out.append(conn.read_response())
+            except redis.ResponseError as e:
+                out.append(e)
+        return out
+    except BaseException:
+        conn.disconnect()  # type: ignore[no-untyped-call]  # replies may be left unread: never reuse it
+        raise
+    finally:
+        pool.release(conn)
 
 
 def _pipelined(client: Client, queue: Any, *, raise_on_error: bool = True) -> list[Any]:

@@ -34,7 +34,7 @@ from stream.core.layout import TICK_MS
 from stream.core.ordering import canonical_key
 from stream.core.policy import AlertPolicy, Decision, Evaluation, PolicyState, RuleInputs
 from stream.core.scoring import Scorer
-from stream.core.windows import EventColumns, Item, Snapshots, UserBatch, WindowStore
+from stream.core.windows import EventColumns, Item, Snapshots, UserBatch, WindowStore, all_snapshots
 
 SCORE_DECIMALS = 6
 TOP_REASONS = 3
@@ -183,11 +183,9 @@ class Detector:
         if not batches:
             return []
         results = self.store.apply(batches, rel.watermark_ms, rel.commit_floor)
-        snaps: list[Snapshots] = []
         rejected = duplicates = 0
         for res in results:
             self._set_pending(rel.group, res.user_id, res.pending_tick)
-            snaps.append(res.snapshots)
             duplicates += res.duplicates
             if res.rejected:
                 items = per_user[res.user_id]
@@ -197,7 +195,7 @@ class Detector:
                 rejected += len(res.rejected)
         out.duplicates += duplicates
         out.applied += len(rel.released) + len(rel.late) - duplicates - rejected
-        return snaps
+        return [all_snapshots(results)]
 
     def policy_fields(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The persisted policy state of users, wherever it lives (store, or resident offline)."""

@@ -212,7 +212,17 @@ class WindowStore(Protocol):
 
 def all_snapshots(results: Sequence[UserResult]) -> Snapshots:
     """Every user's snapshots of one ``apply``, in result order, as one columnar batch."""
+    batch = getattr(results, "batch", None)
+    if batch is not None:
+        return batch  # type: ignore[no-any-return]
     return Snapshots.concat([r.snapshots for r in results])
+
+
+class ApplyResults(list[UserResult]):
+    """``apply``'s per-user results; ``batch`` is all their snapshots as one batch when a store has
+    it at hand (saves gathering the users' slices back together)."""
+
+    batch: Snapshots | None = None
 
 
 # --- the update rule, compiled ------------------------------------------------------------------
@@ -687,7 +697,7 @@ class MemoryWindowStore:
         where: list[tuple[int, int]] = []  # (batch index, item index) of each column row
         seg_lo = np.empty(len(batches), np.int64)
         seg_hi = np.empty(len(batches), np.int64)
-        results: list[UserResult] = []
+        results = ApplyResults()
         for g, batch in enumerate(batches):
             s = int(slots[g])
             res = UserResult(batch.user_id)
@@ -741,6 +751,8 @@ class MemoryWindowStore:
             else:
                 res.snapshots = _EMPTY
             res.pending_tick = None if pt == L.NONE else pt
+        if not self.keep_outbox:
+            results.batch = snaps  # every row is new, in result order
         return results
 
     def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
