@@ -1,6 +1,7 @@
 """Streaming benchmark on the real stack (Kafka + Redis up: deploy/local/stack up).
 
     python bench/stream_bench.py [--events 150000] [--users 5000] [--rate 5000] [--latency-s 30]
+                                 [--latency-batch-wait 0.2 0.02] [--only-latency]
 
 In one run, on the same pre-filled input topics (one event per Kafka message):
   (a) a naive Faust agent: one Redis round trip (the fenced state write) and one ONNX call per event;
@@ -160,6 +161,9 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=5_000)
     ap.add_argument("--rate", type=int, default=5_000)
     ap.add_argument("--latency-s", type=int, default=30)
+    ap.add_argument("--latency-batch-wait", type=float, nargs="+", default=[0.2, 0.02],
+                    help="RISKSTREAM_BATCH_WAIT_S values for the latency runs (the default is the worker's)")
+    ap.add_argument("--only-latency", action="store_true", help="skip the drain-rate variants")
     a = ap.parse_args()
     if a.agent:
         run_agent(a.agent, a.namespace, a.group, a.model)
@@ -189,6 +193,9 @@ def main() -> None:
                    env=ENV, check=True, stderr=subprocess.DEVNULL)
     print(f"input: {a.events:,} events of {a.users:,} users in {parts} partitions, one event per message "
           f"(published in {time.perf_counter() - t:.1f} s); model {model.name}")
+    if a.only_latency:
+        latency_runs(a, py, parts, model, tmp)
+        return
     topics = [s.clicks_topic, s.views_topic]
     r = redis.Redis.from_url(s.redis_url.get_secret_value())
     print("drain rate (same input, fresh consumer group each):")
@@ -224,29 +231,39 @@ def main() -> None:
           str(model), "--loglevel", "WARNING"], s2.kafka_bootstrap, f"{ns2}.riskstream",
           [s2.clicks_topic, s2.views_topic], parts, msgs, a.events / max(msgs, 1))
 
-    # latency at a fixed input rate
-    ns3 = f"{ns}lat"
-    s3 = load_settings(namespace=ns3, partitions=parts, input_retention_ms=HISTORY_MS)
-    ensure_topics(s3)
-    port = 19464
-    worker = subprocess.Popen([py, "-m", "stream", "worker", "--namespace", ns3, "--model", str(model),
-                               "--metrics-port", str(port), "--loglevel", "WARNING"], cwd=ROOT, env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(5)
-        n = a.rate * a.latency_s
-        lat_log = tmp / "latency.jsonl.gz"
-        synth_log(lat_log, n, max(a.users, n // 100), seed=2)
-        subprocess.run([py, "-m", "stream", "replay", str(lat_log), "--namespace", ns3, "--rate", str(a.rate),
-                        "--no-progress"], cwd=ROOT, env=ENV, check=True, stderr=subprocess.DEVNULL)
-        time.sleep(5)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        (p50, p95, p99), count = histogram_quantiles(text, "riskstream_decidable_to_ack_seconds", (0.5, 0.95, 0.99))
-        print(f"latency at {a.rate:,} events/s for {a.latency_s} s: decidable→acknowledged "
-              f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms ({count:,} alerts)")
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
+    latency_runs(a, py, parts, model, tmp)
+
+
+def latency_runs(a: argparse.Namespace, py: str, parts: int, model: Path, tmp: Path) -> None:
+    """The worker at a fixed input rate, once per batch wait: decidable→acknowledged percentiles."""
+    from bench.offline_bench import synth_log
+
+    n = a.rate * a.latency_s
+    lat_log = tmp / "latency.jsonl.gz"
+    synth_log(lat_log, n, max(a.users, n // 100), seed=2)
+    for wait in a.latency_batch_wait:
+        ns3 = f"bench{uuid.uuid4().hex[:6]}lat"
+        s3 = load_settings(namespace=ns3, partitions=parts, input_retention_ms=HISTORY_MS)
+        ensure_topics(s3)
+        port = 19464
+        env = {**ENV, "RISKSTREAM_BATCH_WAIT_S": str(wait)}
+        worker = subprocess.Popen([py, "-m", "stream", "worker", "--namespace", ns3, "--model", str(model),
+                                   "--metrics-port", str(port), "--loglevel", "WARNING"], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(5)
+            subprocess.run([py, "-m", "stream", "replay", str(lat_log), "--namespace", ns3, "--rate", str(a.rate),
+                            "--no-progress"], cwd=ROOT, env=ENV, check=True, stderr=subprocess.DEVNULL)
+            time.sleep(5)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            (p50, p95, p99), count = histogram_quantiles(text, "riskstream_decidable_to_ack_seconds",
+                                                         (0.5, 0.95, 0.99))
+            print(f"latency at {a.rate:,} events/s for {a.latency_s} s, batch wait {wait:g} s: decidable→acknowledged "
+                  f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms ({count:,} alerts)",
+                  flush=True)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
 
 
 def sdk_uploads(src: Path, dst: Path, window_ms: int) -> None:
