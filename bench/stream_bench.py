@@ -1,7 +1,7 @@
 """Streaming benchmark on the real stack (Kafka + Redis up: deploy/local/stack up).
 
     python bench/stream_bench.py [--events 150000] [--users 5000] [--rate 5000] [--latency-s 30]
-                                 [--latency-batch-wait 0.2 0.02] [--only-latency]
+                                 [--latency-batch-wait 0.2 0.005] [--only-latency]
 
 In one run, on the same pre-filled input topics (one event per Kafka message):
   (a) a naive Faust agent: one Redis round trip (the fenced state write) and one ONNX call per event;
@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=5_000)
     ap.add_argument("--rate", type=int, default=5_000)
     ap.add_argument("--latency-s", type=int, default=30)
-    ap.add_argument("--latency-batch-wait", type=float, nargs="+", default=[0.2, 0.02],
+    ap.add_argument("--latency-batch-wait", type=float, nargs="+", default=[0.2, 0.005],
                     help="RISKSTREAM_BATCH_WAIT_S values for the latency runs (the default is the worker's)")
     ap.add_argument("--only-latency", action="store_true", help="skip the drain-rate variants")
     a = ap.parse_args()
