@@ -1,23 +1,22 @@
 """Benchmark of RedisWindowStore: Redis CPU per event, events/s, and memory per user.
 
     .venv/bin/python bench/redis_store_bench.py [--url redis://127.0.0.1:6379/0] [--users 500] [--rounds 30]
-    .venv/bin/python bench/redis_store_bench.py --baseline HEAD --repeat 5   # A/B against a git revision
+    .venv/bin/python bench/redis_store_bench.py --baseline REV --repeat 5   # A/B against a git revision
 
-For each size k in (1, 5, 20) events per user per call: ``--users`` users per pipelined ``apply``,
-one call per user per round, and the worker's ``confirm`` after each round, as live. Items carry
-Kafka positions and commit floors (the fence is exercised). Modes:
+For each size k in (1, 5, 20) events per user per call: ``--users`` users per ``apply``, one call
+per user per round, and the worker's ``confirm`` after each round, as live (the current store
+writes there: one fenced EVALSHA per changed user). Items carry Kafka positions and commit floors
+(the fence is exercised). Modes:
 
 * "tick/call": a round is one minute of event time; each user's k events fall inside it and the
-  watermark is at its end, as the reorder buffer releases (every released event is below the
-  watermark): every call decides its tick at its end.
-* "next ev": as before, but the watermark stays at the start of the round's minute, so the tick of
-  the previous round is decided by the first event of the next call instead (the pattern this bench
-  used until the live snapshots; the worker meets it only when a user's next event arrives in the
-  very release whose watermark passes the pending tick).
-* "2 ticks/call" (k >= 2): each call's events span two minutes, the watermark passes both: one tick
-  decided by an event inside the call (a ring copy into the outbox list) and one at its end.
-* "no tick": all rounds inside one tick: the pure update cost (events 0.05 s apart, so no session
-  closes either: compare it with "tick/call" for the update cost only with that in mind).
+  watermark is at its end, as the reorder buffer releases: every call decides its tick at its end.
+* "next ev": the watermark stays at the start of the round's minute, so the tick of the previous
+  round is decided by the first event of the next call instead.
+* "2 ticks/call" (k >= 2): each call's events span two minutes, the watermark passes both.
+* "no tick": all rounds inside one tick: the pure update cost.
+
+``--baseline 0c63d38`` runs the previous design (a Lua script that applied the events inside
+Redis) against the current one.
 
 Reported: per event, the server's ``used_cpu_user + used_cpu_sys`` delta (everything: protocol,
 script, replies, confirm) and the EVALSHA time from INFO commandstats (the script alone); per call,
