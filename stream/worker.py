@@ -1,6 +1,7 @@
 """The live worker: one Faust agent over the co-partitioned input topics, the detector behind it.
 
-Per micro-batch (``noack_take``: at most ``batch_size`` messages or ``batch_wait_s``):
+Per micro-batch (``noack_take`` every ``batch_poll_s``; while a backlog drains, takes are gathered up to
+``batch_size`` messages or ``batch_wait_s``):
 
 1. decode and validate every message (orjson, DESIGN §3); invalid ones are queued for the DLQ;
 2. push valid events into the reorder buffer of their partition (one buffer spans the clicks and
@@ -60,6 +61,7 @@ log = logging.getLogger("riskstream.worker")
 EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL: a supervisor should restart us
 START_ATTEMPTS = 7  # ≈ 0.25 + 0.5 + … ≈ 15 s of backoff before giving up at start-up
 POSITION_STRIDE = 1024  # fence position = offset * stride + index inside a batch envelope
+BACKLOG_BATCHES = 4  # a backlog this many full batches long is a catch-up: gather takes into full batches
 assert MAX_BATCH_EVENTS < POSITION_STRIDE
 
 T = TypeVar("T")
@@ -142,6 +144,8 @@ class Engine:
         self.tps: dict[tuple[str, int], _TpState] = defaultdict(_TpState)
         self.lock = asyncio.Lock()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskstream-batch")
+        self._gathered: list[Any] = []  # messages of short takes waiting for a fuller batch
+        self._gathered_at = 0.0
         self.fatal: BaseException | None = None
 
     # -- consuming ----------------------------------------------------------------------------------
@@ -185,8 +189,38 @@ class Engine:
         arrivals = [t for fe in batch if (t := getattr(fe.message, "time_in", None)) is not None]
         await self._run(touched, late, dlq, received_at=min(arrivals, default=now))
 
+    def gather(self, batch: list[Any]) -> list[Any]:
+        """Add a take's messages; return what is ready to process (maybe nothing yet).
+
+        Messages wait only while a backlog of ``BACKLOG_BATCHES`` full batches is left on unpaused
+        inputs (catching up, not live), and at most ``batch_wait_s`` (the idle timer flushes them if
+        no take comes).
+        """
+        if not self._gathered:
+            self._gathered_at = time.monotonic()
+        self._gathered.extend(batch)
+        if (len(self._gathered) >= self.s.batch_size or time.monotonic() - self._gathered_at >= self.s.batch_wait_s
+                or self._backlog() < BACKLOG_BATCHES * self.s.batch_size):
+            ready, self._gathered = self._gathered, []
+            return ready
+        return []
+
+    def _backlog(self) -> int:
+        """Messages on unpaused input partitions beyond the last one received (from fetch metadata)."""
+        total = 0
+        for (topic, p), st in self.tps.items():
+            if st.paused or st.last_offset < 0:
+                continue
+            hw = self._highwater(topic, p)
+            if hw is not None:
+                total += max(0, hw - st.last_offset - 1)
+        return total
+
     async def on_timer(self) -> None:
         """Idle detection: a caught-up input with nothing new for idle_ms stops holding the watermark."""
+        if self._gathered and time.monotonic() - self._gathered_at >= self.s.batch_wait_s:
+            ready, self._gathered = self._gathered, []
+            await self.on_batch(ready)
         if not self.parts:
             return
         now = time.monotonic()
@@ -438,8 +472,13 @@ def create_worker_app(settings: Settings, scorer: Scorer | None, *,
     @app.agent(topic, name="riskstream.detect")
     async def detect(stream: Any) -> None:
         try:
-            async for batch in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
-                await engine.on_batch(batch)
+            # Short takes; while a backlog drains they are gathered up to batch_size (or batch_wait_s),
+            # once caught up each is processed at once: latency live, large batches when behind.
+            async for batch in stream.noack_take(settings.batch_size, within=min(settings.batch_poll_s,
+                                                                                 settings.batch_wait_s)):
+                ready = engine.gather(batch)
+                if ready:
+                    await engine.on_batch(ready)
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # noqa: BLE001 - a dead agent must not leave a live process
