@@ -154,6 +154,10 @@ class RedisWindowStore(MemoryWindowStore):
         self._touch(users)
         return results
 
+    def apply_columns(self, cols: Any, watermark_ms: int) -> Any:
+        """Not for the live store: the columnar path has no fence, loading or write tracking."""
+        raise NotImplementedError("apply_columns is the offline path of MemoryWindowStore")
+
     def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         users = list(user_ids)
         self._load(users)
