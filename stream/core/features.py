@@ -33,6 +33,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from stream.core import layout as L
+from stream.core.jit import CacheGuard, constants_key
 from stream.core.windows import Snapshot
 
 FEATURE_VERSION: Final = 1
@@ -137,12 +138,14 @@ _WOW, _ESCALATION, _TREND_ACT, _TREND_LEN, _DUR_CV, _WEEKEND, _ACTIVE_DAYS, _HIS
     _C["active_days_28d"], _C["history_days"])
 _NH, _ND, _NX = len(L.H_FIELDS), len(L.D_FIELDS), len(L.X_FIELDS)
 
-_KERNEL_KEY: Final = int(hashlib.sha256(json.dumps(
-    [FEATURE_SPEC_HASH, L.NONE, L.TZ_BIAS, L.HOUR_MS, L.DAY_MS]).encode()).hexdigest()[:15], 16)
-"""A digest of the constants the kernel bakes in (the spec hash covers the layout; the others are
-not in it). numba invalidates its on-disk cache only when *this* file changes, so the kernel returns
-the key it was compiled with, and :func:`compute_arrays` recompiles one built against an older
-``layout.py``."""
+_KERNEL_KEY: Final = constants_key(FEATURE_SPEC_HASH, L.NONE, L.TZ_BIAS, L.HOUR_MS, L.DAY_MS)
+"""The constants the kernel bakes in (the spec hash covers the layout; the others are not in it);
+see :mod:`stream.core.jit`."""
+
+
+@njit(cache=True, nogil=True)
+def _compiled_key() -> int:
+    return _KERNEL_KEY
 
 
 @njit(cache=True, nogil=True)
@@ -167,8 +170,8 @@ def _ols_slope(y: NDArray[np.float64], x: NDArray[np.float64], m: int, sx: float
 def _kernel(rings: NDArray[np.uint32], sc: NDArray[np.int64], tick_end: NDArray[np.int64],
             out: NDArray[np.float32], today_min: NDArray[np.float64], session_min: NDArray[np.float64],
             local_minute: NDArray[np.int64], local_day: NDArray[np.int64],
-            history_days: NDArray[np.int64]) -> int:
-    """Fill ``out`` and the rule arrays row by row; returns :data:`_KERNEL_KEY` as compiled.
+            history_days: NDArray[np.int64]) -> None:
+    """Fill ``out`` and the rule arrays row by row.
 
     Slot ``s`` of a ring with ``k`` slots holds the unique bucket ``b`` in ``(head - k, head]``
     with ``b ≡ s (mod k)``. Each ring is walked over the buckets that are both still held and inside
@@ -396,7 +399,9 @@ def _kernel(rings: NDArray[np.uint32], sc: NDArray[np.int64], tick_end: NDArray[
         local_minute[i] = (tick_start_local % L.DAY_MS) // 60_000
         local_day[i] = tick_start_local // L.DAY_MS
         history_days[i] = history
-    return _KERNEL_KEY
+
+
+_GUARD = CacheGuard(_KERNEL_KEY, _compiled_key, (_div, _ols_slope, _kernel))
 
 
 def compute_arrays(rings: NDArray[np.uint32], scalars: NDArray[np.int64],
@@ -419,9 +424,8 @@ def compute_arrays(rings: NDArray[np.uint32], scalars: NDArray[np.int64],
                        np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
     args = (rings, scalars, tick_end, out, rules.today_active_min, rules.session_min,
             rules.local_minute, rules.local_day, rules.history_days)
-    if _kernel(*args) != _KERNEL_KEY:  # a cached kernel compiled against another layout
-        _kernel.recompile()
-        _kernel(*args)
+    _GUARD.ensure()
+    _kernel(*args)
     return out, rules
 
 

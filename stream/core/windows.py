@@ -27,8 +27,6 @@ before that ``apply`` replaces the first (the detector's confirms per user only 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from functools import partial
 from operator import attrgetter, is_not
@@ -42,6 +40,7 @@ from numpy.typing import NDArray
 
 from stream.core import layout as L
 from stream.core.events import Event, EventTuple, Reason
+from stream.core.jit import CacheGuard, constants_key
 
 MAX_FENCE_OFFSETS = 4096
 """Applied-but-uncommitted offsets remembered per (user, topic-partition) above the commit floor."""
@@ -247,11 +246,8 @@ _X_CAT0, _X_VIEWS, _X_DWELL, _X_CLICKS = L.X_CAT0, L.X_VIEWS, L.X_DWELL_S, L.X_C
 TZ_ABSENT = -(2**31)
 """Column marker for an event without ``tz_offset_min``."""
 
-_KERNEL_KEY: Final = int(hashlib.sha256(json.dumps(
-    [L.LAYOUT_SPEC, L.NONE, L.U32_MAX, L.HOUR_MS, L.DAY_MS, L.TZ_BIAS, TZ_ABSENT]).encode()).hexdigest()[:15], 16)
-"""A digest of the constants the kernels bake in. numba's on-disk cache is invalidated only when
-*this* file changes, so :func:`_ensure_current_kernels` compares it with the key a cached probe was
-compiled with and recompiles everything built against an older ``layout.py``."""
+_KERNEL_KEY: Final = constants_key(L.LAYOUT_SPEC, L.NONE, L.U32_MAX, L.HOUR_MS, L.DAY_MS, L.TZ_BIAS, TZ_ABSENT)
+"""The constants the kernels bake in (see :mod:`stream.core.jit`)."""
 APPLIED, TOO_LATE = 0, 1
 """Per-event status the kernel reports."""
 CATEGORY_CODE: dict[str, int] = dict(L.CATEGORY_INDEX)
@@ -270,31 +266,28 @@ def _fixed(x: float) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
+def _zero_passed(r: Any, u: int, base: int, slots: int, nfields: int, head: int, new_head: int) -> None:
+    """Zero the slots of the buckets a ring head passes moving from ``head`` to ``new_head``
+    (all of them when it never moved or moves by a full ring or more)."""
+    if head == _NONE or new_head - head >= slots:
+        r[u, base:base + slots * nfields] = 0
+    else:
+        for b in range(head + 1, new_head + 1):
+            i = base + (b % slots) * nfields
+            r[u, i:i + nfields] = 0
+
+
+@numba.njit(cache=True, nogil=True)
 def _advance(r: Any, sc: Any, u: int, hb: int, db: int) -> None:
     """Move ring heads forward, zeroing the slots of buckets that are new or wrapped."""
     hh = sc[u, _S_HH]
     if hh == _NONE or hb > hh:
-        if hh == _NONE or hb - hh >= _HS:
-            r[u, _H_BASE:_D_BASE] = 0
-        else:
-            for b in range(hh + 1, hb + 1):
-                i = _H_BASE + (b % _HS) * _HN
-                r[u, i:i + _HN] = 0
+        _zero_passed(r, u, _H_BASE, _HS, _HN, hh, hb)
         sc[u, _S_HH] = hb
     dh = sc[u, _S_DH]
     if dh == _NONE or db > dh:
-        if dh == _NONE or db - dh >= _DS:
-            r[u, _D_BASE:_X_BASE] = 0
-        else:
-            for b in range(dh + 1, db + 1):
-                i = _D_BASE + (b % _DS) * _DN
-                r[u, i:i + _DN] = 0
-        if dh == _NONE or db - dh >= _XS:
-            r[u, _X_BASE:_W] = 0
-        else:
-            for b in range(dh + 1, db + 1):
-                i = _X_BASE + (b % _XS) * _XN
-                r[u, i:i + _XN] = 0
+        _zero_passed(r, u, _D_BASE, _DS, _DN, dh, db)  # the day ring and the detail ring share dh
+        _zero_passed(r, u, _X_BASE, _XS, _XN, dh, db)
         sc[u, _S_DH] = db
 
 
@@ -450,16 +443,8 @@ def _compiled_key() -> int:
     return _KERNEL_KEY
 
 
-_checked = False
-
-
-def _ensure_current_kernels() -> None:
-    global _checked
-    if not _checked:
-        if _compiled_key() != _KERNEL_KEY:
-            for fn in (_compiled_key, _add, _fixed, _advance, _close_session, _emit, _apply_kernel):
-                fn.recompile()  # callees first: a caller links the callees' current code
-        _checked = True
+_GUARD = CacheGuard(_KERNEL_KEY, _compiled_key,
+                    (_add, _fixed, _zero_passed, _advance, _close_session, _emit, _apply_kernel))
 
 
 # --- events as columns ----------------------------------------------------------------------------
@@ -636,7 +621,7 @@ class MemoryWindowStore:
         seg_out = np.empty(len(seg_slot), np.int64)
         seg_ab = np.empty(len(seg_slot), np.int64)
         status = np.zeros(len(cols), np.int8)
-        _ensure_current_kernels()
+        _GUARD.ensure()
         k = _apply_kernel(self._rings, self._sc, seg_slot, seg_lo, seg_hi, cols.ts, cols.view, cols.dwell,
                           cols.cat, cols.tz, cols.has_band, cols.late, watermark_ms,
                           out_rings, out_sc, out_tick, out_abi, seg_out, seg_ab, status)
