@@ -24,7 +24,7 @@ import os
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from stream.core.events import Event, decode_message
 from stream.core.features import N_FEATURES, RuleArrays
 from stream.core.policy import PolicyConfig
 from stream.core.windows import Snapshots
-from stream.offline import Summary, build_detector, open_log, run_detector
+from stream.offline import Summary, build_detector, line_blocks, open_log, run_detector
 
 ROW_DAY_END: Final = 0
 ROW_RANDOM: Final = 1
@@ -155,21 +155,6 @@ def shard_of(user_id: bytes, n_shards: int) -> int:
     return zlib.crc32(user_id) % n_shards
 
 
-def _line_blocks(path: str | Path, block_bytes: int = 1 << 24) -> Iterator[list[bytes]]:
-    """The log's lines in blocks (one C-level split per block instead of a Python step per line)."""
-    with open_log(path) as f:
-        rest = b""
-        while True:
-            block = f.read(block_bytes)
-            if not block:
-                break
-            lines = (rest + block).split(b"\n")
-            rest = lines.pop()
-            yield lines
-        if rest:
-            yield [rest]
-
-
 def _user_of(line: bytes) -> bytes | None:
     """The raw user_id of a line in encode_event's layout, or None (then the line is decoded)."""
     k = line.find(_USER_KEY)
@@ -192,27 +177,28 @@ def read_shard(path: str | Path, shard: int, n_shards: int, summary: Summary,
     now = int(time.time() * 1000) if now_ms is None else now_ms
     events: list[Event] = []
     mine: dict[bytes, bool] = {}
-    for lines in _line_blocks(path):
-        for line in lines:
-            if n_shards > 1:
-                uid = _user_of(line)
-                if uid is not None:
-                    ok = mine.get(uid)
-                    if ok is None:
-                        ok = mine[uid] = shard_of(uid, n_shards) == shard
-                    if not ok:
-                        continue
-            line = line.strip()
-            if not line:
-                continue
-            summary.lines += 1
-            good, bad = decode_message(line, topic_type=None, key=None, now_ms=now)
-            for ev in good:
-                if n_shards == 1 or shard_of(ev.user_id.encode(), n_shards) == shard:
-                    events.append(ev)
-            for r in bad:
-                if n_shards == 1 or shard == 0:
-                    summary.invalid[str(r.reason)] += 1
+    with open_log(path) as f:
+        for lines in line_blocks(f, 1 << 24):
+            for line in lines:
+                if n_shards > 1:
+                    uid = _user_of(line)
+                    if uid is not None:
+                        ok = mine.get(uid)
+                        if ok is None:
+                            ok = mine[uid] = shard_of(uid, n_shards) == shard
+                        if not ok:
+                            continue
+                line = line.strip()
+                if not line:
+                    continue
+                summary.lines += 1
+                good, bad = decode_message(line, topic_type=None, key=None, now_ms=now)
+                for ev in good:
+                    if n_shards == 1 or shard_of(ev.user_id.encode(), n_shards) == shard:
+                        events.append(ev)
+                for r in bad:
+                    if n_shards == 1 or shard == 0:
+                        summary.invalid[str(r.reason)] += 1
     return events
 
 

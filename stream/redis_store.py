@@ -277,14 +277,10 @@ class RedisWindowStore(MemoryWindowStore):
     def _write(self) -> None:
         """Write each dirty user whose decided ticks are all confirmed; one pipeline of EVALSHA."""
         todo: list[str] = []
-        for u in self._dirty:
-            s = self._slot.get(u)
-            if s is None:  # forgotten meanwhile: nothing to write
-                continue
+        for u in self._dirty:  # a dirty user is never forgotten (eviction and drops skip them)
             if u in self._decided:
                 continue  # unconfirmed decisions: keep them out of Redis until confirmed
             todo.append(u)
-        self._dirty.difference_update(u for u in list(self._dirty) if u not in self._slot)
         if not todo:
             return
         calls = self._write_args(todo)

@@ -143,7 +143,7 @@ class Detector:
         out = Outcome()
         parts: list[Snapshots] = []
         for rel in (releases,) if isinstance(releases, Release) else releases:
-            parts.extend(self._apply(rel, position, out))
+            parts.append(self._apply(rel, position, out))
         snaps = Snapshots.concat(parts)
         if len(snaps):
             self._evaluate(snaps, out)
@@ -163,7 +163,7 @@ class Detector:
             self._evaluate(res.snapshots, out)
         return out, res.too_late
 
-    def _apply(self, rel: Release, position: Position | None, out: Outcome) -> list[Snapshots]:
+    def _apply(self, rel: Release, position: Position | None, out: Outcome) -> Snapshots:
         per_user: dict[str, list[tuple[Item, Any]]] = defaultdict(list)
         new = tuple.__new__
         for events, late in ((rel.released, False), (rel.late, True)):
@@ -181,7 +181,7 @@ class Detector:
         batches = [UserBatch(u, [im for im, _ in items]) for u, items in per_user.items()]
         batches += [UserBatch(u, ()) for u in self._due(rel.group, rel.watermark_ms, per_user)]
         if not batches:
-            return []
+            return Snapshots.empty()
         results = self.store.apply(batches, rel.watermark_ms, rel.commit_floor)
         rejected = duplicates = 0
         for res in results:
@@ -195,7 +195,7 @@ class Detector:
                 rejected += len(res.rejected)
         out.duplicates += duplicates
         out.applied += len(rel.released) + len(rel.late) - duplicates - rejected
-        return [all_snapshots(results)]
+        return all_snapshots(results)
 
     def policy_fields(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The persisted policy state of users, wherever it lives (store, or resident offline)."""
