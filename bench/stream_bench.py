@@ -9,8 +9,8 @@ In one run, on the same pre-filled input topics (one event per Kafka message):
   (c) the riskstream worker (and (c') the worker on the same events as batch envelopes: each
       user's events of one type within 100 s in one message, as an SDK uploads them);
 then the worker at a fixed input rate for the decidable→acknowledged latency percentiles, and
-Redis CPU per event and memory per active user. Drain rate = events between the first and the last
-observation of the consumer group's committed offsets, over that time (startup excluded, the same
+Redis CPU per event and memory per active user. Drain rate = events committed between the
+consumer group's committed offsets passing 10 % and 90 % of the input, over that time (the same
 method for every variant). Prints figures; asserts nothing.
 """
 
@@ -93,13 +93,18 @@ def drain(name: str, cmd: list[str], bootstrap: str, group: str, topics: list[st
           total_msgs: int, events_per_msg: float, timeout: float = 600) -> float:
     """Run ``cmd`` until the group's committed offsets reach ``total_msgs``; events/s in between.
 
-    One probe consumer with the agent's ``group.id`` reads the committed offsets (OffsetFetch); it
-    never subscribes, so it does not join the group or trigger a rebalance.
+    The rate is taken between the moments the committed offsets pass 10 % and 90 % of the input:
+    steady state, without start-up and without the end, where a worker's last undecided events wait
+    ``idle_ms`` for the idle watermark (a fixed delay, not throughput). One probe consumer with the
+    agent's ``group.id`` reads the committed offsets (OffsetFetch); it never subscribes, so it does
+    not join the group or trigger a rebalance.
     """
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    t1 = c1 = None
+    lo, hi = 0.1 * total_msgs, 0.9 * total_msgs
+    t_lo = c_lo = None
+    rate: float | None = None
     c = 0
     start = time.monotonic()
     try:
@@ -108,15 +113,15 @@ def drain(name: str, cmd: list[str], bootstrap: str, group: str, topics: list[st
                 raise SystemExit(f"{name} exited early: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             c = sum(max(tp.offset, 0) for tp in probe.committed(tps, timeout=10))
             now = time.monotonic()
-            if c > 0 and t1 is None:
-                t1, c1 = now, c
-            if c >= total_msgs:
-                assert t1 is not None and c1 is not None
-                rate = (c - c1) * events_per_msg / max(now - t1, 1e-6)
-                print(f"  {name:34s} {rate:10,.0f} events/s   ({(c - c1) * events_per_msg:,.0f} events in {now - t1:.1f} s)",
-                      flush=True)
+            if c >= lo and t_lo is None:
+                t_lo, c_lo = now, c
+            if c >= hi and t_lo is not None and c_lo is not None and c > c_lo and rate is None:
+                rate = (c - c_lo) * events_per_msg / max(now - t_lo, 1e-6)
+                print(f"  {name:34s} {rate:10,.0f} events/s   ({(c - c_lo) * events_per_msg:,.0f} events in "
+                      f"{now - t_lo:.1f} s)", flush=True)
+            if c >= total_msgs and rate is not None:  # all done (Redis CPU is measured over all of it)
                 return rate
-            time.sleep(0.25)
+            time.sleep(0.1)
         raise SystemExit(f"{name} did not drain within {timeout:.0f} s ({c}/{total_msgs} messages committed)")
     finally:
         probe.close()
@@ -249,7 +254,7 @@ def latency_runs(a: argparse.Namespace, py: str, parts: int, model: Path, tmp: P
         env = {**ENV, "RISKSTREAM_BATCH_WAIT_S": str(wait)}
         worker = subprocess.Popen([py, "-m", "stream", "worker", "--namespace", ns3, "--model", str(model),
                                    "--metrics-port", str(port), "--loglevel", "WARNING"], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=open(f"/tmp/lat-{wait}.log", "w"))
         try:
             time.sleep(5)
             subprocess.run([py, "-m", "stream", "replay", str(lat_log), "--namespace", ns3, "--rate", str(a.rate),

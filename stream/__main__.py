@@ -2,4 +2,5 @@
 
 from stream.cli import main
 
-main(prog_name="riskstream")
+if __name__ == "__main__":  # a spawned pipeline process imports this module too
+    main(prog_name="riskstream")

@@ -182,7 +182,7 @@ def worker(bootstrap: str | None, redis_url: str | None, namespace: str | None, 
     click.echo("riskstream worker: " + json.dumps(s.masked(), default=str), err=True)
     if scorer is not None:
         click.echo(f"riskstream worker: model {scorer.info.path} version {scorer.info.model_version}", err=True)
-    run_worker(s, scorer, loglevel=loglevel.upper())
+    run_worker(s, None if scorer is None else Path(scorer.info.path), loglevel=loglevel.upper())
 
 
 @main.command("replay")

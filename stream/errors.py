@@ -34,3 +34,7 @@ class ModelContractError(RiskstreamError):
 
 class StaleStateError(RiskstreamError):
     """Another worker replaced state this one had loaded: it no longer owns that partition."""
+
+
+class PipelineDiedError(RiskstreamError):
+    """A worker's pipeline process exited (crashed, killed): the worker cannot go on."""

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     produce_timeout_s: float = Field(default=30.0, gt=0, le=600)
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    detector_process: bool = True  # the pipeline in a child process (both cores), else in a thread
 
     @field_validator("namespace")
     @classmethod

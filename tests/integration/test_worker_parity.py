@@ -70,12 +70,12 @@ def offline(art: dict[str, Path]):
     return alerts, store
 
 
-def start_worker(settings, art, *extra: str) -> subprocess.Popen:
+def start_worker(settings, art, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "stream", "worker", "--namespace", settings.namespace,
          "--model", str(art["model"]), "--policy-config", str(art["policy"]),
          "--loglevel", "WARNING", *(extra if "--idle-ms" in extra else ("--idle-ms", "500", *extra))],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -201,7 +201,9 @@ def test_sigkill_mid_stream_and_restart_gives_the_same_state_and_alerts(settings
     expected, mem = offline(artifacts)
     want = {a.alert_id for a in expected}
     replay(settings, artifacts)
-    proc = start_worker(settings, artifacts, "--batch-size", "10")
+    # small batches, committed often: the whole backlog takes the worker about a second
+    fast_commits = {"RISKSTREAM_COMMIT_INTERVAL_S": "0.02"}
+    proc = start_worker(settings, artifacts, "--batch-size", "10", env=fast_commits)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -209,7 +211,7 @@ def test_sigkill_mid_stream_and_restart_gives_the_same_state_and_alerts(settings
             if done >= end // 4:
                 break
             assert time.monotonic() < deadline, "the worker committed nothing"
-            time.sleep(0.05)
+            time.sleep(0.005)
         assert done < end, "the kill must happen mid-stream"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

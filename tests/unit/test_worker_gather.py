@@ -1,4 +1,4 @@
-"""The worker's batch gathering: short takes are processed at once when live, gathered when behind."""
+"""The worker's batching: a batch is what is queued now when live, full batches when behind."""
 
 from __future__ import annotations
 
@@ -9,27 +9,43 @@ from stream.worker import BACKLOG_BATCHES, Engine
 
 
 def engine(backlog: int, batch_size: int = 10, wait_s: float = 60.0) -> Engine:
-    e = Engine.__new__(Engine)  # only the gathering state: no Faust app, producer or store
+    e = Engine.__new__(Engine)  # only the batching state: no Faust app, pipeline or metrics
     e.s = load_settings(batch_size=batch_size, batch_wait_s=wait_s)
     e._gathered, e._gathered_at = [], 0.0
     e._backlog = lambda: backlog  # type: ignore[method-assign]
     return e
 
 
-def test_live_takes_are_processed_at_once():
+def feed(e: Engine, items: list[int], more_after: bool = False) -> list[list[int]]:
+    """Add items as Faust delivers them (more queued until the last); the batches that came out."""
+    out = []
+    for i, x in enumerate(items):
+        ready = e.add(x, more=more_after or i < len(items) - 1)
+        if ready:
+            out.append(ready)
+    return out
+
+
+def test_live_a_batch_is_what_was_queued():
     e = engine(backlog=0)
-    assert e.gather([1, 2]) == [1, 2] and e.gather([3]) == [3]
+    assert feed(e, [1, 2, 3]) == [[1, 2, 3]]
+    assert feed(e, [4]) == [[4]]
 
 
-def test_behind_takes_are_gathered_into_a_full_batch_in_order():
+def test_a_batch_never_exceeds_the_batch_size():
+    e = engine(backlog=0, batch_size=4)
+    assert feed(e, list(range(10))) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_behind_queue_gaps_do_not_cut_batches_short():
     e = engine(backlog=BACKLOG_BATCHES * 10)
-    assert e.gather([1, 2, 3]) == [] and e.gather([4, 5, 6, 7]) == []
-    assert e.gather([8, 9, 10]) == list(range(1, 11))
-    assert e.gather([11]) == []
+    assert feed(e, [1, 2, 3]) == [] and feed(e, [4, 5, 6, 7]) == []
+    assert feed(e, [8, 9, 10]) == [list(range(1, 11))]
+    assert feed(e, [11]) == []
 
 
-def test_gathered_takes_never_wait_longer_than_the_batch_wait():
+def test_behind_a_batch_never_waits_longer_than_the_batch_wait():
     e = engine(backlog=10**6, wait_s=0.05)
-    assert e.gather([1]) == []
+    assert feed(e, [1]) == []
     time.sleep(0.06)
-    assert e.gather([2]) == [1, 2]
+    assert feed(e, [2]) == [[1, 2]]
