@@ -95,3 +95,51 @@ def test_worker_exits_nonzero_when_kafka_stays_unavailable(settings):
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 75, out.decode()[-2000:]
     assert b"riskstream: error: Kafka at 127.0.0.1:1" in out
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _pipeline_of(proc: subprocess.Popen, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]  # type: ignore[union-attr]
+        for child in _children(proc.pid):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():  # not the resource tracker
+                return child
+        time.sleep(0.1)
+    raise AssertionError("the worker started no pipeline process")
+
+
+def test_worker_exits_nonzero_when_its_pipeline_process_dies(settings):
+    proc = _worker("--namespace", settings.namespace)
+    try:
+        child = _pipeline_of(proc)
+        time.sleep(3)  # let the Faust side start: the link notices the death from the event loop
+        os.kill(child, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, out.decode()[-2000:]
+    assert b"pipeline process exited" in out
+
+
+def test_sigterm_stops_the_worker_and_its_pipeline_process(settings):
+    proc = _worker("--namespace", settings.namespace)
+    child = _pipeline_of(proc)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert not Path(f"/proc/{child}").exists() or b"Z" in Path(f"/proc/{child}/stat").read_bytes().split(b")")[1][:3]
