@@ -1,13 +1,14 @@
 """Streaming benchmark on the real stack (Kafka + Redis up: deploy/local/stack up).
 
     python bench/stream_bench.py [--events 150000] [--users 5000] [--rate 5000] [--latency-s 30]
-                                 [--latency-batch-wait 0.2 0.005] [--only-latency]
+                                 [--latency-batch-wait 0.2 …] [--only-latency]
 
 In one run, on the same pre-filled input topics (one event per Kafka message):
   (a) a naive Faust agent: one Redis round trip (the fenced state write) and one ONNX call per event;
   (b) a Faust agent that does nothing;
-  (c) the riskstream worker (and (c') the worker on the same events as batch envelopes: each
-      user's events of one type within 100 s in one message, as an SDK uploads them);
+  (c) the riskstream worker (and (c-thread) the same worker with its pipeline in a thread instead
+      of a process, the design it replaced; (c') the worker on the same events as batch envelopes:
+      each user's events of one type within 100 s in one message, as an SDK uploads them);
 then the worker at a fixed input rate for the decidable→acknowledged latency percentiles, and
 Redis CPU per event and memory per active user. Drain rate = events committed between the
 consumer group's committed offsets passing 10 % and 90 % of the input, over that time (the same
@@ -90,7 +91,7 @@ def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
 
 # -- harness ---------------------------------------------------------------------------------------
 def drain(name: str, cmd: list[str], bootstrap: str, group: str, topics: list[str], partitions: int,
-          total_msgs: int, events_per_msg: float, timeout: float = 600) -> float:
+          total_msgs: int, events_per_msg: float, timeout: float = 600, env: dict[str, str] | None = None) -> float:
     """Run ``cmd`` until the group's committed offsets reach ``total_msgs``; events/s in between.
 
     The rate is taken between the moments the committed offsets pass 10 % and 90 % of the input:
@@ -101,7 +102,8 @@ def drain(name: str, cmd: list[str], bootstrap: str, group: str, topics: list[st
     """
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**ENV, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     lo, hi = 0.1 * total_msgs, 0.9 * total_msgs
     t_lo = c_lo = None
     rate: float | None = None
@@ -166,8 +168,9 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=5_000)
     ap.add_argument("--rate", type=int, default=5_000)
     ap.add_argument("--latency-s", type=int, default=30)
-    ap.add_argument("--latency-batch-wait", type=float, nargs="+", default=[0.2, 0.005],
-                    help="RISKSTREAM_BATCH_WAIT_S values for the latency runs (the default is the worker's)")
+    ap.add_argument("--latency-batch-wait", type=float, nargs="+", default=[0.2],
+                    help="RISKSTREAM_BATCH_WAIT_S values for the latency runs (the default is the worker's; it "
+                         "only matters while a backlog drains)")
     ap.add_argument("--only-latency", action="store_true", help="skip the drain-rate variants")
     a = ap.parse_args()
     if a.agent:
@@ -220,6 +223,13 @@ def main() -> None:
     print(f"  ratios: (c)/(a) = {rate_c / rate_a:.2f}   (c)/(b) = {rate_c / rate_b:.2f}")
     print(f"  Redis: {cpu_per_event:.1f} µs CPU per event (worker run), "
           f"{mem_per_user:,.0f} B per active user ({users:,} users)")
+    # the design choice behind (c): the same worker with its pipeline in a thread of the Faust process
+    for keys in iter(lambda: [k for _, k in zip(range(1000), r.scan_iter(match=f"{ns}:rs:*", count=1000))], []):
+        r.unlink(*keys)  # fresh window state, as for (c)
+    rate_t = drain("(c-thread) pipeline in a thread", [py, "-m", "stream", "worker", "--namespace", ns, "--group",
+                   "thread", "--model", str(model), "--loglevel", "WARNING"], s.kafka_bootstrap, f"{ns}.thread",
+                   topics, parts, a.events, 1, env={"RISKSTREAM_DETECTOR_PROCESS": "false"})
+    print(f"  pipeline process vs thread: {rate_c / rate_t:.2f}x")
 
     # (c') envelopes: the same events, 20 per message
     ns2 = f"{ns}env"
@@ -254,7 +264,7 @@ def latency_runs(a: argparse.Namespace, py: str, parts: int, model: Path, tmp: P
         env = {**ENV, "RISKSTREAM_BATCH_WAIT_S": str(wait)}
         worker = subprocess.Popen([py, "-m", "stream", "worker", "--namespace", ns3, "--model", str(model),
                                    "--metrics-port", str(port), "--loglevel", "WARNING"], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=open(f"/tmp/lat-{wait}.log", "w"))
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(5)
             subprocess.run([py, "-m", "stream", "replay", str(lat_log), "--namespace", ns3, "--rate", str(a.rate),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 import multiprocessing
 import pickle
@@ -401,16 +402,17 @@ def _reply(sock: socket.socket, ok: bool, value: Any) -> None:
         _send(sock, (False, RuntimeError(f"{type(value).__name__}: {value}")))
 
 
-def serve(sock: socket.socket, settings: Settings, model_path: Path | None) -> None:
+def serve(sock: socket.socket, settings: Settings, model_path: Path | None, loglevel: int = logging.WARNING) -> None:
     """The pipeline process: build the pipeline, then answer calls in order until the worker goes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the Faust side's to handle
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     global _PIPELINE
     try:
         _PIPELINE = build_pipeline(settings, model_path)
     except Exception as e:  # noqa: BLE001 - reported to the Faust side, which exits with it
         _reply(sock, False, e)
         return
+    gc.freeze()  # the long-lived objects (kernels, model, modules): full collections skip them (60 → 5 ms)
     _reply(sock, True, None)
     while True:
         try:
@@ -463,7 +465,8 @@ class ProcessLink(PipelineLink):
         ours, theirs = socket.socketpair()
         # spawn, not fork: this process already runs threads (librdkafka, Faust's consumer thread)
         self.proc = multiprocessing.get_context("spawn").Process(
-            target=serve, args=(theirs, settings, model_path), name="riskstream-pipeline", daemon=True)
+            target=serve, args=(theirs, settings, model_path, logging.getLogger().getEffectiveLevel()),
+            name="riskstream-pipeline", daemon=True)
         self.proc.start()
         theirs.close()
         self._sock = ours

@@ -35,7 +35,6 @@ class Settings(BaseSettings):
     lateness_ms: int = Field(default=120_000, ge=0, le=3_600_000)
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     batch_wait_s: float = Field(default=0.2, gt=0, le=60)
-    batch_poll_s: float = Field(default=0.005, gt=0, le=60)
     idle_ms: int = Field(default=2000, ge=0)
     state_ttl_s: int = Field(default=30 * 86_400, ge=3600)
     state_cache_users: int = Field(default=100_000, ge=100)

@@ -4,11 +4,14 @@ The Faust side (this module) consumes, tracks the inputs and acks; the detector 
 (:mod:`stream.pipeline`: decode, reorder, detect, publish, persist) runs in a child process by
 default, so that the two use both cores instead of taking turns on the GIL.
 
-Per micro-batch (``noack_take`` every ``batch_poll_s``; while a backlog drains, takes are gathered up
-to ``batch_size`` messages or ``batch_wait_s``) the raw messages go to the pipeline as one
-:class:`~stream.pipeline.Step`; its :class:`~stream.pipeline.Report` says which messages are
-completely done, and only those are acked. An event whose tick is not yet decided stays un-acked (so
-it is redelivered after a crash, and the tick is decided by whoever owns the partition then);
+The agent iterates the stream with Faust's compiled iterator, acks off, and cuts micro-batches:
+live, a batch is what Faust has queued when the queue runs empty (so it is small when the input is
+slow, larger when it is fast); while a backlog of ``BACKLOG_BATCHES`` full batches or more is left,
+batches are filled to ``batch_size`` (or ``batch_wait_s``). Each batch goes to the pipeline as one
+:class:`~stream.pipeline.Step` at once; the agent goes on consuming while it runs and waits only
+before sending a second one. The step's :class:`~stream.pipeline.Report` says which messages are
+completely done, and only those are acked. An event whose tick is not yet decided stays un-acked
+(so it is redelivered after a crash, and the tick is decided by whoever owns the partition then);
 buffered events are never acked. Faust commits the contiguous acked offsets.
 
 A timer marks caught-up, idle topic-partitions idle (DESIGN §8, KIP-695's idea): when both inputs of
@@ -18,13 +21,14 @@ running ahead is paused until it half drains.
 
 Failures: a bad event never stops the agent. Redis and Kafka errors are retried with bounded
 backoff; past the bound the process exits non-zero (``EXIT_UNAVAILABLE``) instead of idling alive;
-so does a worker whose pipeline process died. SIGTERM stops the Faust worker; an unfinished batch
-is not acked, hence not committed.
+so does a worker whose pipeline process died. SIGTERM stops the Faust worker and then the pipeline
+process; an unfinished batch is not acked, hence not committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -49,7 +53,8 @@ from stream.settings import Settings
 log = logging.getLogger("riskstream.worker")
 
 EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL: a supervisor should restart us
-BACKLOG_BATCHES = 4  # a backlog this many full batches long is a catch-up: gather takes into full batches
+BACKLOG_BATCHES = 4  # a backlog this many full batches long is a catch-up: fill batches to batch_size
+BACKLOG_RECHECK_S = 0.005  # the backlog estimate reads fetch metadata of every input partition: not per message
 
 
 @dataclass(slots=True)
@@ -60,7 +65,7 @@ class _TpState:
 
 
 class Engine:
-    """The Faust side of a worker: gathers takes, hands steps to the pipeline, acks what is done."""
+    """The Faust side of a worker: cuts batches, hands them to the pipeline, acks what is done."""
 
     def __init__(self, settings: Settings, app: faust.App, metrics: Metrics, link: PipelineLink) -> None:
         self.s = settings
@@ -70,7 +75,7 @@ class Engine:
         self.inputs = {settings.clicks_topic: "click", settings.views_topic: "view"}
         self.tps: dict[tuple[str, int], _TpState] = defaultdict(_TpState)
         self.inflight: dict[MsgId, Any] = {}  # handed to the pipeline, not yet done: faust events to ack
-        self._gathered: list[Any] = []  # messages of short takes waiting for a fuller batch
+        self._gathered: list[Any] = []  # the batch being filled
         self._gathered_at = 0.0
         self._backlog_at, self._backlog_cached = -1.0, 0
         self.fatal: BaseException | None = None
@@ -79,7 +84,7 @@ class Engine:
     def submit(self, batch: Sequence[Any]) -> asyncio.Future[None]:
         """Hand a batch to the pipeline; the returned task is done when its report is applied.
 
-        The agent does not wait for it before its next take: Faust's stream stays blocked while
+        The agent does not wait for it before its next message: Faust's stream stays blocked while
         the agent's loop body runs, so awaiting the step there would stop consumption meanwhile.
         Steps run one at a time, in the order they were sent.
         """
@@ -137,9 +142,9 @@ class Engine:
 
     def _backlog(self) -> int:
         """Messages on unpaused input partitions beyond the last one received (from fetch metadata;
-        recomputed at most every ``batch_poll_s``)."""
+        recomputed at most every ``BACKLOG_RECHECK_S``)."""
         now = time.monotonic()
-        if now - self._backlog_at < self.s.batch_poll_s:
+        if now - self._backlog_at < BACKLOG_RECHECK_S:
             return self._backlog_cached
         total = 0
         for (topic, p), st in self.tps.items():
@@ -305,8 +310,8 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
 
     @app.agent(topic, name="riskstream.detect")
     async def detect(stream: Any) -> None:
-        # Plain iteration (Faust's compiled iterator) is the cheapest way through a stream; takes
-        # cost more per message and stop consuming while the loop body awaits (README figures).
+        # Plain iteration (Faust's compiled iterator), batches cut here: Faust's takes block their
+        # buffer while the loop body runs, so a take's consumer stops while its step is awaited.
         stream.enable_acks = False  # a message is acked when the pipeline reports it done
         channel = stream.channel
         await engine.link.connect()
@@ -359,6 +364,7 @@ def run_worker(settings: Settings, model_path: Path | None, *, loglevel: str = "
 
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=engine.metrics.registry)
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    gc.freeze()  # what exists now lives as long as the worker: full collections need not walk it
     try:
         worker.execute_from_commandline()
     finally:
