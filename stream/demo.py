@@ -1,9 +1,10 @@
 """The live demo behind ``make run``.
 
-Brings the local stack up (if it is not running), creates the topics, starts a worker, simulates a
-population (some users compulsive, some minors) and streams it into Kafka in accelerated event
-time, and shows alerts as they arrive. Ctrl-C stops everything this script started, and the stack
-too if this script brought it up.
+Brings the local stack up (if it is not running), creates the topics of a fresh namespace
+(``demo-<hex>``: no state of an earlier run or of anything else is reused), starts a worker,
+simulates a population (some users compulsive, some minors) and streams it into Kafka in
+accelerated event time, and shows alerts as they arrive. Ctrl-C stops everything this script
+started, deletes the namespace's topics and Redis keys, and stops the stack if it brought it up.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -44,8 +46,14 @@ def main() -> int:
     if subprocess.run([str(STACK), "up"]).returncode != 0:
         _say("the local stack did not come up; see the lines above")
         return 1
+    from stream.settings import load_settings
+    from stream.topics import delete_namespace
+
+    ns = f"demo-{uuid.uuid4().hex[:6]}"
+    settings = load_settings(namespace=ns)
     topics_env = {**os.environ, "RISKSTREAM_INPUT_RETENTION_MS": str(30 * 86_400_000)}
-    if subprocess.run([sys.executable, "-m", "stream", "topics", "create"], cwd=ROOT, env=topics_env).returncode != 0:
+    if subprocess.run([sys.executable, "-m", "stream", "topics", "create", "--namespace", ns], cwd=ROOT,
+                      env=topics_env).returncode != 0:
         return 1
     work = Path(tempfile.mkdtemp(prefix="riskstream-demo-"))
     events, labels = work / "events.jsonl.gz", work / "labels.csv"
@@ -69,6 +77,11 @@ def main() -> int:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        try:
+            delete_namespace(settings)
+            _say(f"deleted the demo's topics and Redis keys (namespace {ns})")
+        except Exception as e:  # noqa: BLE001 - the stack may be gone already
+            _say(f"could not delete namespace {ns}: {e}")
         if started_stack:
             _say("stopping the stack this demo started …")
             subprocess.run([str(STACK), "down"])
@@ -76,20 +89,19 @@ def main() -> int:
     env = {**os.environ, "RISKSTREAM_IDLE_MS": "1000"}
     try:
         _say("starting the worker (riskstream worker) …")
-        procs.append(_riskstream("worker", "--loglevel", "WARNING", env=env))
+        procs.append(_riskstream("worker", "--namespace", ns, "--loglevel", "WARNING", env=env))
 
         def start_replay() -> None:
             _say(f"streaming the population at {a.speed:g}× event time (riskstream replay) …")
             _say("alerts as they arrive (riskstream alerts tail); Ctrl-C stops the demo\n")
-            procs.append(_riskstream("replay", str(events), "--sort", "--speed", str(a.speed),
+            procs.append(_riskstream("replay", str(events), "--namespace", ns, "--sort", "--speed", str(a.speed),
                                      "--envelope", "20", "--no-progress"))
 
         # The tail subscribes at the end of risk.alerts first; the replay starts once it listens.
         threading.Timer(3.0, start_replay).start()
-        from stream.settings import load_settings
         from stream.tail import tail
 
-        tail(load_settings(), lambda line: print(line, flush=True), from_beginning=False)
+        tail(settings, lambda line: print(line, flush=True), from_beginning=False)
     except KeyboardInterrupt:
         print(file=sys.stderr)
     finally:

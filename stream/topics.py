@@ -6,7 +6,13 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from stream.errors import BrokerUnavailableError, ConfigError
 from stream.settings import Settings
@@ -77,6 +83,7 @@ def ensure_topics(s: Settings) -> list[str]:
         raise ConfigError(
             f"{s.clicks_topic} has {pc} partitions but {s.views_topic} has {pv}; the input topics "
             "must be co-partitioned (same partition count)")
+    lines += _raise_input_retention(admin, s, [t.name for t in specs[:2] if t not in missing])
     _check_retention(admin, s)
     return lines
 
@@ -105,5 +112,50 @@ def input_retention_ms(admin: AdminClient, s: Settings, wait_s: float = 15.0) ->
     return min(limited) if limited else -1
 
 
+def _raise_input_retention(admin: AdminClient, s: Settings, names: list[str]) -> list[str]:
+    """Existing input topics that keep less than ``input_retention_ms`` are raised to it (never
+    lowered: an operator may keep more on purpose). Replaying history depends on it."""
+    lines = []
+    for name in names:
+        r = ConfigResource(ConfigResource.Type.TOPIC, name)
+        try:
+            cur = int(admin.describe_configs([r], request_timeout=ADMIN_TIMEOUT_S)[r].result()["retention.ms"].value)
+        except KafkaException as e:
+            raise BrokerUnavailableError(f"cannot read the configuration of {name}: {e.args[0]}") from e
+        want = s.input_retention_ms
+        if cur < 0 or cur >= want:
+            continue
+        alter = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+            ConfigEntry("retention.ms", str(want), incremental_operation=AlterConfigOpType.SET)])
+        try:
+            admin.incremental_alter_configs([alter], request_timeout=ADMIN_TIMEOUT_S)[alter].result()
+        except KafkaException as e:
+            raise ConfigError(f"could not raise retention.ms of {name} to {want}: {e.args[0].str()}") from e
+        lines.append(f"raised  {name} retention.ms {cur} -> {want}")
+    return lines
+
+
 def _check_retention(admin: AdminClient, s: Settings) -> None:
     input_retention_ms(admin, s)
+
+def delete_namespace(s: Settings) -> None:
+    """Delete a namespace's topics and Redis keys (what tests and the demo created for themselves).
+
+    Refuses the empty namespace: that would be everything outside any namespace.
+    """
+    import redis
+
+    if not s.namespace:
+        raise ConfigError("refusing to delete the empty namespace")
+    admin = admin_client(s)
+    mine = [t for t in _list_topics(admin, s.kafka_bootstrap) if t.startswith(s.namespace + ".")]
+    if mine:
+        for fut in admin.delete_topics(mine, operation_timeout=ADMIN_TIMEOUT_S).values():
+            fut.result()
+    r = redis.Redis.from_url(s.redis_url.get_secret_value())
+    try:  # a namespace is [A-Za-z0-9_-]: nothing in it is a glob pattern
+        for keys in iter(lambda: [k for _, k in zip(range(1000), r.scan_iter(match=f"{s.namespace}:*", count=1000))],
+                         []):
+            r.unlink(*keys)
+    finally:
+        r.close()

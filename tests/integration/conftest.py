@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-from confluent_kafka.admin import AdminClient
 
 from stream.settings import Settings, load_settings
-from stream.topics import ensure_topics
+from stream.topics import delete_namespace, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "deploy" / "local" / "stack"
@@ -58,13 +56,4 @@ def settings(stack: None, namespace: str) -> Iterator[Settings]:
     s = load_settings(namespace=namespace, partitions=3, input_retention_ms=HISTORY_RETENTION_MS)
     ensure_topics(s)
     yield s
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
-    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(namespace + ".")]
-    if mine:
-        for fut in admin.delete_topics(mine, operation_timeout=30).values():
-            fut.result()
-    r = redis.Redis.from_url(s.redis_url.get_secret_value())
-    keys = list(r.scan_iter(match=f"{namespace}:*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    delete_namespace(s)

@@ -77,3 +77,23 @@ def test_redis_lua_round_trip_is_atomic_and_cluster_safe(settings):
     assert script(keys=[key], args=[3, 600])[0] == 8
     assert r.hget(key, "n") == b"8"
     r.close()
+
+
+def test_topics_create_raises_a_shorter_input_retention_and_never_lowers_one(stack):
+    import uuid
+
+    from stream.settings import load_settings
+    from stream.topics import admin_client, ensure_topics, input_retention_ms
+
+    ns = f"ret{uuid.uuid4().hex[:8]}"
+    short = load_settings(namespace=ns, partitions=1)
+    ensure_topics(short)
+    admin = admin_client(short)
+    assert input_retention_ms(admin, short) == short.input_retention_ms
+    longer = load_settings(namespace=ns, partitions=1, input_retention_ms=30 * 86_400_000)
+    lines = ensure_topics(longer)
+    assert sum(line.startswith("raised") for line in lines) == 2, lines
+    assert input_retention_ms(admin, longer) == 30 * 86_400_000
+    lines = ensure_topics(short)  # asking for less keeps what the topics have
+    assert not any(line.startswith("raised") for line in lines)
+    assert input_retention_ms(admin, short) == 30 * 86_400_000
