@@ -50,13 +50,22 @@ def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
     from stream.core.windows import Item, UserBatch
 
     s = load_settings(namespace=namespace, consumer_group=group)
-    app = create_app(s, broker_commit_interval=0.5)
+    extra = {}
+    if os.environ.get("RISKSTREAM_BENCH_STREAM_BUFFER"):
+        extra["stream_buffer_maxsize"] = int(os.environ["RISKSTREAM_BENCH_STREAM_BUFFER"])
+    app = create_app(s, broker_commit_interval=0.5, **extra)
     topic = app.topic(s.clicks_topic, s.views_topic, value_serializer="raw", key_serializer="raw")
     if kind == "noop":
         @app.agent(topic)
         async def noop(stream):  # type: ignore[no-untyped-def]
             async for _ in stream:
                 pass
+    elif kind == "noop-take":
+        @app.agent(topic)
+        async def noop_take(stream):  # type: ignore[no-untyped-def]
+            async for batch in stream.noack_take(2000, within=0.005):
+                for fe in batch:
+                    fe.ack()
     else:
         import numpy as np
         import redis
@@ -85,7 +94,8 @@ def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
 
     import mode.loop
 
-    mode.loop.use("uvloop")  # as the worker does: compare like with like
+    if os.environ.get("BENCH_LOOP", "uvloop") == "uvloop":
+        mode.loop.use("uvloop")  # as the worker does: compare like with like
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
@@ -119,7 +129,7 @@ def drain(name: str, cmd: list[str], bootstrap: str, group: str, topics: list[st
                 t_lo, c_lo = now, c
             if c >= hi and t_lo is not None and c_lo is not None and c > c_lo and rate is None:
                 rate = (c - c_lo) * events_per_msg / max(now - t_lo, 1e-6)
-                print(f"  {name:34s} {rate:10,.0f} events/s   ({(c - c_lo) * events_per_msg:,.0f} events in "
+                print(f"  {name:62s} {rate:8,.0f} events/s   ({(c - c_lo) * events_per_msg:,.0f} events in "
                       f"{now - t_lo:.1f} s)", flush=True)
             if c >= total_msgs and rate is not None:  # all done (Redis CPU is measured over all of it)
                 return rate
@@ -160,7 +170,7 @@ def redis_cpu(r) -> float:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--agent", choices=["naive", "noop"])
+    ap.add_argument("--agent", choices=["naive", "noop", "noop-take"])
     ap.add_argument("--namespace")
     ap.add_argument("--group")
     ap.add_argument("--model")
@@ -172,6 +182,8 @@ def main() -> None:
                     help="RISKSTREAM_BATCH_WAIT_S values for the latency runs (the default is the worker's; it "
                          "only matters while a backlog drains)")
     ap.add_argument("--only-latency", action="store_true", help="skip the drain-rate variants")
+    ap.add_argument("--faust-configs", action="store_true",
+                    help="only the no-op agent under Faust configurations (iterator vs take, Cython, uvloop)")
     a = ap.parse_args()
     if a.agent:
         run_agent(a.agent, a.namespace, a.group, a.model)
@@ -203,6 +215,9 @@ def main() -> None:
           f"(published in {time.perf_counter() - t:.1f} s); model {model.name}")
     if a.only_latency:
         latency_runs(a, py, parts, model, tmp)
+        return
+    if a.faust_configs:
+        faust_configs(py, s, ns, parts, a.events)
         return
     topics = [s.clicks_topic, s.views_topic]
     r = redis.Redis.from_url(s.redis_url.get_secret_value())
@@ -247,6 +262,23 @@ def main() -> None:
           [s2.clicks_topic, s2.views_topic], parts, msgs, a.events / max(msgs, 1))
 
     latency_runs(a, py, parts, model, tmp)
+
+
+def faust_configs(py: str, s, ns: str, parts: int, events: int) -> None:  # type: ignore[no-untyped-def]
+    """The no-op agent (b) under the configurations the worker could use: one drain each."""
+    print("no-op Faust agent, one event per message:")
+    topics = [s.clicks_topic, s.views_topic]
+    for label, kind, env in [
+        ("async for over the stream, uvloop, Cython (the worker's)", "noop", {}),
+        ("noack_take(2000, within=5 ms) + ack", "noop-take", {}),
+        ("without Faust's Cython extensions (NO_CYTHON=1)", "noop", {"NO_CYTHON": "1"}),
+        ("asyncio's own event loop instead of uvloop", "noop", {"BENCH_LOOP": "asyncio"}),
+        ("stream_buffer_maxsize 4096 (Faust's default) instead of 16384", "noop",
+         {"RISKSTREAM_BENCH_STREAM_BUFFER": "4096"}),
+    ]:
+        group = f"cfg{uuid.uuid4().hex[:6]}"
+        drain(label, [py, __file__, "--agent", kind, "--namespace", ns, "--group", group], s.kafka_bootstrap,
+              f"{ns}.{group}", topics, parts, events, 1, env=env)
 
 
 def latency_runs(a: argparse.Namespace, py: str, parts: int, model: Path, tmp: Path) -> None:
