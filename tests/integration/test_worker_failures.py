@@ -143,3 +143,91 @@ def test_sigterm_stops_the_worker_and_its_pipeline_process(settings):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode()[-2000:]
     assert not Path(f"/proc/{child}").exists() or b"Z" in Path(f"/proc/{child}/stat").read_bytes().split(b")")[1][:3]
+
+
+def _own_redis(port: int) -> subprocess.Popen:
+    """A private redis-server for one test (so it can be stopped without touching the stack's)."""
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            return proc
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "private redis-server did not start"
+            time.sleep(0.1)
+
+
+def _publish(settings, user: str, n: int, start_minute: int) -> None:
+    p = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for i in range(n):
+        e = ev(user, at(0, 10, start_minute + i), "click")
+        p.produce(settings.clicks_topic, key=user.encode(), value=encode_event(e))
+    assert p.flush(30) == 0
+
+
+def _committed_total(settings) -> int:
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id})
+    try:
+        tps = [TopicPartition(t, q) for t in (settings.clicks_topic, settings.views_topic) for q in range(3)]
+        return sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
+    finally:
+        c.close()
+
+
+def _wait_committed(settings, proc: subprocess.Popen, want: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _committed_total(settings) < want:
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, f"not committed: {want} messages"
+        time.sleep(0.2)
+
+
+def test_a_redis_outage_mid_stream_is_retried_then_the_worker_exits_nonzero(settings):
+    port = 16391
+    rs = _own_redis(port)
+    proc = _worker("--namespace", settings.namespace, "--redis-url", f"redis://127.0.0.1:{port}/0",
+                   "--idle-ms", "300")
+    try:
+        _publish(settings, "outage-user", 5, 0)
+        _wait_committed(settings, proc, 5)  # healthy: applied, decided on idle, written, committed
+        rs.terminate()
+        rs.wait(timeout=10)
+        t = time.monotonic()
+        _publish(settings, "outage-user", 5, 10)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        for p in (proc, rs):
+            if p.poll() is None:
+                p.kill()
+    assert proc.returncode == 75, out.decode()[-3000:]
+    text = out.decode()
+    assert "retry 1/" in text and "StoreUnavailableError" in text, text[-3000:]
+    assert 5 < time.monotonic() - t < 90  # bounded backoff: neither at once nor idling alive
+    assert _committed_total(settings) == 5  # nothing of the failed batch was acked
+
+
+def test_a_redis_pause_shorter_than_the_retry_bound_is_ridden_out(settings):
+    port = 16392
+    rs = _own_redis(port)
+    proc = _worker("--namespace", settings.namespace, "--redis-url", f"redis://127.0.0.1:{port}/0",
+                   "--idle-ms", "300")
+    try:
+        _publish(settings, "pause-user", 5, 0)
+        _wait_committed(settings, proc, 5)
+        rs.send_signal(signal.SIGSTOP)  # hangs every call (socket timeouts), keeps the data
+        _publish(settings, "pause-user", 5, 10)
+        time.sleep(6)
+        rs.send_signal(signal.SIGCONT)
+        _wait_committed(settings, proc, 10, timeout=90)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        rs.send_signal(signal.SIGCONT)
+        rs.kill()
+        rs.wait(timeout=10)
+    assert b"retry 1/" in out, out.decode()[-3000:]
