@@ -54,6 +54,7 @@ log = logging.getLogger("riskstream.worker")
 
 EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL: a supervisor should restart us
 BACKLOG_BATCHES = 4  # a backlog this many full batches long is a catch-up: fill batches to batch_size
+KAFKA_PROBE_S = 5.0  # a metadata request this often (waiting at most this long) tells whether Kafka answers
 BACKLOG_RECHECK_S = 0.005  # the backlog estimate reads fetch metadata of every input partition: not per message
 
 
@@ -78,6 +79,9 @@ class Engine:
         self._gathered: list[Any] = []  # the batch being filled
         self._gathered_at = 0.0
         self._backlog_at, self._backlog_cached = -1.0, 0
+        self._admin: Any = None
+        self._kafka_ok_at = time.monotonic()
+        self._kafka_probe: asyncio.Future[None] | None = None
         self.fatal: BaseException | None = None
 
     # -- consuming ----------------------------------------------------------------------------------
@@ -177,6 +181,32 @@ class Engine:
                 caught_up = hw is not None and pos is not None and pos >= hw
                 flags[(p, kind)] = caught_up and now - st.last_seen >= idle_s
         await self._finish(self._send([], [], flags))
+
+    def watch_kafka(self) -> None:
+        """Exit (75) once Kafka has not answered a metadata request for ``produce_timeout_s``.
+
+        Faust's consumer reconnects forever, and a worker with nothing to publish would otherwise
+        idle alive through a broker outage; probes run in a thread every ``KAFKA_PROBE_S``.
+        """
+        now = time.monotonic()
+        if now - self._kafka_ok_at > self.s.produce_timeout_s:
+            self._die(BrokerUnavailableError(
+                f"Kafka at {self.s.kafka_bootstrap} has not answered for {now - self._kafka_ok_at:.0f} s"))
+        if self._kafka_probe is None or self._kafka_probe.done():
+            self._kafka_probe = asyncio.get_running_loop().run_in_executor(None, self._probe_kafka)
+
+    def _probe_kafka(self) -> None:
+        from stream.topics import admin_client
+
+        if self._admin is None:
+            self._admin = admin_client(self.s)
+        try:
+            self._admin.list_topics(self.s.clicks_topic, timeout=KAFKA_PROBE_S)
+        except KafkaException as e:
+            log.warning("Kafka metadata request failed (%s); giving up %.0f s after the last answer",
+                        e.args[0], self.s.produce_timeout_s)
+            return
+        self._kafka_ok_at = time.monotonic()
 
     async def _end_offset(self, topic: str, p: int) -> int | None:
         tp = faust.types.TP(topic, p)
@@ -339,6 +369,10 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
         except BaseException as e:  # noqa: BLE001
             log.exception("idle timer crashed")
             engine._die(e)
+
+    @app.timer(interval=KAFKA_PROBE_S, name="riskstream.kafka_watch")  # type: ignore[untyped-decorator]
+    async def kafka_watch() -> None:
+        engine.watch_kafka()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:

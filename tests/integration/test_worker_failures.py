@@ -231,3 +231,40 @@ def test_a_redis_pause_shorter_than_the_retry_bound_is_ridden_out(settings):
         rs.kill()
         rs.wait(timeout=10)
     assert b"retry 1/" in out, out.decode()[-3000:]
+
+
+def _stack_kafka_pid() -> int:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"kafka.Kafka" in cmd and str(ROOT / ".state" / "kafka" / "server.properties").encode() in cmd:
+                return int(d.name)
+    raise AssertionError("the stack's Kafka broker is not running")
+
+
+def test_a_kafka_outage_mid_stream_makes_an_idle_worker_exit_nonzero(settings):
+    """Nothing to publish, so only the watchdog can notice: the broker is frozen (SIGSTOP), every
+    request times out, and the worker exits 75 after produce_timeout_s instead of idling alive."""
+    kafka = _stack_kafka_pid()
+    proc = subprocess.Popen([sys.executable, "-m", "stream", "worker", "--no-model", "--loglevel", "WARNING",
+                             "--namespace", settings.namespace, "--idle-ms", "300"], cwd=ROOT,
+                            env={**ENV, "RISKSTREAM_PRODUCE_TIMEOUT_S": "5"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        _publish(settings, "kafka-outage-user", 3, 0)
+        _wait_committed(settings, proc, 3)
+        os.kill(kafka, signal.SIGSTOP)
+        t = time.monotonic()
+        try:
+            out, _ = proc.communicate(timeout=90)
+        finally:
+            os.kill(kafka, signal.SIGCONT)
+        took = time.monotonic() - t
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, out.decode()[-3000:]
+    assert b"has not answered for" in out and took < 60, (took, out.decode()[-3000:])  # 5 s after its last answer
