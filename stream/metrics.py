@@ -21,7 +21,7 @@ class Metrics:
         self.redis_retries = Counter("riskstream_redis_retries", "Redis calls retried", registry=r)
         self.paused = Counter("riskstream_partition_pauses", "Input partitions paused (buffer full)",
                               registry=r)
-        self.batch_seconds = Histogram("riskstream_batch_seconds", "Blocking part of one micro-batch",
+        self.batch_seconds = Histogram("riskstream_batch_seconds", "Pipeline time of one step (micro-batch)",
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.decidable_to_ack = Histogram(
             "riskstream_decidable_to_ack_seconds",
