@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -229,4 +230,43 @@ def test_sigkill_mid_stream_and_restart_gives_the_same_state_and_alerts(settings
     for a in got:  # duplicates are allowed only as the same alert
         a = {k: v for k, v in a.items() if k != "emitted_at"}
         assert by_id.setdefault(a["alert_id"], a) == a
+    assert_same_state(settings, mem)
+
+
+def _messages_consumed(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("riskstream_messages_total "))
+
+
+def test_a_second_worker_joining_mid_stream_gives_the_same_alerts_and_state(settings, artifacts):
+    """Scale-out: a second worker joins the group while the log streams in (≈ 12 s at 150 messages/s),
+    the partitions are rebalanced, and un-acked (applied or buffered) events move to the new owner.
+    The result is the offline one (duplicates only as the same alert)."""
+    expected, mem = offline(artifacts)
+    want = {a.alert_id for a in expected}
+    args = ("--batch-size", "50", "--idle-ms", "5000")
+    a = start_worker(settings, artifacts, *args, "--metrics-port", "19471")
+    b = None
+    try:
+        time.sleep(4)  # A has joined and owns every partition
+        pub = subprocess.Popen([sys.executable, "-m", "stream", "replay", str(artifacts["log"]), "--namespace",
+                                settings.namespace, "--rate", "150", "--no-progress"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2)
+        b = start_worker(settings, artifacts, *args, "--metrics-port", "19472")
+        assert pub.wait(timeout=60) == 0
+        got = published_alerts(settings, want, a)
+        wait_drained(settings)
+        assert b.poll() is None
+        consumed = _messages_consumed(19471), _messages_consumed(19472)
+    finally:
+        outs = stop(a), (stop(b) if b is not None else b"")
+    assert (a.returncode, b.returncode) == (0, 0), outs[0].decode()[-2000:] + outs[1].decode()[-2000:]
+    assert all(n > 0 for n in consumed), f"both workers must have consumed (messages: {consumed})"
+    ids = [x["alert_id"] for x in got]
+    assert set(ids) == want
+    by_id: dict[str, dict] = {}
+    for x in got:
+        x = {k: v for k, v in x.items() if k != "emitted_at"}
+        assert by_id.setdefault(x["alert_id"], x) == x
     assert_same_state(settings, mem)
