@@ -252,7 +252,7 @@ class RedisWindowStore(MemoryWindowStore):
         missing = list(dict.fromkeys(u for u in users if u not in self._slot))
         if not missing:
             return
-        rows = self._call(lambda c: _pipelined(c, lambda p: [p.hgetall(self.key_of(u)) for u in missing]))
+        rows = self._hgetall_all([self.key_of(u) for u in missing])
         slots = self.slots(missing)
         for u, s, row in zip(missing, slots.tolist(), rows, strict=True):
             self._version[u] = int(row.get(_F_VERSION, b"0"))
@@ -355,6 +355,23 @@ class RedisWindowStore(MemoryWindowStore):
             for key, *argv in calls:
                 ex("EVALSHA", self._sha, 1, key, *argv)
         return self._call(lambda c: _pipelined(c, queue, raise_on_error=False))  # type: ignore[no-any-return]
+
+    def _hgetall_all(self, keys: list[str]) -> list[dict[bytes, bytes]]:
+        """HGETALL per key, pipelined (standalone: one write, hiredis replies, ≈ 3× less client CPU
+        per user than redis-py's pipeline; the first touch of every user pays it)."""
+        if isinstance(self._client, redis.RedisCluster):
+            return self._call(lambda c: _pipelined(c, lambda p: [p.hgetall(k) for k in keys]))  # type: ignore[no-any-return]
+        replies = self._call(lambda c: _raw_pipeline(c, [("HGETALL", k) for k in keys]))
+        rows: list[dict[bytes, bytes]] = []
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+            if isinstance(r, dict):  # RESP3
+                rows.append(r)
+            else:
+                it = iter(r)
+                rows.append(dict(zip(it, it)))
+        return rows
 
     def _call(self, fn: Any) -> Any:
         try:
