@@ -207,6 +207,7 @@ def main() -> None:
     parts = 6
     s = load_settings(namespace=ns, partitions=parts, input_retention_ms=HISTORY_MS)
     ensure_topics(s)
+    CREATED.extend([s, load_settings(namespace=f"{ns}-naive")])
     log = tmp / "events.jsonl.gz"
     synth_log(log, a.events, a.users)
     model = ROOT / "models" / "riskstream.onnx"
@@ -257,6 +258,7 @@ def main() -> None:
     ns2 = f"{ns}env"
     s2 = load_settings(namespace=ns2, partitions=parts, input_retention_ms=HISTORY_MS)
     ensure_topics(s2)
+    CREATED.append(s2)
     env_log = tmp / "envelopes.jsonl.gz"
     sdk_uploads(log, env_log, window_ms=100_000)
     subprocess.run([py, "-m", "stream", "replay", str(env_log), "--namespace", ns2, "--envelope", "20",
@@ -299,6 +301,7 @@ def latency_runs(a: argparse.Namespace, py: str, parts: int, model: Path, tmp: P
         ns3 = f"bench{uuid.uuid4().hex[:6]}lat"
         s3 = load_settings(namespace=ns3, partitions=parts, input_retention_ms=HISTORY_MS)
         ensure_topics(s3)
+        CREATED.append(s3)
         port = 19464
         env = {**ENV, "RISKSTREAM_BATCH_WAIT_S": str(wait)}
         worker = subprocess.Popen([py, "-m", "stream", "worker", "--namespace", ns3, "--model", str(model),
@@ -359,5 +362,14 @@ def committed_end(s, parts: int) -> int:  # type: ignore[no-untyped-def]
         c.close()
 
 
+CREATED: list = []  # namespaces this run made: deleted at the end (topics and Redis keys)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        from stream.topics import delete_namespace
+
+        for made in CREATED:
+            delete_namespace(made)

@@ -32,6 +32,7 @@ import gc
 import logging
 import multiprocessing
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -252,10 +253,19 @@ class Pipeline:
         for a in outcome.alerts:
             rep.alerts[(a.kind, a.level)] += 1
             rep.latencies.append(t_acked - t_release)
+        self.finish_writes()  # the previous step's (Redis ran it while this one was computed)
         if releases:  # also without decisions: applied events changed the state, and it is written now
             retry("redis write", lambda: self.detector.commit(outcome), attempts=self.retry_attempts,
                   base_s=0.1, retriable=(StoreUnavailableError,), on_retry=self._retried)
         return outcome
+
+    def finish_writes(self) -> None:
+        """Settle a deferred state write (a store with ``defer_writes``): until then, the messages of
+        the step that sent it are not done, and its report must not go out."""
+        finish = getattr(self.detector.store, "finish_write", None)
+        if finish is not None:
+            retry("redis write", finish, attempts=self.retry_attempts, base_s=0.1,
+                  retriable=(StoreUnavailableError,), on_retry=self._retried)
 
     def _produce_dlq(self, raw: bytes, reason: str, detail: str, index: int | None, topic: str, p: int,
                      off: int, key: bytes | None) -> None:
@@ -315,6 +325,7 @@ class Pipeline:
     def drop(self, partitions: Iterable[Hashable]) -> None:
         """Forget revoked partitions (nothing of them was acked: the new owner gets it all again)
         and the cached window state, which may belong to partitions another worker owns now."""
+        self.finish_writes()  # the new owner must find every write of ours done
         for p in partitions:
             self.parts.pop(p, None)  # type: ignore[call-overload]
             self.detector.drop_group(p)
@@ -323,7 +334,8 @@ class Pipeline:
             invalidate()
 
 
-def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer | None = None) -> Pipeline:
+def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer | None = None, *,
+                   defer_writes: bool = False) -> Pipeline:
     """Everything a pipeline needs, connected; ``StoreUnavailableError`` after bounded retries."""
     log.info("kernels ready in %.2f s", warm_up())  # not while the first batch waits
     if scorer is None and model_path is not None:
@@ -336,7 +348,7 @@ def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer |
     store = retry("redis", lambda: RedisWindowStore(client, key_prefix=settings.key_prefix,
                                                     ttl_s=settings.state_ttl_s,
                                                     max_cached_users=settings.state_cache_users,
-                                                    keep_outbox=False),
+                                                    keep_outbox=False, defer_writes=defer_writes),
                   attempts=START_ATTEMPTS, base_s=0.25, retriable=(StoreUnavailableError,))
     cfg = load_policy_config(settings.policy_config)
     if scorer is not None:
@@ -403,25 +415,53 @@ def _reply(sock: socket.socket, ok: bool, value: Any) -> None:
 
 
 def serve(sock: socket.socket, settings: Settings, model_path: Path | None, loglevel: int = logging.WARNING) -> None:
-    """The pipeline process: build the pipeline, then answer calls in order until the worker goes."""
+    """The pipeline process: build the pipeline, then answer calls in order until the worker goes.
+
+    State writes are deferred: a step's report (which messages are done) goes out once its write
+    is settled — in the next step, after that one published its alerts, or at once when no call
+    is waiting. So Redis executes a step's writes while the next step is computed.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the Faust side's to handle
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     global _PIPELINE
     try:
-        _PIPELINE = build_pipeline(settings, model_path)
+        _PIPELINE = pipeline = build_pipeline(settings, model_path, defer_writes=True)
     except Exception as e:  # noqa: BLE001 - reported to the Faust side, which exits with it
         _reply(sock, False, e)
         return
     gc.freeze()  # the long-lived objects (kernels, model, modules): full collections skip them (60 → 5 ms)
     _reply(sock, True, None)
+    held: Report | None = None  # answered once its write is settled
     while True:
         try:
+            if held is not None and not select.select([sock], [], [], 0)[0]:  # nothing waits: settle now
+                pipeline.finish_writes()
+                _reply(sock, True, held)
+                held = None
             op, arg = _recv(sock)
         except (EOFError, ConnectionError):
             return  # the worker is gone (also when it was SIGKILLed): nothing here outlives it
+        except Exception as e:  # noqa: BLE001 - settling failed: the worker exits with it
+            _reply(sock, False, e)
+            held = None
+            continue
         try:
+            if op == "step":
+                report = pipeline.step(arg)  # settles the previous step's write after its publish
+                if held is not None:
+                    _reply(sock, True, held)
+                held = report
+                continue
+            if held is not None:
+                pipeline.finish_writes()
+                _reply(sock, True, held)
+                held = None
             result = _OPS[op](arg)
         except Exception as e:  # noqa: BLE001
+            if held is not None:  # the oldest unanswered call gets the error; the worker exits
+                _reply(sock, False, e)
+                held = None
+                continue
             _reply(sock, False, e)
         else:
             _reply(sock, True, result)

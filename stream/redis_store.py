@@ -86,8 +86,12 @@ class RedisWindowStore(MemoryWindowStore):
 
     def __init__(self, client: Client, *, key_prefix: str, ttl_s: int,
                  max_cached_users: int = DEFAULT_CACHE_USERS, writer_id: str | None = None,
-                 keep_outbox: bool = True) -> None:
+                 keep_outbox: bool = True, defer_writes: bool = False) -> None:
         """Load the script (on every primary of a cluster) and keep its SHA.
+
+        ``defer_writes`` (the worker's pipeline process; standalone Redis only): ``confirm`` sends
+        its write pipeline and returns; the replies are read by :meth:`finish_write`, which the next
+        ``confirm`` calls first. Redis executes the writes while the caller computes the next batch.
 
         ``keep_outbox=False`` (the worker): ``apply`` returns only newly decided snapshots, not the
         unconfirmed ones of earlier calls. A worker never needs them again in-process — a batch that
@@ -115,6 +119,9 @@ class RedisWindowStore(MemoryWindowStore):
         self._decided: dict[str, int] = {}  # newest tick end decided and not yet confirmed, per user
         self._recent: OrderedDict[str, None] = OrderedDict()  # cached users, least recently touched first
         self._invalidate_requested = False
+        self.defer_writes = defer_writes
+        self._in_flight: tuple[list[str], list[list[Any]], Any] | None = None  # a sent, unread write
+        self._sending: set[str] = set()  # its users (never evicted or dropped meanwhile)
         self._sha = hashlib.sha1(STATE_LUA.encode()).hexdigest()
         self._load_script()
 
@@ -139,7 +146,7 @@ class RedisWindowStore(MemoryWindowStore):
         """Load users not cached yet (one pipeline), then apply as the memory store does."""
         if not batches:
             return []
-        if self._invalidate_requested and not self._dirty:
+        if self._invalidate_requested and self._all_written():
             self._drop_cache()
         users = [b.user_id for b in batches]
         self._load(users)
@@ -187,7 +194,7 @@ class RedisWindowStore(MemoryWindowStore):
         self._dirty.update(users)
         self._touch(users)
         self._write()
-        if self._invalidate_requested and not self._dirty:
+        if self._invalidate_requested and self._all_written():
             self._drop_cache()
         self._evict()
 
@@ -200,6 +207,7 @@ class RedisWindowStore(MemoryWindowStore):
     # -- beyond the protocol -----------------------------------------------------------------------
     def stored_state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
         """What Redis holds for the user (scalars, age band, ring bytes), or None."""
+        self.finish_write()
         rings, blob = self._call(lambda c: c.hmget(self.key_of(user_id), [_F_RINGS, _F_STATE]))
         if rings is None or blob is None:
             return None
@@ -215,7 +223,7 @@ class RedisWindowStore(MemoryWindowStore):
 
     def pending_writes(self) -> int:
         """Users changed but not written yet (decided ticks awaiting confirm, or a failed write)."""
-        return len(self._dirty)
+        return len(self._dirty | self._sending)
 
     # -- internals ---------------------------------------------------------------------------------
     def _touch(self, users: Iterable[str]) -> None:
@@ -237,7 +245,7 @@ class RedisWindowStore(MemoryWindowStore):
             return
         victims: list[str] = []
         for u in self._recent:  # least recently touched first
-            if u not in self._dirty:
+            if u not in self._dirty and u not in self._sending:
                 victims.append(u)
                 if len(victims) >= excess + self._max_cached // 10:  # make some room at once
                     break
@@ -275,7 +283,12 @@ class RedisWindowStore(MemoryWindowStore):
         self._touch(missing)
 
     def _write(self) -> None:
-        """Write each dirty user whose decided ticks are all confirmed; one pipeline of EVALSHA."""
+        """Write each dirty user whose decided ticks are all confirmed; one pipeline of EVALSHA.
+
+        With ``defer_writes`` (standalone Redis) the pipeline is only sent: :meth:`finish_write`
+        reads the replies, at the latest at the next write, load-free call or drop.
+        """
+        self.finish_write()
         todo: list[str] = []
         for u in self._dirty:  # a dirty user is never forgotten (eviction and drops skip them)
             if u in self._decided:
@@ -284,14 +297,51 @@ class RedisWindowStore(MemoryWindowStore):
         if not todo:
             return
         calls = self._write_args(todo)
-        replies = self._evalsha_all(calls)
+        if self.defer_writes and not isinstance(self._client, redis.RedisCluster):
+            commands = [("EVALSHA", self._sha, 1, *args) for args in calls]
+            conn = self._call(lambda c: _send_raw(c, commands))
+            self._in_flight = (todo, calls, conn)
+            # clean as of what was sent: a change made while the write is in flight dirties again
+            self._dirty.difference_update(todo)
+            self._sending = set(todo)
+            return
+        self._written(todo, self._evalsha_all(calls), clean=True)
+
+    def finish_write(self) -> None:
+        """Read the replies of a deferred write (if one is in flight) and settle it.
+
+        Raises:
+            StaleStateError, StoreUnavailableError: as :meth:`confirm`; after an unavailable Redis
+                the users are still dirty, and the next confirm writes them again (idempotent).
+        """
+        if self._in_flight is None:
+            return
+        todo, calls, conn = self._in_flight
+        self._in_flight, self._sending = None, set()
+        try:
+            replies = self._settle(calls, self._call(lambda c: _read_raw(c, conn, len(calls))))
+        except BaseException:
+            self._dirty.update(todo)  # not known to be written: write them again
+            raise
+        self._written(todo, replies, clean=False)
+
+    def write_in_flight(self) -> bool:
+        return self._in_flight is not None
+
+    def _all_written(self) -> bool:
+        return not self._dirty and not self._sending
+
+    def _written(self, todo: list[str], replies: list[Any], *, clean: bool) -> None:
+        """New versions from the write's replies; ``clean``: the users are written now (a
+        synchronous write; a deferred one cleaned them when it was sent)."""
         stale: list[str] = []
         for u, r in zip(todo, replies, strict=True):
             if r == -1:
                 stale.append(u)
             else:
                 self._version[u] = int(r)
-                self._dirty.discard(u)
+                if clean:
+                    self._dirty.discard(u)
         if stale:
             for u in stale:
                 self._dirty.discard(u)
@@ -330,7 +380,10 @@ class RedisWindowStore(MemoryWindowStore):
 
     def _evalsha_all(self, calls: list[list[Any]]) -> list[Any]:
         """EVALSHA per call (key first), pipelined; NOSCRIPT reloads the script and re-runs those."""
-        results = self._evalsha(calls)
+        return self._settle(calls, self._evalsha(calls))
+
+    def _settle(self, calls: list[list[Any]], results: list[Any]) -> list[Any]:
+        """Replies of EVALSHA calls: NOSCRIPT ones re-run after loading the script; errors raised."""
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
             # SCRIPT FLUSH, a restart without persistence, a failover or a new primary: the script
@@ -356,7 +409,7 @@ class RedisWindowStore(MemoryWindowStore):
                 ex("EVALSHA", self._sha, 1, key, *argv)
         return self._call(lambda c: _pipelined(c, queue, raise_on_error=False))  # type: ignore[no-any-return]
 
-    def _hgetall_all(self, keys: list[str]) -> list[dict[bytes, bytes]]:
+    def _hgetall_all(self, keys: Sequence[str | bytes]) -> list[dict[bytes, bytes]]:
         """HGETALL per key, pipelined (standalone: one write, hiredis replies, ≈ 3× less client CPU
         per user than redis-py's pipeline; the first touch of every user pays it)."""
         if isinstance(self._client, redis.RedisCluster):
@@ -423,22 +476,38 @@ def _raw_pipeline(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[
     CPU for the state writes (≈ 6 vs 13 µs per 2.7 KB EVALSHA). Standalone Redis only; a cluster
     goes through redis-py's pipeline, which routes commands to nodes.
     """
+    conn = _send_raw(client, commands)
+    return _read_raw(client, conn, len(commands))
+
+
+def _send_raw(client: redis.Redis, commands: list[tuple[Any, ...]]) -> Any:
+    """The sending half of :func:`_raw_pipeline`: the connection stays checked out until read."""
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
         conn.send_packed_command([b"".join(map(pack_command, commands))])  # type: ignore[no-untyped-call]
+    except BaseException:
+        conn.disconnect()  # type: ignore[no-untyped-call]
+        pool.release(conn)
+        raise
+    return conn
+
+
+def _read_raw(client: redis.Redis, conn: Any, n: int) -> list[Any]:
+    """The reading half of :func:`_raw_pipeline`: ``n`` replies, errors as values; releases ``conn``."""
+    try:
         out: list[Any] = []
-        for _ in commands:
+        for _ in range(n):
             try:
                 out.append(conn.read_response())
             except redis.ResponseError as e:
                 out.append(e)
         return out
     except BaseException:
-        conn.disconnect()  # type: ignore[no-untyped-call]  # replies may be left unread: never reuse it
+        conn.disconnect()  # replies may be left unread: never reuse it
         raise
     finally:
-        pool.release(conn)
+        client.connection_pool.release(conn)
 
 
 def _pipelined(client: Client, queue: Any, *, raise_on_error: bool = True) -> list[Any]:

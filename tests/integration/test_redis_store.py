@@ -183,11 +183,14 @@ def _scenario(seed: int) -> Generator[tuple[str, Any], list[UserResult] | None, 
                 yield "confirm", done
 
 
-def _run_equivalence(seed: int, client: Any, prefix: str) -> tuple[int, int]:
-    """Memory store vs Redis store over one scenario; the Redis store restarts when it may."""
+def _run_equivalence(seed: int, client: Any, prefix: str, defer: bool = False) -> tuple[int, int]:
+    """Memory store vs Redis store over one scenario; the Redis store restarts when it may.
+
+    ``defer``: the store's writes are deferred (sent by confirm, settled by the next confirm or
+    now and then explicitly), as in the worker's pipeline process."""
     rng = np.random.default_rng(10_000 + seed)
     mem = MemoryWindowStore()
-    red = new_store(client, prefix)
+    red = new_store(client, prefix, defer_writes=defer)
     touched: set[str] = set()
     outbox: dict[str, list[int]] = {}
     steps = restarts = 0
@@ -207,11 +210,14 @@ def _run_equivalence(seed: int, client: Any, prefix: str) -> tuple[int, int]:
                 # an apply drops confirmed snapshots (lazily); a watermark of -inf decides nothing
                 nothing = [UserBatch(u, []) for u in sorted(touched)]
                 assert red.apply(nothing, -FAR) == mem.apply(nothing, -FAR)
+            if defer and rng.random() < 0.5:
+                red.finish_write()
             if red.pending_writes() == 0:
+                assert not red.write_in_flight()
                 for u in touched:  # everything written: what Redis holds is the state
                     assert red.stored_state_of(u) == mem.state_of(u), f"seed {seed}: stored state of {u!r}"
                 if rng.random() < 0.5:
-                    red = new_store(client, prefix)  # a restart, or the partition moving to another worker
+                    red = new_store(client, prefix, defer_writes=defer)  # a restart, or the partition moving
                     restarts += 1
         else:
             batches, wm, floors = arg
@@ -236,6 +242,44 @@ def _run_equivalence(seed: int, client: Any, prefix: str) -> tuple[int, int]:
 def test_random_sequences_with_restarts_give_the_memory_stores_results(client, prefix, seed):
     steps, _ = _run_equivalence(seed, client, prefix)
     assert steps > 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_sequences_with_deferred_writes_give_the_memory_stores_results(clients, seed):
+    """Standalone Redis only: a cluster store ignores defer_writes and writes at once."""
+    if "redis" not in clients:
+        clients["redis"] = redis_client("redis")
+    client, p = clients["redis"], f"it{uuid.uuid4().hex[:12]}:rs:"
+    try:
+        steps, _ = _run_equivalence(seed, client, p, defer=True)
+    finally:
+        delete_prefix(client, p)
+    assert steps > 0
+
+
+def test_a_deferred_write_is_settled_by_the_next_confirm_and_its_errors_surface_there(clients):
+    if "redis" not in clients:
+        clients["redis"] = redis_client("redis")
+    client, p = clients["redis"], f"it{uuid.uuid4().hex[:12]}:rs:"
+    try:
+        a = new_store(client, p, defer_writes=True)
+        a.apply([UserBatch("d", [Item(ev("d", at(0, 7)), False, "t:0", 0)])], at(0, 8))
+        a.confirm({"d": (at(0, 7, 1), {})})
+        assert a.write_in_flight() and a.pending_writes() == 1
+        a.finish_write()
+        assert not a.write_in_flight() and a.pending_writes() == 0
+        assert a.stored_state_of("d") == a.state_of("d")
+        # another writer takes the user over while our next write is in flight
+        a.apply([UserBatch("d", [Item(ev("d", at(0, 7, 30)), False, "t:0", 1)])], at(0, 8))
+        b = new_store(client, p)
+        b.apply([UserBatch("d", [Item(ev("d", at(0, 7, 40)), False, "t:0", 2)])], at(0, 8))
+        b.confirm({"d": (at(0, 7, 41), {})})
+        a.confirm({"d": (at(0, 7, 31), {})})  # sent; refused by Redis, but nobody has read the reply yet
+        assert a.write_in_flight()
+        with pytest.raises(StaleStateError):
+            a.confirm({})  # the next confirm settles it first
+    finally:
+        delete_prefix(client, p)
 
 
 def test_the_scenarios_do_restart(client, prefix):
