@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 
@@ -54,6 +55,7 @@ log = logging.getLogger("riskstream.worker")
 
 EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL: a supervisor should restart us
 BACKLOG_BATCHES = 4  # a backlog this many full batches long is a catch-up: fill batches to batch_size
+FETCH_FRESH_MS = 5_000  # an input is caught up only if its leader answered a fetch this recently
 KAFKA_PROBE_S = 5.0  # a metadata request this often (waiting at most this long) tells whether Kafka answers
 BACKLOG_RECHECK_S = 0.005  # the backlog estimate reads fetch metadata of every input partition: not per message
 
@@ -178,7 +180,8 @@ class Engine:
                 if hw is None:  # nothing fetched from it yet (e.g. all committed before a restart)
                     hw = await self._end_offset(topic, p)
                 pos = st.last_offset + 1 if st.last_offset >= 0 else await self._position(topic, p)
-                caught_up = hw is not None and pos is not None and pos >= hw
+                caught_up = (hw is not None and pos is not None and pos >= hw
+                             and self._fetched_lately(topic, p, int(time.time() * 1000)))
                 flags[(p, kind)] = caught_up and now - st.last_seen >= idle_s
         await self._finish(self._send([], [], flags))
 
@@ -208,8 +211,25 @@ class Engine:
             return
         self._kafka_ok_at = time.monotonic()
 
+    def _fetched_lately(self, topic: str, p: int, now_ms: int) -> bool:
+        """Whether the partition's leader answered a fetch in the last ``FETCH_FRESH_MS``.
+
+        The highwater is the one of the last fetch response: with a hung or unreachable leader it
+        stays where it was, and an input would look caught up and then idle while its data waits
+        on the broker. aiokafka records when a fetch for the partition last succeeded; Faust
+        long-polls every 1.5 s, so a healthy caught-up input is always fresh.
+        """
+        ensure = getattr(getattr(self.app.consumer, "_thread", None), "_ensure_consumer", None)
+        if ensure is None:  # not Faust's aiokafka driver: no such signal, as before
+            return True
+        try:
+            ts = ensure().last_poll_timestamp(TP(topic, p))
+        except Exception:  # noqa: BLE001 - not assigned (any more): not ours to call idle
+            return False
+        return ts is not None and now_ms - ts <= FETCH_FRESH_MS
+
     async def _end_offset(self, topic: str, p: int) -> int | None:
-        tp = faust.types.TP(topic, p)
+        tp = TP(topic, p)
         try:
             ends = await self.app.consumer.highwaters(tp)
         except Exception:  # noqa: BLE001 - broker unreachable for a moment: not caught up
@@ -220,14 +240,14 @@ class Engine:
     async def _position(self, topic: str, p: int) -> int | None:
         """Where the consumer stands on a topic-partition it has not received anything from yet."""
         try:
-            pos = await self.app.consumer.position(faust.types.TP(topic, p))
+            pos = await self.app.consumer.position(TP(topic, p))
         except Exception:  # noqa: BLE001 - not assigned (any more)
             return None
         return None if pos is None or pos < 0 else int(pos)
 
     def _highwater(self, topic: str, p: int) -> int | None:
         try:
-            hw = self.app.consumer.highwater(faust.types.TP(topic, p))
+            hw = self.app.consumer.highwater(TP(topic, p))
         except Exception:  # noqa: BLE001 - not assigned / not fetched yet
             return None
         return None if hw is None or hw < 0 else int(hw)
@@ -298,7 +318,7 @@ class Engine:
         consumer = self.app.consumer
         for topic, kind in self.inputs.items():
             st = self.tps[(topic, p)]
-            tp = faust.types.TP(topic, p)
+            tp = TP(topic, p)
             if full and kind not in behind and not st.paused:
                 consumer.pause_partitions([tp])
                 st.paused = True

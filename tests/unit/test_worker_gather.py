@@ -49,3 +49,64 @@ def test_behind_a_batch_never_waits_longer_than_the_batch_wait():
     assert feed(e, [1]) == []
     time.sleep(0.06)
     assert feed(e, [2]) == [[1, 2]]
+
+
+class _Link:
+    def __init__(self) -> None:
+        self.steps: list = []
+
+    async def connect(self) -> None:
+        pass
+
+    def send(self, op: str, arg):  # type: ignore[no-untyped-def]
+        import asyncio
+
+        from stream.pipeline import Report
+        self.steps.append(arg)
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(Report())
+        return fut
+
+
+class _Aiokafka:
+    def __init__(self, polled_ms: dict) -> None:
+        self.polled_ms = polled_ms
+
+    def last_poll_timestamp(self, tp):  # type: ignore[no-untyped-def]
+        return self.polled_ms.get((tp.topic, tp.partition))
+
+
+class _Consumer:
+    """Faust's aiokafka consumer as the engine sees it: highwaters, and the thread's consumer."""
+
+    def __init__(self, hw: dict, polled_ms: dict) -> None:
+        self.hw = hw
+        aio = _Aiokafka(polled_ms)
+        self._thread = type("T", (), {"_ensure_consumer": lambda _self: aio})()
+
+    def highwater(self, tp):  # type: ignore[no-untyped-def]
+        return self.hw[(tp.topic, tp.partition)]
+
+
+def test_an_input_whose_leader_stopped_answering_fetches_is_never_idle():
+    """A hung leader leaves the last highwater in place: caught up by that, but not idle."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from stream.metrics import Metrics
+    from stream.worker import _TpState
+
+    e = engine(backlog=0)
+    e.s = load_settings(idle_ms=0)
+    e.inputs = {e.s.clicks_topic: "click", e.s.views_topic: "view"}
+    now_ms = int(time.time() * 1000)
+    hw = {(e.s.clicks_topic, 0): 10, (e.s.views_topic, 0): 5}
+    polled = {(e.s.clicks_topic, 0): now_ms - 100, (e.s.views_topic, 0): now_ms - 60_000}  # views: hung
+    e.app = type("App", (), {"consumer": _Consumer(hw, polled)})()
+    e.tps = {(e.s.clicks_topic, 0): _TpState(last_offset=9, last_seen=0.0),
+             (e.s.views_topic, 0): _TpState(last_offset=4, last_seen=0.0)}
+    e.link, e.metrics, e.inflight = _Link(), Metrics(CollectorRegistry()), {}
+    asyncio.run(e.on_timer())
+    (step,) = e.link.steps
+    assert step.idle == {(0, "click"): True, (0, "view"): False}
