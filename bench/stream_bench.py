@@ -200,6 +200,7 @@ def main() -> None:
 
     from bench.offline_bench import synth_log
     from stream.core import features as F
+    from stream.redis_store import delete_keys
     from tests.model_factory import build_model
 
     tmp = Path(tempfile.mkdtemp(prefix="rs-stream-bench-"))
@@ -247,8 +248,7 @@ def main() -> None:
     print(f"  Redis: {cpu_per_event:.1f} µs CPU per event (worker run), "
           f"{mem_per_user:,.0f} B per active user ({users:,} users)")
     # the design choice behind (c): the same worker with its pipeline in a thread of the Faust process
-    for keys in iter(lambda: [k for _, k in zip(range(1000), r.scan_iter(match=f"{ns}:rs:*", count=1000))], []):
-        r.unlink(*keys)  # fresh window state, as for (c)
+    delete_keys(r, s.key_prefix)  # fresh window state, as for (c)
     rate_t = drain("(c-thread) pipeline in a thread", [py, "-m", "stream", "worker", "--namespace", ns, "--group",
                    "thread", "--model", str(model), "--loglevel", "WARNING"], s.kafka_bootstrap, f"{ns}.thread",
                    topics, parts, a.events, 1, env={"RISKSTREAM_DETECTOR_PROCESS": "false"})

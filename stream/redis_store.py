@@ -28,6 +28,7 @@ the window arithmetic, and the worker runs the same compiled kernel as the offli
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -508,6 +509,25 @@ def _read_raw(client: redis.Redis, conn: Any, n: int) -> list[Any]:
         raise
     finally:
         client.connection_pool.release(conn)
+
+
+def delete_keys(client: Client, prefix: str) -> int:
+    """UNLINK every key under ``prefix`` (on every primary of a cluster); returns how many.
+
+    The prefix is matched literally: glob characters in it are escaped, so nothing in it is ever a
+    pattern. Keys go in batches of 1,000 (one per call in a cluster, where a multi-key UNLINK must
+    stay in one slot).
+    """
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+    if isinstance(client, redis.RedisCluster):
+        keys = list(client.scan_iter(match=pattern, count=1000, target_nodes=redis.RedisCluster.PRIMARIES))
+        for k in keys:
+            client.unlink(k)
+        return len(keys)
+    n = 0
+    while batch := [k for _, k in zip(range(1000), client.scan_iter(match=pattern, count=1000))]:
+        n += client.unlink(*batch)
+    return n
 
 
 def _pipelined(client: Client, queue: Any, *, raise_on_error: bool = True) -> list[Any]:

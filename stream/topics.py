@@ -145,6 +145,8 @@ def delete_namespace(s: Settings) -> None:
     """
     import redis
 
+    from stream.redis_store import delete_keys
+
     if not s.namespace:
         raise ConfigError("refusing to delete the empty namespace")
     admin = admin_client(s)
@@ -153,9 +155,7 @@ def delete_namespace(s: Settings) -> None:
         for fut in admin.delete_topics(mine, operation_timeout=ADMIN_TIMEOUT_S).values():
             fut.result()
     r = redis.Redis.from_url(s.redis_url.get_secret_value())
-    try:  # a namespace is [A-Za-z0-9_-]: nothing in it is a glob pattern
-        for keys in iter(lambda: [k for _, k in zip(range(1000), r.scan_iter(match=f"{s.namespace}:*", count=1000))],
-                         []):
-            r.unlink(*keys)
+    try:
+        delete_keys(r, f"{s.namespace}:")
     finally:
         r.close()

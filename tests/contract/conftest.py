@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from stream.core.windows import MemoryWindowStore
-from stream.redis_store import RedisWindowStore
+from stream.redis_store import RedisWindowStore, delete_keys
 
 _seq = itertools.count()
 _STACK = Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack"
@@ -63,12 +63,7 @@ def redis_client(kind: str) -> redis.Redis | redis.RedisCluster:
 
 def delete_prefix(client: redis.Redis | redis.RedisCluster, prefix: str) -> None:
     """Delete every key under ``prefix`` (on every master of a cluster)."""
-    if isinstance(client, redis.RedisCluster):
-        keys = list(client.scan_iter(match=prefix + "*", count=1000, target_nodes=redis.RedisCluster.PRIMARIES))
-    else:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    for k in keys:
-        client.delete(k)
+    delete_keys(client, prefix)
 
 
 @pytest.fixture(scope="session")

@@ -464,3 +464,13 @@ def test_bad_arguments_are_refused():
         RedisWindowStore(redis.Redis(decode_responses=True), key_prefix="x:", ttl_s=60)
     with pytest.raises(ValueError, match="ttl_s"):
         RedisWindowStore(redis.Redis(), key_prefix="x:", ttl_s=0)
+
+
+def test_delete_keys_takes_the_prefix_literally(client, prefix):
+    from stream.redis_store import delete_keys
+
+    glob, plain = f"{prefix}{{a*[b]}}:", f"{prefix}{{aXb}}:"
+    client.set(glob + "1", b"x")
+    client.set(plain + "1", b"y")
+    assert delete_keys(client, glob) == 1
+    assert client.get(glob + "1") is None and client.get(plain + "1") == b"y"
