@@ -299,9 +299,7 @@ class RedisWindowStore(MemoryWindowStore):
             return
         calls = self._write_args(todo)
         if self.defer_writes and not isinstance(self._client, redis.RedisCluster):
-            commands = [("EVALSHA", self._sha, 1, *args) for args in calls]
-            conn = self._call(lambda c: _send_raw(c, commands))
-            self._in_flight = (todo, calls, conn)
+            self._in_flight = (todo, calls, self._send_evalsha(calls))
             # clean as of what was sent: a change made while the write is in flight dirties again
             self._dirty.difference_update(todo)
             self._sending = set(todo)
@@ -399,10 +397,15 @@ class RedisWindowStore(MemoryWindowStore):
                 raise r
         return results
 
+    def _send_evalsha(self, calls: list[list[Any]]) -> Any:
+        """Standalone: send the EVALSHA calls in one write; the connection to read them from."""
+        commands = [("EVALSHA", self._sha, 1, *args) for args in calls]
+        return self._call(lambda c: _send_raw(c, commands))
+
     def _evalsha(self, calls: list[list[Any]]) -> list[Any]:
         if not isinstance(self._client, redis.RedisCluster):
-            commands = [("EVALSHA", self._sha, 1, *args) for args in calls]
-            return self._call(lambda c: _raw_pipeline(c, commands))  # type: ignore[no-any-return]
+            conn = self._send_evalsha(calls)
+            return self._call(lambda c: _read_raw(c, conn, len(calls)))  # type: ignore[no-any-return]
 
         def queue(pipe: Any) -> None:
             ex = pipe.execute_command  # ClusterPipeline blocks .evalsha() by name; routing is by the key
