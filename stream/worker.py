@@ -95,11 +95,15 @@ class Engine:
         Steps run one at a time, in the order they were sent.
         """
         now = time.monotonic()
+        received_at = now
         messages: list[RawMessage] = []
         partitions: set[int] = set()
         inflight, tps = self.inflight, self.tps
         for fe in batch:
             msg = fe.message
+            t_in = getattr(msg, "time_in", None)
+            if t_in is not None and t_in < received_at:
+                received_at = t_in
             topic, p, off = msg.topic, msg.partition, msg.offset
             st = tps[(topic, p)]
             if off > st.last_offset:
@@ -111,11 +115,10 @@ class Engine:
             inflight[(topic, p, off)] = fe
             partitions.add(p)
         self.metrics.messages.inc(len(batch))
-        arrivals = [t for fe in batch if (t := getattr(fe.message, "time_in", None)) is not None]
         # An alert is decidable once the message that moved the watermark past its tick has arrived;
-        # the batch's arrival time bounds that moment from below (so latency is not understated by
+        # the batch's first arrival bounds that moment from below (so latency is not understated by
         # the time a message waited in the micro-batch).
-        sent = self._send(messages, sorted(partitions), None, received_at=min(arrivals, default=now))
+        sent = self._send(messages, sorted(partitions), None, received_at=received_at)
         task = asyncio.ensure_future(self._finish(sent))
         task.add_done_callback(self._check)
         return task
