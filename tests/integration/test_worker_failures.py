@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -20,9 +21,29 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def _worker(*args: str) -> subprocess.Popen:
+def _worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "stream", "worker", "--no-model", "--loglevel", "WARNING", *args],
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=ROOT, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _committed_total(settings) -> int:
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id})
+    try:
+        tps = [TopicPartition(t, q) for t in (settings.clicks_topic, settings.views_topic) for q in range(3)]
+        return sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
+    finally:
+        c.close()
+
+
+def _processes() -> Iterator[tuple[int, int, bytes]]:
+    """(pid, parent pid, command line) of every process that can be read."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat, cmd = (d / "stat").read_text(), (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            yield int(d.name), int(stat.rsplit(")", 1)[1].split()[1]), cmd
 
 
 def _read_all(settings, topic: str, want: int, timeout: float = 60) -> list:
@@ -59,10 +80,7 @@ def test_invalid_events_go_to_the_dlq_with_reason_and_bytes_and_the_worker_keeps
         records = _read_all(settings, settings.dlq_topic, 4)
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
-            c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id})
-            tps = [TopicPartition(t, q) for t in (settings.clicks_topic, settings.views_topic) for q in range(3)]
-            done = sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
-            c.close()
+            done = _committed_total(settings)
             if done == 5:  # all five messages acked: the good event applied, the bad ones in the DLQ
                 break
             time.sleep(0.3)
@@ -97,26 +115,13 @@ def test_worker_exits_nonzero_when_kafka_stays_unavailable(settings):
     assert b"riskstream: error: Kafka at 127.0.0.1:1" in out
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d.name))
-    return out
-
-
 def _pipeline_of(proc: subprocess.Popen, timeout: float = 60) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]  # type: ignore[union-attr]
-        for child in _children(proc.pid):
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():  # not the resource tracker
-                return child
+        for pid, parent, cmd in _processes():
+            if parent == proc.pid and b"spawn_main" in cmd:  # not the resource tracker
+                return pid
         time.sleep(0.1)
     raise AssertionError("the worker started no pipeline process")
 
@@ -169,15 +174,6 @@ def _publish(settings, user: str, n: int, start_minute: int) -> None:
     assert p.flush(30) == 0
 
 
-def _committed_total(settings) -> int:
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id})
-    try:
-        tps = [TopicPartition(t, q) for t in (settings.clicks_topic, settings.views_topic) for q in range(3)]
-        return sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
-    finally:
-        c.close()
-
-
 def _wait_committed(settings, proc: subprocess.Popen, want: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while _committed_total(settings) < want:
@@ -186,14 +182,24 @@ def _wait_committed(settings, proc: subprocess.Popen, want: int, timeout: float 
         time.sleep(0.2)
 
 
-def test_a_redis_outage_mid_stream_is_retried_then_the_worker_exits_nonzero(settings):
-    port = 16391
+def _healthy_worker_on_own_redis(settings, port: int, user: str) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """A private Redis and a worker on it that has applied, decided, written and committed 5 events."""
     rs = _own_redis(port)
     proc = _worker("--namespace", settings.namespace, "--redis-url", f"redis://127.0.0.1:{port}/0",
                    "--idle-ms", "300")
     try:
-        _publish(settings, "outage-user", 5, 0)
-        _wait_committed(settings, proc, 5)  # healthy: applied, decided on idle, written, committed
+        _publish(settings, user, 5, 0)
+        _wait_committed(settings, proc, 5)
+    except BaseException:
+        for p in (proc, rs):
+            p.kill()
+        raise
+    return rs, proc
+
+
+def test_a_redis_outage_mid_stream_is_retried_then_the_worker_exits_nonzero(settings):
+    rs, proc = _healthy_worker_on_own_redis(settings, 16391, "outage-user")
+    try:
         rs.terminate()
         rs.wait(timeout=10)
         t = time.monotonic()
@@ -211,13 +217,8 @@ def test_a_redis_outage_mid_stream_is_retried_then_the_worker_exits_nonzero(sett
 
 
 def test_a_redis_pause_shorter_than_the_retry_bound_is_ridden_out(settings):
-    port = 16392
-    rs = _own_redis(port)
-    proc = _worker("--namespace", settings.namespace, "--redis-url", f"redis://127.0.0.1:{port}/0",
-                   "--idle-ms", "300")
+    rs, proc = _healthy_worker_on_own_redis(settings, 16392, "pause-user")
     try:
-        _publish(settings, "pause-user", 5, 0)
-        _wait_committed(settings, proc, 5)
         rs.send_signal(signal.SIGSTOP)  # hangs every call (socket timeouts), keeps the data
         _publish(settings, "pause-user", 5, 10)
         time.sleep(6)
@@ -234,14 +235,9 @@ def test_a_redis_pause_shorter_than_the_retry_bound_is_ridden_out(settings):
 
 
 def _stack_kafka_pid() -> int:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"kafka.Kafka" in cmd and str(ROOT / ".state" / "kafka" / "server.properties").encode() in cmd:
-                return int(d.name)
+    for pid, _, cmd in _processes():
+        if b"kafka.Kafka" in cmd and str(ROOT / ".state" / "kafka" / "server.properties").encode() in cmd:
+            return pid
     raise AssertionError("the stack's Kafka broker is not running")
 
 
@@ -249,10 +245,7 @@ def test_a_kafka_outage_mid_stream_makes_an_idle_worker_exit_nonzero(settings):
     """Nothing to publish, so only the watchdog can notice: the broker is frozen (SIGSTOP), every
     request times out, and the worker exits 75 after produce_timeout_s instead of idling alive."""
     kafka = _stack_kafka_pid()
-    proc = subprocess.Popen([sys.executable, "-m", "stream", "worker", "--no-model", "--loglevel", "WARNING",
-                             "--namespace", settings.namespace, "--idle-ms", "300"], cwd=ROOT,
-                            env={**ENV, "RISKSTREAM_PRODUCE_TIMEOUT_S": "5"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = _worker("--namespace", settings.namespace, "--idle-ms", "300", env={"RISKSTREAM_PRODUCE_TIMEOUT_S": "5"})
     try:
         _publish(settings, "kafka-outage-user", 3, 0)
         _wait_committed(settings, proc, 3)
