@@ -26,7 +26,7 @@ stack-down:
 
 # The live demo: stack, topics, a worker, simulated users streamed in accelerated time, alerts.
 run: install
-	$(BIN)/python -m stream.demo
+	$(BIN)/python -m stream.tools.demo
 
 # All tests: unit, contract (memory, Redis, Redis Cluster) and integration on the real stack.
 test: install stack-up

@@ -26,7 +26,7 @@ from stream.core import features as F  # noqa: E402
 from stream.core.events import CATEGORIES, Event, encode_event  # noqa: E402
 from stream.core.policy import load_policy_config  # noqa: E402
 from stream.core.scoring import OnnxScorer  # noqa: E402
-from stream.core.windows import warm_up  # noqa: E402
+from stream.core.warmup import warm_up  # noqa: E402
 from stream.offline import Summary, build_detector, decode_log, run_detector  # noqa: E402
 
 

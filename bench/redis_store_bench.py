@@ -48,7 +48,7 @@ import redis
 
 from stream.core.events import CATEGORIES, Event
 from stream.core.windows import Item, UserBatch
-from stream.redis_store import RedisWindowStore
+from stream.state import RedisWindowStore
 
 T0 = 1_717_200_000_000  # 2024-06-01T00:00:00Z
 ROOT = Path(__file__).resolve().parents[1]

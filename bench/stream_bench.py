@@ -46,7 +46,7 @@ WARMUP_S = 5.0  # latency is also reported without the first seconds: every user
 def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
     import faust
 
-    from stream.app import create_app
+    from stream.live.app import create_app
     from stream.core import features as F
     from stream.core.events import decode_message
     from stream.core.windows import Item, UserBatch
@@ -73,7 +73,7 @@ def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
         import redis
 
         from stream.core.scoring import OnnxScorer
-        from stream.redis_store import RedisWindowStore
+        from stream.state import RedisWindowStore
 
         store = RedisWindowStore(redis.Redis.from_url(s.redis_url.get_secret_value()),
                                  key_prefix=f"{namespace}-naive:rs:", ttl_s=3600)
@@ -200,7 +200,7 @@ def main() -> None:
 
     from bench.offline_bench import synth_log
     from stream.core import features as F
-    from stream.redis_store import delete_keys
+    from stream.state import delete_keys
     from tests.model_factory import build_model
 
     tmp = Path(tempfile.mkdtemp(prefix="rs-stream-bench-"))

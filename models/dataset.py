@@ -38,7 +38,8 @@ from stream.core.events import Event, decode_message
 from stream.core.features import N_FEATURES, RuleArrays
 from stream.core.policy import PolicyConfig
 from stream.core.windows import Snapshots
-from stream.offline import Summary, build_detector, line_blocks, open_log, run_detector
+from stream.logs import line_blocks, open_log
+from stream.offline import Summary, build_detector, run_detector
 
 ROW_DAY_END: Final = 0
 ROW_RANDOM: Final = 1

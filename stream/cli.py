@@ -172,7 +172,7 @@ def worker(bootstrap: str | None, redis_url: str | None, namespace: str | None, 
     import json
     import logging
 
-    from stream.worker import run_worker
+    from stream.live.worker import run_worker
 
     s = settings_from(bootstrap, redis_url, namespace, model_path=model, policy_config=policy_config,
                       batch_size=batch_size, batch_wait_s=batch_wait_s, consumer_group=consumer_group,
@@ -200,7 +200,7 @@ def replay_cmd(events: Path, bootstrap: str | None, redis_url: str | None, names
                rate: float | None, speed: float | None, envelope: int, skew: str | None, sort: bool,
                progress: bool | None) -> None:
     """Publish an event log (JSONL, optionally .gz) into the input topics, keyed by user."""
-    from stream.replay import parse_types, replay
+    from stream.tools.replay import parse_types, replay
 
     s = settings_from(bootstrap, redis_url, namespace)
     show = sys.stderr.isatty() if progress is None else progress
@@ -226,7 +226,7 @@ def alerts() -> None:
 def alerts_tail(bootstrap: str | None, redis_url: str | None, namespace: str | None, from_beginning: bool,
                 user: str | None, as_json: bool, max_alerts: int | None, idle_timeout: float | None) -> None:
     """Follow risk.alerts (Ctrl-C stops)."""
-    from stream.tail import tail
+    from stream.tools.tail import tail
 
     s = settings_from(bootstrap, redis_url, namespace)
     try:

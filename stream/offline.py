@@ -9,10 +9,9 @@ whose disorder per input topic stays within the lateness bound (DESIGN §8, §9)
 from __future__ import annotations
 
 import gc
-import gzip
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -26,6 +25,7 @@ from stream.core.ordering import DEFAULT_LATENESS_MS, canonical_order, tick_ceil
 from stream.core.policy import AlertPolicy, PolicyConfig
 from stream.core.scoring import Scorer
 from stream.core.windows import EventColumns, MemoryWindowStore
+from stream.logs import iter_lines, open_log
 
 CHUNK_EVENTS = 20_000
 
@@ -54,40 +54,6 @@ class Summary:
             "alerts: " + (", ".join(f"{k}={v}" for k, v in sorted(self.stats.alerts.items())) or "none"),
         ]
         return out
-
-
-def open_log(path: str | Path) -> IO[bytes]:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"event log {p} does not exist")
-    raw = p.open("rb")
-    if p.suffix == ".gz":
-        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
-    return raw
-
-
-def line_blocks(stream: IO[bytes], block_bytes: int = 8 << 20) -> Iterator[list[bytes]]:
-    """The stream's lines (as read, not stripped) in lists per block: one C-level split per block
-    instead of a Python step per line."""
-    rest = b""
-    while True:
-        block = stream.read(block_bytes)
-        if not block:
-            break
-        lines = (rest + block).split(b"\n")
-        rest = lines.pop()
-        yield lines
-    if rest:
-        yield [rest]
-
-
-def iter_lines(stream: IO[bytes], block_bytes: int = 8 << 20) -> Iterator[bytes]:
-    """Non-blank lines, stripped."""
-    for lines in line_blocks(stream, block_bytes):
-        for line in lines:
-            line = line.strip()
-            if line:
-                yield line
 
 
 def decode_log(path: str | Path, summary: Summary, *, now_ms: int | None = None,

@@ -145,7 +145,7 @@ def delete_namespace(s: Settings) -> None:
     """
     import redis
 
-    from stream.redis_store import delete_keys
+    from stream.state import delete_keys
 
     if not s.namespace:
         raise ConfigError("refusing to delete the empty namespace")

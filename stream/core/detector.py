@@ -28,13 +28,27 @@ import orjson
 from numpy.typing import NDArray
 
 from stream.core import features as F
-from stream.core.alerts import Alert, Reason as AlertReason
+from stream.core.alerts import Alert
+from stream.core.alerts import Reason as AlertReason
 from stream.core.events import Event, Reason
 from stream.core.layout import TICK_MS
 from stream.core.ordering import canonical_key
-from stream.core.policy import AlertPolicy, Decision, Evaluation, PolicyState, RuleInputs
+from stream.core.policy import (
+    AlertPolicy,
+    Decision,
+    Evaluation,
+    PolicyState,
+    RuleInputs,
+)
 from stream.core.scoring import Scorer
-from stream.core.windows import EventColumns, Item, Snapshots, UserBatch, WindowStore, all_snapshots
+from stream.core.windows import (
+    EventColumns,
+    Item,
+    Snapshots,
+    UserBatch,
+    WindowStore,
+    all_snapshots,
+)
 
 SCORE_DECIMALS = 6
 TOP_REASONS = 3

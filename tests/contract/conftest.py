@@ -1,7 +1,7 @@
 """Fixtures for the contract suites: every store implementation behind one ``store`` fixture.
 
 ``memory`` needs nothing; ``redis`` and ``redis-cluster`` (marked ``integration``) run the same cases
-against :class:`stream.redis_store.RedisWindowStore` on the local stack (deploy/local/stack: Redis on
+against :class:`stream.state.redis_store.RedisWindowStore` on the local stack (deploy/local/stack: Redis on
 127.0.0.1:6379, Redis Cluster on 127.0.0.1:7001-7003). A stack that is down is started through that
 script; if Redis still cannot be reached the test fails with the command to run — it never skips.
 Each test gets a fresh random key prefix and deletes its keys afterwards.
@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from stream.core.windows import MemoryWindowStore
-from stream.redis_store import RedisWindowStore, delete_keys
+from stream.state import RedisWindowStore, delete_keys
 
 _seq = itertools.count()
 _STACK = Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack"

@@ -12,7 +12,7 @@ import logging
 
 from faust import Worker
 
-from stream.app import create_app
+from stream.live.app import create_app
 from stream.settings import load_settings
 
 

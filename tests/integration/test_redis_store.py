@@ -30,7 +30,7 @@ from stream.core import windows
 from stream.core.events import CATEGORIES, Event
 from stream.core.windows import Item, MemoryWindowStore, UserBatch, UserResult
 from stream.errors import StaleStateError, StoreUnavailableError
-from stream.redis_store import STATE_LUA, RedisWindowStore, pack_state, unpack_state, user_key, user_tag
+from stream.state import STATE_LUA, RedisWindowStore, pack_state, unpack_state, user_key, user_tag
 from tests.contract.conftest import delete_prefix, redis_client
 from tests.eventgen import DAY0, at, ev
 
@@ -467,7 +467,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_delete_keys_takes_the_prefix_literally(client, prefix):
-    from stream.redis_store import delete_keys
+    from stream.state import delete_keys
 
     glob, plain = f"{prefix}{{a*[b]}}:", f"{prefix}{{aXb}}:"
     client.set(glob + "1", b"x")

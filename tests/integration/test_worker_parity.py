@@ -26,7 +26,7 @@ from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH
 from stream.core.policy import load_policy_config
 from stream.core.scoring import OnnxScorer
 from stream.offline import build_detector, decode_log, run_detector, Summary
-from stream.redis_store import RedisWindowStore
+from stream.state import RedisWindowStore
 from tests.model_factory import build_model
 from tests.scenarios import random_log
 

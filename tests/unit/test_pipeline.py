@@ -14,7 +14,9 @@ from stream.core.events import encode_event
 from stream.core.ordering import tick_ceil
 from stream.core.policy import AlertPolicy, load_policy_config
 from stream.core.windows import MemoryWindowStore
-from stream.pipeline import POSITION_STRIDE, Pipeline, Step, _recv, _reply, _send
+from stream.live.link import _recv, _reply, _send
+from stream.live.pipeline import Pipeline
+from stream.live.protocol import POSITION_STRIDE, Step
 from stream.settings import load_settings
 from tests.eventgen import at, ev
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from stream.settings import load_settings
-from stream.worker import BACKLOG_BATCHES, Engine
+from stream.live.worker import BACKLOG_BATCHES, Engine
 
 
 def engine(backlog: int, batch_size: int = 10, wait_s: float = 60.0) -> Engine:
@@ -61,7 +61,7 @@ class _Link:
     def send(self, op: str, arg):  # type: ignore[no-untyped-def]
         import asyncio
 
-        from stream.pipeline import Report
+        from stream.live.protocol import Report
         self.steps.append(arg)
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(Report())
@@ -95,7 +95,7 @@ def test_an_input_whose_leader_stopped_answering_fetches_is_never_idle():
     from prometheus_client import CollectorRegistry
 
     from stream.metrics import Metrics
-    from stream.worker import _TpState
+    from stream.live.worker import _TpState
 
     e = engine(backlog=0)
     e.s = load_settings(idle_ms=0)

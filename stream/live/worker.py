@@ -1,15 +1,15 @@
 """The live worker: one Faust agent over the co-partitioned input topics, the detector behind it.
 
 The Faust side (this module) consumes, tracks the inputs and acks; the detector side
-(:mod:`stream.pipeline`: decode, reorder, detect, publish, persist) runs in a child process by
+(:mod:`stream.live.pipeline`: decode, reorder, detect, publish, persist) runs in a child process by
 default, so that the two use both cores instead of taking turns on the GIL.
 
 The agent iterates the stream with Faust's compiled iterator, acks off, and cuts micro-batches:
 live, a batch is what Faust has queued when the queue runs empty (so it is small when the input is
 slow, larger when it is fast); while a backlog of ``BACKLOG_BATCHES`` full batches or more is left,
 batches are filled to ``batch_size`` (or ``batch_wait_s``). Each batch goes to the pipeline as one
-:class:`~stream.pipeline.Step` at once; the agent goes on consuming while it runs and waits only
-before sending a second one. The step's :class:`~stream.pipeline.Report` says which messages are
+:class:`~stream.live.pipeline.Step` at once; the agent goes on consuming while it runs and waits only
+before sending a second one. The step's :class:`~stream.live.pipeline.Report` says which messages are
 completely done, and only those are acked. An event whose tick is not yet decided stays un-acked
 (so it is redelivered after a crash, and the tick is decided by whoever owns the partition then);
 buffered events are never acked. Faust commits the contiguous acked offsets.
@@ -40,15 +40,16 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.types import TP
 from confluent_kafka import KafkaException
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from stream.app import create_app
 from stream.errors import BrokerUnavailableError, StoreUnavailableError
+from stream.live.app import create_app
+from stream.live.link import PipelineLink, open_link
+from stream.live.protocol import POSITION_STRIDE, MsgId, RawMessage, Report, Step
 from stream.metrics import Metrics
-from stream.pipeline import (POSITION_STRIDE, START_ATTEMPTS, MsgId, PipelineLink, RawMessage, Report, Step,
-                             open_link, retry)
+from stream.retry import START_ATTEMPTS, retry
 from stream.settings import Settings
 
 log = logging.getLogger("riskstream.worker")

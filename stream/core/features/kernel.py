@@ -1,31 +1,8 @@
-"""The feature spec: the ordered feature list, its version and hash, and the one implementation.
-
-Window snapshots (:class:`stream.core.windows.Snapshot`) in, a float32 matrix ``[N, F]`` out, plus
-the few raw quantities the rules layer needs. Training (``models/``) and the stream call the same
-:func:`compute` (or :func:`compute_arrays` on the raw state arrays); nothing else in the project
-computes features. Each feature is documented in ``docs/features.md`` (name, definition, window,
-unit).
-
-Conventions: all bucket arithmetic is in the user's local time (last known ``tz_offset_min``);
-"7 d" windows are the 168 hour buckets or the 7 day buckets ending with the tick's (partial) local
-day; "28 d" trend features use complete days before today that lie inside the user's history; per-day
-means divide by the days of history inside the window (at most 7), so new users are not diluted.
-
-Implementation: one compiled numba kernel (``@njit(cache=True, nogil=True)``, no fastmath) that
-walks the rows and, inside a row, the ring slots in place. Sums over integer counters are int64
-(exact); floating point work is float64, per row, cast to float32 at the end, so a row's features
-never depend on which other rows share its batch. The first call compiles the kernel (seconds) and
-caches it in ``__pycache__``; later processes load it from there.
-"""
+"""The compiled feature kernel (numba): one pass over a row's window state."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from itertools import chain
 from typing import Final
 
 import numpy as np
@@ -33,83 +10,16 @@ from numba import njit
 from numpy.typing import NDArray
 
 from stream.core import layout as L
-from stream.core.jit import CacheGuard, constants_key
-from stream.core.windows import Snapshot
-
-FEATURE_VERSION: Final = 1
-
-FEATURE_NAMES: Final[tuple[str, ...]] = (
-    "active_min_1h",
-    "sessions_1h",
-    "active_min_24h",
-    "sessions_24h",
-    "active_min_day_7d",
-    "sessions_day_7d",
-    "sess_len_geomean_s_7d",
-    "sess_len_logsd_7d",
-    "sess_len_mean_s_7d",
-    "check_ratio_15s_7d",
-    "long_sess_30m_day_7d",
-    "night_share_7d",
-    "curfew_min_day_7d",
-    "late_sessions_day_7d",
-    "gap_geomean_min_7d",
-    "gap_cv_7d",
-    "burstiness_7d",
-    "rmssd_sess_s_7d",
-    "hour_entropy_7d",
-    "day_similarity_7d",
-    "cat_share_social_7d",
-    "cat_share_short_video_7d",
-    "cat_share_messaging_7d",
-    "cat_share_games_7d",
-    "cat_share_web_7d",
-    "cat_share_news_7d",
-    "views_per_active_min_7d",
-    "dwell_s_mean_7d",
-    "click_share_7d",
-    "wow_ratio",
-    "escalation_ratio_28d",
-    "trend_active_pct_wk_28d",
-    "trend_sesslen_pct_wk_28d",
-    "dur_cv_day_14d",
-    "weekend_ratio_28d",
-    "active_days_28d",
-    "history_days",
+from stream.core.features.spec import (
+    CURFEW_FEATURE_HOURS,
+    FEATURE_INDEX,
+    FEATURE_SPEC_HASH,
+    MIN_TREND_DAYS,
+    N_FEATURES,
+    NIGHT_HOURS,
+    SMOOTH_MIN,
 )
-N_FEATURES: Final = len(FEATURE_NAMES)
-FEATURE_INDEX: Final = {n: i for i, n in enumerate(FEATURE_NAMES)}
-
-NIGHT_HOURS: Final = (0, 5)  # [00:00, 05:00) local
-CURFEW_FEATURE_HOURS: Final = (22, 6)  # [22:00, 06:00) local, wraps midnight
-MIN_TREND_DAYS: Final = 7
-SMOOTH_MIN: Final = 10.0  # minutes added to both sides of activity ratios
-
-FEATURE_SPEC: Final = {
-    "version": FEATURE_VERSION,
-    "names": list(FEATURE_NAMES),
-    "layout": L.LAYOUT_SPEC,
-    "night_hours": list(NIGHT_HOURS),
-    "curfew_feature_hours": list(CURFEW_FEATURE_HOURS),
-    "min_trend_days": MIN_TREND_DAYS,
-    "smooth_min": SMOOTH_MIN,
-}
-FEATURE_SPEC_HASH: Final = hashlib.sha256(
-    json.dumps(FEATURE_SPEC, sort_keys=True, separators=(",", ":")).encode()
-).hexdigest()[:16]
-"""Short, stable hash of everything that defines the features; models carry it in metadata."""
-
-
-@dataclass(frozen=True, slots=True)
-class RuleArrays:
-    """Raw per-row quantities for the rules layer (not model features)."""
-
-    today_active_min: NDArray[np.float64]
-    session_min: NDArray[np.float64]
-    local_minute: NDArray[np.int64]
-    local_day: NDArray[np.int64]
-    history_days: NDArray[np.int64]
-
+from stream.core.jit import CacheGuard, constants_key
 
 # -- the kernel --------------------------------------------------------------------------------------
 # numba freezes module globals into the compiled code, so the kernel reads its constants (the
@@ -402,43 +312,3 @@ def _kernel(rings: NDArray[np.uint32], sc: NDArray[np.int64], tick_end: NDArray[
 
 
 _GUARD = CacheGuard(_KERNEL_KEY, _compiled_key, (_div, _ols_slope, _kernel))
-
-
-def compute_arrays(rings: NDArray[np.uint32], scalars: NDArray[np.int64],
-                   tick_end: NDArray[np.int64]) -> tuple[NDArray[np.float32], RuleArrays]:
-    """Features ``[N, F]`` (float32, FEATURE_NAMES order) and rule inputs for window state arrays.
-
-    ``rings``: ``uint32 [N, RING_WORDS]`` in native byte order; ``scalars``: ``int64 [N, S]`` in
-    ``layout.SCALARS`` order; ``tick_end``: ``int64 [N]``, each row's tick end (event time, ms).
-    """
-    n = len(tick_end)
-    if rings.shape != (n, L.RING_WORDS) or scalars.shape != (n, len(L.SCALARS)):
-        raise ValueError(f"expected rings [{n}, {L.RING_WORDS}] and scalars [{n}, {len(L.SCALARS)}], "
-                         f"got {rings.shape} and {scalars.shape}")
-    # Always the same argument types, so the kernel has one compiled (and cached) signature.
-    rings = np.ascontiguousarray(rings, dtype=np.uint32)
-    scalars = np.ascontiguousarray(scalars, dtype=np.int64)
-    tick_end = np.ascontiguousarray(tick_end, dtype=np.int64)
-    out = np.empty((n, N_FEATURES), dtype=np.float32)
-    rules = RuleArrays(np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64),
-                       np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
-    args = (rings, scalars, tick_end, out, rules.today_active_min, rules.session_min,
-            rules.local_minute, rules.local_day, rules.history_days)
-    _GUARD.ensure()
-    _kernel(*args)
-    return out, rules
-
-
-def compute(snaps: Sequence[Snapshot]) -> tuple[NDArray[np.float32], RuleArrays]:
-    """Features ``[N, F]`` (float32, FEATURE_NAMES order) and rule inputs for window snapshots."""
-    n = len(snaps)
-    # One writable copy of the big-endian words, put in native order in place (a second copy of
-    # tens of MB costs more than the kernel on large batches).
-    rings = np.frombuffer(bytearray().join(s.rings for s in snaps), dtype=L.RING_DTYPE)
-    if not rings.dtype.isnative:
-        rings = rings.byteswap(inplace=True).view(rings.dtype.newbyteorder())
-    rings = rings.reshape(n, L.RING_WORDS)
-    scalars = np.fromiter(chain.from_iterable(s.scalars for s in snaps), dtype=np.int64,
-                          count=n * len(L.SCALARS)).reshape(n, len(L.SCALARS))
-    tick_end = np.fromiter((s.tick_end_ms for s in snaps), dtype=np.int64, count=n)
-    return compute_arrays(rings, scalars, tick_end)

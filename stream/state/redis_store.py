@@ -28,7 +28,6 @@ the window arithmetic, and the worker runs the same compiled kernel as the offli
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,30 +36,32 @@ from typing import Any, Final
 
 import numpy as np
 import orjson
-from numpy.typing import NDArray
 import redis
-from hiredis import pack_command
-from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    TryAgainError,
+)
 
 from stream.core import layout as L
 from stream.core.windows import MemoryWindowStore, UserBatch, UserResult
 from stream.errors import StaleStateError, StoreUnavailableError
+from stream.state.codec import (
+    _F_POLICY,
+    _F_RINGS,
+    _F_STATE,
+    _F_VERSION,
+    POLICY_PREFIX,
+    SCALARS_DTYPE,
+    _pack_tail,
+    unpack_state,
+    user_key,
+)
+from stream.state.wire import Client, _pipelined, _raw_pipeline, _read_raw, _send_raw
 
-__all__ = ["DEFAULT_CACHE_USERS", "POLICY_PREFIX", "STATE_LUA", "STATE_SUFFIX", "RedisWindowStore",
-           "user_key", "user_tag"]
-
-STATE_SUFFIX: Final = ":u"
-POLICY_PREFIX: Final = "pol:"
 DEFAULT_CACHE_USERS: Final = 100_000  # ≈ 2.6 KB each: ≈ 260 MB of window state at most
-SCALARS_DTYPE: Final = np.dtype(">i8")
-
-_F_VERSION, _F_RINGS, _F_STATE, _F_POLICY = b"v", b"r", b"st", b"pol"
-_SCALAR_BYTES: Final = 8 * len(L.SCALARS)
-_BAND_NONE: Final = 0xFFFF
-_NO_BAND: Final = _BAND_NONE.to_bytes(2, "big")
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
-
-Client = redis.Redis | redis.RedisCluster
 
 
 def _source(name: str) -> str:
@@ -68,18 +69,6 @@ def _source(name: str) -> str:
 
 
 STATE_LUA: Final = _source("state.lua")
-
-
-def user_tag(user_id: str) -> str:
-    """The user's hash-tag text: the id with ``%``, ``{`` and ``}`` percent-escaped (injective)."""
-    if "%" in user_id or "{" in user_id or "}" in user_id:
-        return user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-    return user_id
-
-
-def user_key(key_prefix: str, user_id: str) -> bytes:
-    """The user's state hash key, UTF-8 encoded: ``<prefix>{<tag>}:u``."""
-    return f"{key_prefix}{{{user_tag(user_id)}}}{STATE_SUFFIX}".encode()
 
 
 class RedisWindowStore(MemoryWindowStore):
@@ -435,108 +424,6 @@ class RedisWindowStore(MemoryWindowStore):
             return fn(self._client)
         except _UNAVAILABLE as e:
             raise _unavailable(e) from e
-
-
-def pack_state(scalars: NDArray[np.int64], band: str | None,
-               fence: Mapping[str, tuple[int, set[int]]] | None) -> bytes:
-    """The ``st`` field: scalars (11 × big-endian i64), age band (big-endian u16 length, 0xFFFF =
-    none, then UTF-8), offset fence (JSON ``{tp: [frontier, [offsets above it]]}``, the rest; may be
-    empty)."""
-    return scalars.astype(SCALARS_DTYPE).tobytes() + _pack_tail(band, fence)
-
-
-def _pack_tail(band: str | None, fence: Mapping[str, tuple[int, set[int]]] | None) -> bytes:
-    if band is None:
-        band_part = _NO_BAND
-    else:
-        b = band.encode()
-        band_part = len(b).to_bytes(2, "big") + b
-    if not fence:
-        return band_part
-    return band_part + orjson.dumps({tp: [fr, sorted(applied)] for tp, (fr, applied) in fence.items()})
-
-
-def unpack_state(blob: bytes) -> tuple[NDArray[np.int64], str | None, dict[str, tuple[int, set[int]]]]:
-    """(scalars int64, age band, fence) from an ``st`` field."""
-    if len(blob) < _SCALAR_BYTES + 2:
-        raise ValueError(f"state is {len(blob)} bytes, at least {_SCALAR_BYTES + 2} expected")
-    scalars = np.frombuffer(blob, SCALARS_DTYPE, len(L.SCALARS)).astype(np.int64)
-    n = int.from_bytes(blob[_SCALAR_BYTES:_SCALAR_BYTES + 2], "big")
-    at = _SCALAR_BYTES + 2
-    band = None
-    if n != _BAND_NONE:
-        band = blob[at:at + n].decode()
-        at += n
-    fence: dict[str, tuple[int, set[int]]] = {}
-    if at < len(blob):
-        fence = {tp: (fr, set(applied)) for tp, (fr, applied) in orjson.loads(blob[at:]).items()}
-    return scalars, band, fence
-
-
-def _raw_pipeline(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """Send commands on one connection in one write and read every reply (errors as values).
-
-    What redis-py's pipeline does, without its per-command bookkeeping: measured half the client
-    CPU for the state writes (≈ 6 vs 13 µs per 2.7 KB EVALSHA). Standalone Redis only; a cluster
-    goes through redis-py's pipeline, which routes commands to nodes.
-    """
-    conn = _send_raw(client, commands)
-    return _read_raw(client, conn, len(commands))
-
-
-def _send_raw(client: redis.Redis, commands: list[tuple[Any, ...]]) -> Any:
-    """The sending half of :func:`_raw_pipeline`: the connection stays checked out until read."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command([b"".join(map(pack_command, commands))])  # type: ignore[no-untyped-call]
-    except BaseException:
-        conn.disconnect()  # type: ignore[no-untyped-call]
-        pool.release(conn)
-        raise
-    return conn
-
-
-def _read_raw(client: redis.Redis, conn: Any, n: int) -> list[Any]:
-    """The reading half of :func:`_raw_pipeline`: ``n`` replies, errors as values; releases ``conn``."""
-    try:
-        out: list[Any] = []
-        for _ in range(n):
-            try:
-                out.append(conn.read_response())
-            except redis.ResponseError as e:
-                out.append(e)
-        return out
-    except BaseException:
-        conn.disconnect()  # replies may be left unread: never reuse it
-        raise
-    finally:
-        client.connection_pool.release(conn)
-
-
-def delete_keys(client: Client, prefix: str) -> int:
-    """UNLINK every key under ``prefix`` (on every primary of a cluster); returns how many.
-
-    The prefix is matched literally: glob characters in it are escaped, so nothing in it is ever a
-    pattern. Keys go in batches of 1,000 (one per call in a cluster, where a multi-key UNLINK must
-    stay in one slot).
-    """
-    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
-    if isinstance(client, redis.RedisCluster):
-        keys = list(client.scan_iter(match=pattern, count=1000, target_nodes=redis.RedisCluster.PRIMARIES))
-        for k in keys:
-            client.unlink(k)
-        return len(keys)
-    n = 0
-    while batch := [k for _, k in zip(range(1000), client.scan_iter(match=pattern, count=1000))]:
-        n += client.unlink(*batch)
-    return n
-
-
-def _pipelined(client: Client, queue: Any, *, raise_on_error: bool = True) -> list[Any]:
-    pipe = client.pipeline(transaction=False)
-    queue(pipe)
-    return pipe.execute(raise_on_error=raise_on_error)
 
 
 def _check_policy_fields(fields: Mapping[str, str]) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from stream.core.events import Event, decode_message, encode_event
 from stream.errors import BrokerUnavailableError, ConfigError
-from stream.offline import iter_lines, open_log
+from stream.logs import iter_lines, open_log
 from stream.settings import Settings
 from stream.topics import admin_client, input_retention_ms
 

@@ -99,7 +99,7 @@ def main() -> int:
 
         # The tail subscribes at the end of risk.alerts first; the replay starts once it listens.
         threading.Timer(3.0, start_replay).start()
-        from stream.tail import tail
+        from stream.tools.tail import tail
 
         tail(settings, lambda line: print(line, flush=True), from_beginning=False)
     except KeyboardInterrupt:

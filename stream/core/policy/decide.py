@@ -1,0 +1,298 @@
+"""Alert decisions: evaluations at event-time ticks in, ``ml_risk`` and ``rule:*`` decisions out."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from stream.core.alerts import (
+    KIND_CONTINUOUS_USE,
+    KIND_CURFEW,
+    KIND_DAILY_CAP,
+    KIND_ML_RISK,
+    LEVEL_CLEARED,
+    LEVEL_ELEVATED,
+    LEVEL_HIGH,
+    Alert,
+    Reason,
+    alert_id,
+)
+from stream.core.policy.config import PolicyConfig, in_window, parse_curfew
+from stream.core.policy.state import ML_NONE, PolicyState
+from stream.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# Inputs, outputs, state
+
+
+class RuleInputs(NamedTuple):
+    """What the rules need at one evaluation, computed by the detector from the windows.
+
+    Named tuples (not frozen dataclasses) because the detector builds one per evaluation: they
+    cost a fifth to construct and are just as immutable.
+    """
+
+    today_active_min: float  # active minutes in the user's current local day, up to the tick end
+    session_min: float  # length of the ongoing continuous-use session at the tick end, 0 if none
+    local_minute: int  # minute of day 0..1439, local time, at the START of the tick (end - tick)
+    local_day: int  # local day number (days since epoch in local time) of that minute
+    age_band: str | None
+    history_days: int  # days of history the user has
+
+
+class Evaluation(NamedTuple):
+    """One user at one tick: the ML score (None = not scored) and the rule inputs."""
+
+    user_id: str
+    tick_end_ms: int
+    score: float | None
+    rules: RuleInputs
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An alert decided by the policy; the detector turns it into an :class:`Alert`."""
+
+    user_id: str
+    kind: str
+    level: str
+    tick_end_ms: int
+    score: float | None
+    alert_id: str
+    reasons: tuple[tuple[str, float, float | str], ...]  # rules: (input, value, threshold)
+    details: dict[str, float | int | str]
+
+    def to_alert(
+        self,
+        *,
+        model_version: str | None = None,
+        reasons: tuple[Reason, ...] | None = None,
+        features: dict[str, float] | None = None,
+        emitted_at_ms: int | None = None,
+    ) -> Alert:
+        """Build the alert; ``reasons`` defaults to this decision's rule reasons."""
+        if reasons is None:
+            reasons = tuple(Reason.for_rule(n, v, t) for n, v, t in self.reasons)
+        return Alert(
+            alert_id=self.alert_id,
+            user_id=self.user_id,
+            kind=self.kind,
+            level=self.level,
+            score=self.score,
+            model_version=model_version,
+            event_time_ms=self.tick_end_ms,
+            emitted_at_ms=emitted_at_ms,
+            reasons=reasons,
+            features=features,
+            details=dict(self.details),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy
+
+
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    name: str
+    daily_cap_min: int | None
+    curfew: str | None
+    curfew_window: tuple[int, int] | None
+    continuous_use_min: int | None
+    cooldown_ms: int
+
+
+class AlertPolicy:
+    """Turns one user's evaluations, in increasing tick order, into alert decisions."""
+
+    __slots__ = ("config", "tick_ms", "_profiles", "_by_band", "_default")
+
+    def __init__(self, config: PolicyConfig, *, tick_ms: int = 60_000) -> None:
+        if tick_ms <= 0:
+            raise ConfigError(f"tick_ms must be positive, got {tick_ms}")
+        self.config = config
+        self.tick_ms = tick_ms
+        self._profiles = {
+            name: _Profile(
+                name=name,
+                daily_cap_min=p.daily_cap_min,
+                curfew=p.curfew,
+                curfew_window=None if p.curfew is None else parse_curfew(p.curfew),
+                continuous_use_min=p.continuous_use_min,
+                cooldown_ms=p.cooldown_s * 1000,
+            )
+            for name, p in config.rules.profiles.items()
+        }
+        self._by_band = {
+            band: self._profiles[name]
+            for name, p in config.rules.profiles.items()
+            for band in p.age_bands
+        }
+        self._default = self._profiles[config.rules.default_profile]
+
+    def min_history_days(self) -> int:
+        """Days of history a user needs before the ML layer scores them."""
+        return self.config.ml.min_history_days
+
+    def profile_name(self, age_band: str | None) -> str:
+        """The rule profile applied to an age band (the default for missing or unknown bands)."""
+        return self._profile(age_band).name
+
+    def _profile(self, age_band: str | None) -> _Profile:
+        if age_band is None:
+            return self._default
+        return self._by_band.get(age_band, self._default)
+
+    def decide(self, state: PolicyState, ev: Evaluation) -> list[Decision]:
+        """Decide the alerts of one evaluation, updating ``state`` in place.
+
+        An evaluation at or before the state's last evaluated tick is a no-op returning [] (a
+        redelivered or replayed tick). ML decisions come first, then daily cap, curfew, continuous use.
+
+        Raises:
+            ValueError: the evaluation is malformed (tick not aligned, non-finite score,
+                local_minute outside 0..1439).
+        """
+        if state.last_tick_ms is not None and ev.tick_end_ms <= state.last_tick_ms:
+            return []
+        self._check(ev)
+        state.last_tick_ms = ev.tick_end_ms
+        out: list[Decision] = []
+        ml = self._decide_ml(state, ev)
+        if ml is not None:
+            out.append(ml)
+        out.extend(self._decide_rules(state, ev))
+        return out
+
+    def _check(self, ev: Evaluation) -> None:
+        if ev.tick_end_ms % self.tick_ms != 0:
+            raise ValueError(
+                f"evaluation tick {ev.tick_end_ms} is not aligned to {self.tick_ms} ms ticks"
+            )
+        if ev.score is not None and not math.isfinite(ev.score):
+            raise ValueError(f"score {ev.score!r} for user {ev.user_id!r} is not finite")
+        if not 0 <= ev.rules.local_minute < 1440:
+            raise ValueError(f"local_minute {ev.rules.local_minute} is outside 0..1439")
+
+    # -- ML layer ---------------------------------------------------------------------------
+
+    def _decide_ml(self, state: PolicyState, ev: Evaluation) -> Decision | None:
+        cfg = self.config.ml
+        score = ev.score
+        if score is None or ev.rules.history_days < cfg.min_history_days:
+            # Not scored: persistence must be re-earned from the next scored evaluation.
+            state.elevated_since_ms = None
+            state.high_since_ms = None
+            return None
+        tick = ev.tick_end_ms
+        if score >= cfg.elevated_enter:
+            if state.elevated_since_ms is None:
+                state.elevated_since_ms = tick
+        else:
+            state.elevated_since_ms = None
+        if score >= cfg.high_enter:
+            if state.high_since_ms is None:
+                state.high_since_ms = tick
+        else:
+            state.high_since_ms = None
+        persistence_ms = cfg.persistence_s * 1000
+        high_due = state.high_since_ms is not None and tick - state.high_since_ms >= persistence_ms
+        elevated_due = (
+            state.elevated_since_ms is not None and tick - state.elevated_since_ms >= persistence_ms
+        )
+
+        level = state.ml_level
+        target: str | None = None
+        if level != LEVEL_HIGH and high_due:
+            target = LEVEL_HIGH
+        elif level == ML_NONE and elevated_due:
+            target = LEVEL_ELEVATED
+        elif level == LEVEL_HIGH and score < cfg.high_exit:
+            target = LEVEL_ELEVATED if score >= cfg.elevated_exit else LEVEL_CLEARED
+        elif level == LEVEL_ELEVATED and score < cfg.elevated_exit:
+            target = LEVEL_CLEARED
+        if target is None:
+            return None
+        if state.ml_emitted_ms is not None and tick - state.ml_emitted_ms < cfg.cooldown_s * 1000:
+            return None  # held back; the transition is re-evaluated at later ticks
+        state.ml_level = ML_NONE if target == LEVEL_CLEARED else target
+        state.ml_emitted_ms = tick
+        return Decision(
+            user_id=ev.user_id,
+            kind=KIND_ML_RISK,
+            level=target,
+            tick_end_ms=tick,
+            score=score,
+            alert_id=alert_id(ev.user_id, KIND_ML_RISK, target, tick),
+            reasons=(),
+            details={
+                "from_level": level,
+                "elevated_enter": cfg.elevated_enter,
+                "elevated_exit": cfg.elevated_exit,
+                "high_enter": cfg.high_enter,
+                "high_exit": cfg.high_exit,
+                "persistence_s": cfg.persistence_s,
+                "cooldown_s": cfg.cooldown_s,
+            },
+        )
+
+    # -- rules layer ------------------------------------------------------------------------
+
+    def _decide_rules(self, state: PolicyState, ev: Evaluation) -> list[Decision]:
+        r = ev.rules
+        profile = self._profile(r.age_band)
+        tick = ev.tick_end_ms
+        out: list[Decision] = []
+
+        cap = profile.daily_cap_min
+        if (
+            cap is not None
+            and r.today_active_min >= cap
+            and (state.cap_day is None or r.local_day > state.cap_day)
+        ):
+            state.cap_day = r.local_day
+            reason: tuple[str, float, float | str] = ("today_active_min", r.today_active_min, cap)
+            details: dict[str, float | int | str] = {"daily_cap_min": cap, "local_day": r.local_day}
+            out.append(_rule_decision(ev, profile.name, KIND_DAILY_CAP, LEVEL_HIGH, reason, details))
+
+        if (
+            profile.curfew is not None
+            and profile.curfew_window is not None
+            and in_window(r.local_minute, *profile.curfew_window)
+            and (
+                state.curfew_emitted_ms is None
+                or tick - state.curfew_emitted_ms >= profile.cooldown_ms
+            )
+        ):
+            state.curfew_emitted_ms = tick
+            reason = ("local_minute", r.local_minute, profile.curfew)
+            details = {"curfew": profile.curfew, "cooldown_s": profile.cooldown_ms // 1000}
+            out.append(_rule_decision(ev, profile.name, KIND_CURFEW, LEVEL_ELEVATED, reason, details))
+
+        # A shorter session than at the last evaluation (or none) means a new session began.
+        if r.session_min <= 0 or r.session_min < state.session_min:
+            state.session_alerts = 0
+        state.session_min = max(float(r.session_min), 0.0)
+        every = profile.continuous_use_min
+        if every is not None and r.session_min >= (state.session_alerts + 1) * every:
+            reached = int(r.session_min // every)
+            state.session_alerts = reached
+            reason = ("session_min", r.session_min, reached * every)
+            details = {"continuous_use_min": every, "occurrence": reached}
+            out.append(_rule_decision(ev, profile.name, KIND_CONTINUOUS_USE, LEVEL_ELEVATED, reason, details))
+        return out
+
+
+def _rule_decision(ev: Evaluation, profile: str, kind: str, level: str,
+                   reason: tuple[str, float, float | str], details: dict[str, float | int | str]) -> Decision:
+    return Decision(
+        user_id=ev.user_id,
+        kind=kind,
+        level=level,
+        tick_end_ms=ev.tick_end_ms,
+        score=ev.score,
+        alert_id=alert_id(ev.user_id, kind, level, ev.tick_end_ms),
+        reasons=(reason,),
+        details={"profile": profile, **details},
+    )

@@ -1,0 +1,101 @@
+"""Per-user policy state and its flat str->str codec (the ``pol:*`` fields of the user hash)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from stream.core.alerts import (
+    LEVEL_ELEVATED,
+    LEVEL_HIGH,
+)
+
+ML_NONE: Final = "none"
+_ML_LEVELS: Final = (ML_NONE, LEVEL_ELEVATED, LEVEL_HIGH)
+
+# Field names in the user's Redis hash; the "pol:" prefix keeps them apart from other state that
+# may share the hash. Every field is always written ("" = unset) so an HSET overwrites stale values.
+_F_TICK: Final = "pol:tick"
+_F_ML: Final = "pol:ml"
+_F_ML_AT: Final = "pol:ml_at"
+_F_EL_T0: Final = "pol:el_t0"
+_F_HI_T0: Final = "pol:hi_t0"
+_F_CAP_DAY: Final = "pol:cap_day"
+_F_CF_AT: Final = "pol:cf_at"
+_F_CU_N: Final = "pol:cu_n"
+_F_CU_MIN: Final = "pol:cu_min"
+STATE_FIELDS: Final = (
+    _F_TICK, _F_ML, _F_ML_AT, _F_EL_T0, _F_HI_T0, _F_CAP_DAY, _F_CF_AT, _F_CU_N, _F_CU_MIN,
+)
+
+
+@dataclass(slots=True)
+class PolicyState:
+    """Per-user policy memory; all times are tick ends in epoch ms (event time)."""
+
+    last_tick_ms: int | None = None  # last evaluated tick (redelivery fence)
+    ml_level: str = ML_NONE  # last emitted ml_risk level: none / elevated / high
+    ml_emitted_ms: int | None = None  # tick of the last emitted ml_risk alert (cool-down)
+    elevated_since_ms: int | None = None  # t0 of the current run of score >= elevated_enter
+    high_since_ms: int | None = None  # t0 of the current run of score >= high_enter
+    cap_day: int | None = None  # local day on which rule:daily_cap last fired
+    curfew_emitted_ms: int | None = None  # tick of the last rule:curfew alert
+    session_alerts: int = 0  # continuous-use multiples already alerted in the current session
+    session_min: float = 0.0  # session length at the last evaluation (a drop = new session)
+
+    def to_fields(self) -> dict[str, str]:
+        """Serialise to a flat str→str mapping (every field present; "" = unset)."""
+        return {
+            _F_TICK: _opt_int_str(self.last_tick_ms),
+            _F_ML: self.ml_level,
+            _F_ML_AT: _opt_int_str(self.ml_emitted_ms),
+            _F_EL_T0: _opt_int_str(self.elevated_since_ms),
+            _F_HI_T0: _opt_int_str(self.high_since_ms),
+            _F_CAP_DAY: _opt_int_str(self.cap_day),
+            _F_CF_AT: _opt_int_str(self.curfew_emitted_ms),
+            _F_CU_N: str(self.session_alerts),
+            _F_CU_MIN: repr(float(self.session_min)),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[Any, Any]) -> PolicyState:
+        """Rebuild from :meth:`to_fields` output (str or bytes, e.g. from redis-py); {} = fresh.
+
+        Keys without the ``pol:`` prefix are ignored. Raises ``ValueError`` on a corrupt value.
+        """
+        if not fields:
+            return cls()
+        if any(type(k) is not str or type(v) is not str for k, v in fields.items()):
+            fields = {
+                (k.decode("utf-8") if isinstance(k, bytes | bytearray) else str(k)):
+                (v.decode("utf-8") if isinstance(v, bytes | bytearray) else str(v))
+                for k, v in fields.items()
+            }
+        get = fields.get
+        try:
+            state = cls(
+                last_tick_ms=_parse_opt_int(get(_F_TICK, "")),
+                ml_level=get(_F_ML, "") or ML_NONE,
+                ml_emitted_ms=_parse_opt_int(get(_F_ML_AT, "")),
+                elevated_since_ms=_parse_opt_int(get(_F_EL_T0, "")),
+                high_since_ms=_parse_opt_int(get(_F_HI_T0, "")),
+                cap_day=_parse_opt_int(get(_F_CAP_DAY, "")),
+                curfew_emitted_ms=_parse_opt_int(get(_F_CF_AT, "")),
+                session_alerts=int(get(_F_CU_N, "") or 0),
+                session_min=float(get(_F_CU_MIN, "") or 0.0),
+            )
+        except ValueError as exc:
+            shown = {k: v for k, v in fields.items() if k.startswith("pol:")}
+            raise ValueError(f"corrupt policy state {shown!r}: {exc}") from exc
+        if state.ml_level not in _ML_LEVELS:
+            raise ValueError(f"corrupt policy state: {_F_ML}={state.ml_level!r} not in {_ML_LEVELS}")
+        return state
+
+
+def _opt_int_str(x: int | None) -> str:
+    return "" if x is None else str(x)
+
+
+def _parse_opt_int(s: str) -> int | None:
+    return None if s == "" else int(s)

@@ -1,0 +1,38 @@
+"""The window store Protocol every backend (memory, Redis) implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from stream.core.windows.types import UserBatch, UserResult
+
+
+class WindowStore(Protocol):
+    """Where window state lives: memory (offline, tests) or Redis (live)."""
+
+    def apply(
+        self,
+        batches: Sequence[UserBatch],
+        watermark_ms: int,
+        commit_floor: Mapping[str, int] | None = None,
+    ) -> list[UserResult]:
+        """Apply each user's items atomically; return the snapshots in each user's outbox."""
+        ...
+
+    def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The policy-state fields of each user ({} for a user without any); names start "pol:"."""
+        ...
+
+    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
+        """Per user, atomically: store the policy fields and the tick end they cover.
+
+        Outbox snapshots up to that tick end are never returned again: the user's next ``apply``
+        drops them first. A later confirm before that ``apply`` replaces this one (its tick end, and
+        the policy fields it names).
+        """
+        ...
+
+    def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
+        """The raw state (scalars, age band, ring bytes) of one user, or None; for tests and tools."""
+        ...

@@ -1,0 +1,247 @@
+"""Value types of the window store: items in, snapshots and results out, event columns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from operator import attrgetter, is_not
+from typing import NamedTuple, overload
+
+import numpy as np
+from numpy.typing import NDArray
+
+from stream.core import layout as L
+from stream.core.events import Event, EventTuple, Reason
+
+_NS = len(L.SCALARS)
+
+
+class Item(NamedTuple):
+    """One event to apply, with its lateness flag and (live only) its Kafka position."""
+
+    event: Event
+    late: bool = False
+    tp: str | None = None  # "topic:partition"
+    offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserBatch:
+    user_id: str
+    items: Sequence[Item]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A user's window state at the end of one evaluation tick (one row of :class:`Snapshots`)."""
+
+    user_id: str
+    tick_end_ms: int
+    scalars: tuple[int, ...]
+    age_band: str | None
+    rings: bytes  # RING_BYTES of big-endian u32 words
+
+
+class Snapshots:
+    """Window states at evaluation tick ends, column-wise: what the feature code consumes.
+
+    ``rings`` is ``uint32 [N, RING_WORDS]`` in native byte order, ``scalars`` ``int64 [N, S]``,
+    ``tick_end`` ``int64 [N]``; ``user_ids`` and ``age_bands`` are lists. It behaves like a
+    sequence of :class:`Snapshot` rows (iteration, indexing, slicing, equality with a list of
+    rows), which is what tests and tools compare; the hot path only touches the arrays.
+    """
+
+    __slots__ = ("user_ids", "tick_end", "scalars", "rings", "age_bands")
+
+    def __init__(self, user_ids: list[str], tick_end: NDArray[np.int64], scalars: NDArray[np.int64],
+                 rings: NDArray[np.uint32], age_bands: list[str | None]) -> None:
+        self.user_ids = user_ids
+        self.tick_end = tick_end
+        self.scalars = scalars
+        self.rings = rings
+        self.age_bands = age_bands
+
+    @classmethod
+    def empty(cls) -> Snapshots:
+        return cls([], np.zeros(0, np.int64), np.zeros((0, _NS), np.int64),
+                   np.zeros((0, L.RING_WORDS), np.uint32), [])
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Snapshot]) -> Snapshots:
+        if not rows:
+            return cls.empty()
+        rings = np.frombuffer(b"".join(r.rings for r in rows), dtype=L.RING_DTYPE)
+        return cls([r.user_id for r in rows], np.array([r.tick_end_ms for r in rows], np.int64),
+                   np.array([r.scalars for r in rows], np.int64).reshape(len(rows), _NS),
+                   rings.reshape(len(rows), L.RING_WORDS).astype(np.uint32),
+                   [r.age_band for r in rows])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Snapshots]) -> Snapshots:
+        parts = [p for p in parts if p.user_ids]
+        if not parts:
+            return _EMPTY
+        if len(parts) == 1:
+            return parts[0]
+        return cls([u for p in parts for u in p.user_ids], np.concatenate([p.tick_end for p in parts]),
+                   np.concatenate([p.scalars for p in parts]), np.concatenate([p.rings for p in parts]),
+                   [b for p in parts for b in p.age_bands])
+
+    def take(self, rows: slice | Sequence[int] | NDArray[np.intp]) -> Snapshots:
+        if isinstance(rows, slice):
+            return Snapshots(self.user_ids[rows], self.tick_end[rows], self.scalars[rows],
+                             self.rings[rows], self.age_bands[rows])
+        idx = np.asarray(rows, dtype=np.intp)
+        il = idx.tolist()
+        return Snapshots([self.user_ids[i] for i in il], self.tick_end[idx], self.scalars[idx],
+                         self.rings[idx], [self.age_bands[i] for i in il])
+
+    def copy(self) -> Snapshots:
+        return Snapshots(list(self.user_ids), self.tick_end.copy(), self.scalars.copy(),
+                         self.rings.copy(), list(self.age_bands))
+
+    def row(self, i: int) -> Snapshot:
+        return Snapshot(self.user_ids[i], int(self.tick_end[i]), tuple(self.scalars[i].tolist()),
+                        self.age_bands[i], self.rings[i].astype(L.RING_DTYPE).tobytes())
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def __iter__(self) -> Iterator[Snapshot]:
+        return (self.row(i) for i in range(len(self)))
+
+    @overload
+    def __getitem__(self, i: int) -> Snapshot: ...
+    @overload
+    def __getitem__(self, i: slice) -> Snapshots: ...
+    def __getitem__(self, i: int | slice) -> Snapshot | Snapshots:
+        if isinstance(i, slice):
+            return self.take(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.row(i)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Snapshots | list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Snapshots({list(self)!r})"
+
+
+_EMPTY = Snapshots.empty()  # shared: results never mutate a Snapshots in place
+
+
+@dataclass(slots=True)
+class UserResult:
+    user_id: str
+    snapshots: Snapshots = field(default_factory=lambda: _EMPTY)
+    rejected: list[tuple[int, Reason]] = field(default_factory=list)  # (item index, reason)
+    duplicates: int = 0
+    pending_tick: int | None = None
+
+
+def all_snapshots(results: Sequence[UserResult]) -> Snapshots:
+    """Every user's snapshots of one ``apply``, in result order, as one columnar batch."""
+    batch = getattr(results, "batch", None)
+    if batch is not None:
+        return batch  # type: ignore[no-any-return]
+    return Snapshots.concat([r.snapshots for r in results])
+
+
+class ApplyResults(list[UserResult]):
+    """``apply``'s per-user results; ``batch`` is all their snapshots as one batch when a store has
+    it at hand (saves gathering the users' slices back together)."""
+
+    batch: Snapshots | None = None
+
+TZ_ABSENT = -(2**31)
+"""Column marker for an event without ``tz_offset_min``."""
+CATEGORY_CODE: dict[str, int] = dict(L.CATEGORY_INDEX)
+
+
+# --- events as columns ----------------------------------------------------------------------------
+_get_ts, _get_type, _get_dwell, _get_category, _get_tz, _get_band, _get_user, _get_event_id = (
+    attrgetter(a) for a in ("ts_ms", "type", "dwell_ms", "category", "tz_offset_min", "age_band", "user_id",
+                            "event_id"))
+_VIEW = "view"
+_NOT_NONE = partial(is_not, None)
+
+
+@dataclass(slots=True)
+class EventColumns:
+    """Events column-wise, in the order they are to be applied (per user: canonical order)."""
+
+    ts: NDArray[np.int64]
+    view: NDArray[np.int8]
+    dwell: NDArray[np.int64]
+    cat: NDArray[np.int64]
+    tz: NDArray[np.int64]
+    has_band: NDArray[np.int8]
+    late: NDArray[np.int8]
+    bands: list[str | None]
+    user_ids: list[str]
+    event_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def from_tuples(cls, events: Sequence[EventTuple]) -> EventColumns:
+        """Columns from :func:`stream.core.events.decode_message_tuples` output (never late)."""
+        n = len(events)
+        if n == 0:
+            return cls.from_events([])
+        user, ts, etype, event_id, category, dwell, tz, band, _, _ = zip(*events)
+        bands = list(band)
+        return cls(
+            ts=np.fromiter(ts, np.int64, n),
+            view=np.fromiter(map(_VIEW.__eq__, etype), np.int8, n),
+            dwell=np.fromiter(dwell, np.int64, n),
+            cat=np.fromiter(map(CATEGORY_CODE.__getitem__, category), np.int64, n),
+            tz=np.fromiter((TZ_ABSENT if t is None else t for t in tz), np.int64, n),
+            has_band=np.fromiter(map(_NOT_NONE, bands), np.int8, n),
+            late=np.zeros(n, np.int8),
+            bands=bands,
+            user_ids=list(user),
+            event_ids=list(event_id),
+        )
+
+    @classmethod
+    def from_events(cls, events: Sequence[Event], late: Sequence[bool] | bool = False) -> EventColumns:
+        n = len(events)
+        bands = list(map(_get_band, events))
+        lates = np.full(n, 1 if late else 0, np.int8) if isinstance(late, bool) else np.array(late, np.int8)
+        return cls(
+            ts=np.fromiter(map(_get_ts, events), np.int64, n),
+            view=np.fromiter(map(_VIEW.__eq__, map(_get_type, events)), np.int8, n),
+            dwell=np.fromiter(map(_get_dwell, events), np.int64, n),
+            cat=np.fromiter(map(CATEGORY_CODE.__getitem__, map(_get_category, events)), np.int64, n),
+            tz=np.fromiter((TZ_ABSENT if t is None else t for t in map(_get_tz, events)), np.int64, n),
+            has_band=np.fromiter(map(_NOT_NONE, bands), np.int8, n),
+            late=lates,
+            bands=bands,
+            user_ids=list(map(_get_user, events)),
+            event_ids=list(map(_get_event_id, events)),
+        )
+
+    def take(self, idx: NDArray[np.intp]) -> EventColumns:
+        il = idx.tolist()
+        return EventColumns(self.ts[idx], self.view[idx], self.dwell[idx], self.cat[idx], self.tz[idx],
+                            self.has_band[idx], self.late[idx], [self.bands[i] for i in il],
+                            [self.user_ids[i] for i in il], [self.event_ids[i] for i in il])
+
+
+@dataclass(slots=True)
+class ColumnResult:
+    """What :meth:`MemoryWindowStore.apply_columns` did: decided snapshots and refused events."""
+
+    snapshots: Snapshots
+    too_late: NDArray[np.intp]  # indices into the input columns
+    users: int = 0

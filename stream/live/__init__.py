@@ -1,0 +1,1 @@
+"""The live worker: the Faust process, the link, and the pipeline behind it."""

@@ -1,0 +1,264 @@
+"""The detector side of a live worker: decode, reorder, detect, publish, persist. No Faust here.
+
+A worker's Faust process consumes and acks; everything that costs CPU per event runs here, by
+default in a child process (``RISKSTREAM_DETECTOR_PROCESS``). In one process the two sides would
+take turns on the GIL, i.e. on one core, while the second core idles (README, "Where the time goes").
+
+The Faust side sends a :class:`Step` (the raw messages of a micro-batch, the idle flags of the
+inputs, the commit floor) and gets a :class:`Report` back: the messages that are completely done
+(to ack), what the reorder buffers ask of flow control, and counters for the metrics. One step at a
+time; a step is:
+
+1. decode and validate every message (orjson, DESIGN §3); invalid ones go to the DLQ;
+2. push valid events into the reorder buffer of their partition (one buffer spans the clicks and the
+   views topic-partition of that partition number) and release what its watermark passed;
+3. ``Detector.process`` (the core's window kernel on this process's copy of each touched user's
+   state, loaded from Redis on first touch; one ONNX run), publish alerts and DLQ records with an
+   idempotent ``acks=all`` producer and wait for the acknowledgements, then write the changed users'
+   window and policy state to Redis (one fenced Lua call per user, pipelined);
+4. count events done. A message is done when all its events are: decided, late, or rejected. An
+   event whose tick is not yet decided keeps its message un-acked (redelivered after a crash, and
+   decided by whoever owns the partition then); buffered events are never done.
+
+Redis errors are retried with bounded backoff here; what stays unavailable is raised to the Faust
+side, which exits non-zero.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from stream.core.alerts import alert_to_json
+from stream.core.detector import Detector, Outcome, Release
+from stream.core.events import Event, decode_message
+from stream.core.ordering import ReorderBuffer, tick_ceil
+from stream.errors import (
+    BrokerUnavailableError,
+    StoreUnavailableError,
+)
+from stream.live.protocol import POSITION_STRIDE, MsgId, Report, Step
+from stream.retry import retry
+from stream.settings import Settings
+
+log = logging.getLogger("riskstream.pipeline")
+
+
+@dataclass(slots=True)
+class _Msg:
+    """One Kafka message in flight: done when all its events are."""
+
+    id: MsgId
+    remaining: int
+    raw: bytes
+    key: bytes | None
+
+
+@dataclass(slots=True)
+class _Meta:
+    msg: _Msg
+    tp: str
+    position: int
+
+
+@dataclass(slots=True)
+class _Partition:
+    buffer: ReorderBuffer[_Meta]
+    held: list[tuple[int, _Meta]] = field(default_factory=list)  # (tick end, meta): applied, undecided
+    watermark: int = -(2**62)
+
+
+def _position(meta: _Meta) -> tuple[str, int]:
+    return meta.tp, meta.position
+
+
+class Pipeline:
+    """Reorder buffers, detector and producer of the partitions a worker owns."""
+
+    def __init__(self, settings: Settings, detector: Detector, producer: Producer, *,
+                 retry_attempts: int = 8) -> None:
+        self.s = settings
+        self.detector = detector
+        self.producer = producer
+        self.retry_attempts = retry_attempts
+        self.inputs = {settings.clicks_topic: "click", settings.views_topic: "view"}
+        self.kinds = tuple(self.inputs.values())
+        self.parts: dict[int, _Partition] = {}
+        self._done: list[MsgId] = []
+        self._report = Report()
+        self._delivery_error: Any = None
+
+    def _partition(self, p: int) -> _Partition:
+        part = self.parts.get(p)
+        if part is None:
+            part = self.parts[p] = _Partition(ReorderBuffer(
+                self.kinds, lateness_ms=self.s.lateness_ms, max_events=self.s.buffer_max_events))
+        return part
+
+    def _finish(self, m: _Msg, n: int = 1) -> None:
+        m.remaining -= n
+        if m.remaining <= 0:
+            self._done.append(m.id)
+
+    # -- one step -----------------------------------------------------------------------------------
+    def step(self, step: Step) -> Report:
+        t0 = time.perf_counter()
+        self._done = []
+        rep = self._report = Report()
+        scorer = self.detector.scorer
+        if scorer is not None and hasattr(scorer, "maybe_reload"):
+            scorer.maybe_reload()
+        dlq: list[tuple[Any, str, int, int, _Msg]] = []
+        late: dict[int, list[tuple[Event, _Meta]]] = {}
+        for topic, p, off, key, raw in step.messages:
+            kind = self.inputs.get(topic)
+            events, bad = decode_message(raw, topic_type=kind, key=key, now_ms=step.now_ms)
+            m = _Msg((topic, p, off), len(events) + len(bad), raw, key)
+            for r in bad:
+                dlq.append((r, topic, p, off, m))
+            if not events:
+                continue
+            buffer = self._partition(p).buffer
+            tp = f"{topic}:{p}"
+            base = off * POSITION_STRIDE
+            for i, ev in enumerate(events):
+                meta = _Meta(m, tp, base + i)
+                if not buffer.push(kind or "click", ev, meta):
+                    late.setdefault(p, []).append((ev, meta))
+        moved: set[int] = set()
+        for (p, kind), idle in step.idle.items():
+            part = self.parts.get(p)
+            if part is not None:
+                before = part.buffer.watermark()
+                part.buffer.set_idle(kind, idle)
+                if part.buffer.watermark() != before:
+                    moved.add(p)
+        releases: list[Release] = []
+        for p in sorted(set(step.partitions) | set(late) | moved):
+            part = self.parts.get(p)
+            if part is None:
+                continue
+            released, wm = part.buffer.release()
+            part.watermark = max(part.watermark, wm)
+            releases.append(Release(released, part.watermark, late.get(p, ()), step.floor, group=p))
+            rep.buffers[p] = (part.buffer.full, part.buffer.behind(), len(part.buffer))
+        outcome = self._detect_publish_persist(releases, dlq, step.received_at)
+        self._account(releases, outcome, dlq)
+        rep.done = self._done
+        rep.applied, rep.late, rep.duplicates = outcome.applied, outcome.late, outcome.duplicates
+        rep.seconds = time.perf_counter() - t0
+        return rep
+
+    def _retried(self) -> None:
+        self._report.redis_retries += 1
+
+    def _detect_publish_persist(self, releases: list[Release], dlq: list[Any], t_release: float) -> Outcome:
+        if releases:
+            outcome = retry("redis", lambda: self.detector.process(releases, _position),
+                            attempts=self.retry_attempts, base_s=0.1,
+                            retriable=(StoreUnavailableError,), on_retry=self._retried)
+        else:
+            outcome = Outcome()
+        now_ms = int(time.time() * 1000)
+        for a in outcome.alerts:
+            self.producer.produce(self.s.alerts_topic, key=a.user_id.encode(),
+                                  value=alert_to_json(a.stamped(now_ms)))
+        for rej, topic, p, off, m in dlq:
+            self._produce_dlq(m.raw, rej.reason, rej.detail, rej.index, topic, p, off, m.key)
+        for _ev, meta, reason in outcome.rejected:
+            topic, _, p = meta.tp.rpartition(":")
+            self._produce_dlq(meta.msg.raw, reason, "older than the user's newest event minus the longest window",
+                              meta.position % POSITION_STRIDE, topic, int(p), meta.position // POSITION_STRIDE,
+                              meta.msg.key)
+        self._flush()
+        t_acked = time.monotonic()  # CLOCK_MONOTONIC: comparable with the Faust process's arrival times
+        rep = self._report
+        for a in outcome.alerts:
+            rep.alerts[(a.kind, a.level)] += 1
+            rep.latencies.append(t_acked - t_release)
+        self.finish_writes()  # the previous step's (Redis ran it while this one was computed)
+        if releases:  # also without decisions: applied events changed the state, and it is written now
+            retry("redis write", lambda: self.detector.commit(outcome), attempts=self.retry_attempts,
+                  base_s=0.1, retriable=(StoreUnavailableError,), on_retry=self._retried)
+        return outcome
+
+    def finish_writes(self) -> None:
+        """Settle a deferred state write (a store with ``defer_writes``): until then, the messages of
+        the step that sent it are not done, and its report must not go out."""
+        finish = getattr(self.detector.store, "finish_write", None)
+        if finish is not None:
+            retry("redis write", finish, attempts=self.retry_attempts, base_s=0.1,
+                  retriable=(StoreUnavailableError,), on_retry=self._retried)
+
+    def _produce_dlq(self, raw: bytes, reason: str, detail: str, index: int | None, topic: str, p: int,
+                     off: int, key: bytes | None) -> None:
+        rec: dict[str, Any] = {
+            "v": 1, "reason": str(reason), "detail": detail, "index": index,
+            "topic": topic, "partition": p, "offset": off,
+            "original_b64": base64.b64encode(raw).decode(),
+            "failed_at": int(time.time() * 1000),
+        }
+        self.producer.produce(self.s.dlq_topic, key=key, value=orjson.dumps(rec))
+        self._report.dlq[str(reason)] += 1
+
+    def _flush(self) -> None:
+        remaining = self.producer.flush(self.s.produce_timeout_s)
+        if remaining:
+            raise BrokerUnavailableError(
+                f"{remaining} alert/DLQ records not acknowledged by Kafka within {self.s.produce_timeout_s} s")
+        if self._delivery_error is not None:
+            err, self._delivery_error = self._delivery_error, None
+            raise BrokerUnavailableError(f"Kafka refused an alert/DLQ record: {err}")
+
+    def on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._delivery_error = err
+
+    def _account(self, releases: list[Release], outcome: Outcome, dlq: list[tuple[Any, str, int, int, _Msg]]) -> None:
+        """Count events done; a message is done when all of its events are."""
+        for *_, m in dlq:
+            self._finish(m)
+        rejected = {id(meta) for _, meta, _ in outcome.rejected}
+        for _, meta, _ in outcome.rejected:
+            self._finish(meta.msg)
+        for rel in releases:
+            part = self.parts[rel.group]  # type: ignore[index]
+            wm = rel.watermark_ms
+            for _, meta in rel.late:
+                if id(meta) not in rejected:
+                    self._finish(meta.msg)
+            keep: list[tuple[int, _Meta]] = []
+            for tick_end, meta in part.held:
+                if tick_end <= wm:
+                    self._finish(meta.msg)
+                else:
+                    keep.append((tick_end, meta))
+            for ev, meta in rel.released:
+                if id(meta) in rejected:
+                    continue
+                tick_end = tick_ceil(ev.ts_ms)
+                if tick_end <= wm:
+                    self._finish(meta.msg)
+                else:
+                    keep.append((tick_end, meta))
+            part.held = keep
+            if wm > 0:
+                self._report.watermarks[rel.group] = wm  # type: ignore[index]
+
+    def drop(self, partitions: Iterable[Hashable]) -> None:
+        """Forget revoked partitions (nothing of them was acked: the new owner gets it all again)
+        and the cached window state, which may belong to partitions another worker owns now."""
+        self.finish_writes()  # the new owner must find every write of ours done
+        for p in partitions:
+            self.parts.pop(p, None)  # type: ignore[call-overload]
+            self.detector.drop_group(p)
+        invalidate = getattr(self.detector.store, "invalidate", None)
+        if invalidate is not None:
+            invalidate()

@@ -1,0 +1,57 @@
+"""The pipeline's composition root: Redis client, store, scorer, policy and producer from settings."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import redis
+from confluent_kafka import Producer
+
+from stream.core.detector import Detector
+from stream.core.policy import AlertPolicy, load_policy_config
+from stream.core.scoring import Scorer
+from stream.core.warmup import warm_up
+from stream.errors import (
+    StoreUnavailableError,
+)
+from stream.live.pipeline import Pipeline
+from stream.retry import START_ATTEMPTS, retry
+from stream.settings import Settings
+from stream.state import RedisWindowStore
+
+log = logging.getLogger("riskstream.pipeline")
+
+
+def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer | None = None, *,
+                   defer_writes: bool = False) -> Pipeline:
+    """Everything a pipeline needs, connected; ``StoreUnavailableError`` after bounded retries."""
+    log.info("kernels ready in %.2f s", warm_up())  # not while the first batch waits
+    if scorer is None and model_path is not None:
+        from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH
+        from stream.core.scoring import OnnxScorer
+
+        scorer = OnnxScorer(model_path, expected_spec_hash=FEATURE_SPEC_HASH, expected_feature_names=FEATURE_NAMES)
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5,
+                                  socket_connect_timeout=5, health_check_interval=30)
+    store = retry("redis", lambda: RedisWindowStore(client, key_prefix=settings.key_prefix,
+                                                    ttl_s=settings.state_ttl_s,
+                                                    max_cached_users=settings.state_cache_users,
+                                                    keep_outbox=False, defer_writes=defer_writes),
+                  attempts=START_ATTEMPTS, base_s=0.25, retriable=(StoreUnavailableError,))
+    cfg = load_policy_config(settings.policy_config)
+    if scorer is not None:
+        cfg = cfg.with_model_thresholds(scorer.info.thresholds)
+    detector = Detector(store, AlertPolicy(cfg), scorer)
+    pipeline: Pipeline
+    producer = Producer({
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": int(settings.produce_timeout_s * 1000),
+        "on_delivery": lambda err, msg: pipeline.on_delivery(err, msg),
+    })
+    pipeline = Pipeline(settings, detector, producer)
+    return pipeline

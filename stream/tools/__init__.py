@@ -1,0 +1,1 @@
+"""Command-line tools around the detector: replay a log, tail alerts, the live demo."""
