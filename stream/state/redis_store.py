@@ -1,7 +1,8 @@
 """The live window store: the core's window state, kept by the worker and persisted in Redis.
 
-:class:`RedisWindowStore` *is* :class:`~stream.core.windows.MemoryWindowStore` — the same compiled
-update rule, the same results — with Redis as the durable, shared copy (docs/state-layout.md):
+:class:`RedisWindowStore` holds a :class:`~stream.core.windows.StateTable`, as the memory store does — the
+same compiled update rule, the same results — and keeps Redis as its durable, shared copy
+(docs/state-layout.md):
 
 * **Load once.** The first time a worker touches a user, one pipelined ``HGETALL`` per new user
   loads the state hash; afterwards the worker's copy is current for as long as it owns the user's
@@ -45,7 +46,7 @@ from redis.exceptions import (
 )
 
 from stream.core import layout as L
-from stream.core.windows import MemoryWindowStore, UserBatch, UserResult
+from stream.core.windows import StateTable, UserBatch, UserResult
 from stream.errors import StaleStateError, StoreUnavailableError
 from stream.state.codec import (
     _F_POLICY,
@@ -71,7 +72,7 @@ def _source(name: str) -> str:
 STATE_LUA: Final = _source("state.lua")
 
 
-class RedisWindowStore(MemoryWindowStore):
+class RedisWindowStore:
     """:class:`~stream.core.windows.WindowStore` persisted in Redis (standalone or Redis Cluster)."""
 
     def __init__(self, client: Client, *, key_prefix: str, ttl_s: int,
@@ -98,7 +99,7 @@ class RedisWindowStore(MemoryWindowStore):
             raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s}")
         if max_cached_users < 1:
             raise ValueError(f"max_cached_users must be >= 1, got {max_cached_users}")
-        super().__init__(keep_outbox=keep_outbox)
+        self._table = StateTable(keep_outbox=keep_outbox)  # this worker's copy of its users
         self._client = client
         self._prefix = key_prefix
         self._ttl_ms = ttl_s * 1000
@@ -124,7 +125,7 @@ class RedisWindowStore(MemoryWindowStore):
 
     @property
     def cached_users(self) -> int:
-        return len(self._slot)
+        return len(self._table)
 
     # -- WindowStore -------------------------------------------------------------------------------
     def apply(
@@ -140,7 +141,7 @@ class RedisWindowStore(MemoryWindowStore):
             self._drop_cache()
         users = [b.user_id for b in batches]
         self._load(users)
-        results = super().apply(batches, watermark_ms, commit_floor)
+        results = self._table.apply(batches, watermark_ms, commit_floor)
         decided = self._decided
         for r in results:
             if r.snapshots.user_ids:
@@ -151,14 +152,10 @@ class RedisWindowStore(MemoryWindowStore):
         self._touch(users)
         return results
 
-    def apply_columns(self, cols: Any, watermark_ms: int) -> Any:
-        """Not for the live store: the columnar path has no fence, loading or write tracking."""
-        raise NotImplementedError("apply_columns is the offline path of MemoryWindowStore")
-
     def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         users = list(user_ids)
         self._load(users)
-        return super().load_policy(users)
+        return self._table.load_policy(users)
 
     def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
         """Store the policy fields (see WindowStore), then write every changed, fully confirmed user.
@@ -176,7 +173,7 @@ class RedisWindowStore(MemoryWindowStore):
             _check_policy_fields(fields)
         users = list(done)
         self._load(users)
-        super().confirm(done)
+        self._table.confirm(done)
         decided = self._decided
         for u, (through_ms, _) in done.items():
             if u in decided and through_ms >= decided[u]:
@@ -190,8 +187,8 @@ class RedisWindowStore(MemoryWindowStore):
 
     def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
         """The user's state as this store sees it: its copy if cached, else what Redis holds."""
-        if user_id in self._slot:
-            return super().state_of(user_id)
+        if user_id in self._table:
+            return self._table.state_of(user_id)
         return self.stored_state_of(user_id)
 
     # -- beyond the protocol -----------------------------------------------------------------------
@@ -223,14 +220,14 @@ class RedisWindowStore(MemoryWindowStore):
             recent.move_to_end(u)
 
     def _drop_cache(self) -> None:
-        self._forget(list(self._slot))
+        self._table.forget(list(self._table.users()))
         self._version.clear()
         self._decided.clear()
         self._recent.clear()
         self._invalidate_requested = False
 
     def _evict(self) -> None:
-        excess = len(self._slot) - self._max_cached
+        excess = len(self._table) - self._max_cached
         if excess <= 0:
             return
         victims: list[str] = []
@@ -243,16 +240,17 @@ class RedisWindowStore(MemoryWindowStore):
             del self._recent[u]
             self._version.pop(u, None)
             self._decided.pop(u, None)
-        self._forget(victims)
+        self._table.forget(victims)
 
     def _load(self, users: Sequence[str]) -> None:
         """HGETALL the users not cached yet (one pipeline) and fill their rows."""
-        missing = list(dict.fromkeys(u for u in users if u not in self._slot))
+        missing = list(dict.fromkeys(u for u in users if u not in self._table))
         if not missing:
             return
         rows = self._hgetall_all([self.key_of(u) for u in missing])
-        slots = self.slots(missing)
-        for u, s, row in zip(missing, slots.tolist(), rows, strict=True):
+        table = self._table
+        table.slots(missing)  # a row for each, also for users Redis has nothing of
+        for u, row in zip(missing, rows, strict=True):
             self._version[u] = int(row.get(_F_VERSION, b"0"))
             rings, blob = row.get(_F_RINGS), row.get(_F_STATE)
             if rings is not None and blob is not None:
@@ -262,14 +260,10 @@ class RedisWindowStore(MemoryWindowStore):
                     scalars, band, fence = unpack_state(blob)
                 except ValueError as e:
                     raise ValueError(f"corrupt window state for user {u!r}: {e}") from e
-                self._rings[s] = np.frombuffer(rings, L.RING_DTYPE)
-                self._sc[s] = scalars
-                self._bands[s] = band
-                if fence:
-                    self._fence[s] = fence
+                table.load_row(u, rings, scalars, band, fence)
             pol = row.get(_F_POLICY)
             if pol:
-                self._policy[u] = orjson.loads(pol)
+                table.set_policy(u, orjson.loads(pol))
         self._touch(missing)
 
     def _write(self) -> None:
@@ -336,25 +330,24 @@ class RedisWindowStore(MemoryWindowStore):
                 self._recent.pop(u, None)
                 self._version.pop(u, None)
                 self._decided.pop(u, None)
-            self._forget(stale)
+            self._table.forget(stale)
             raise StaleStateError(
                 f"{len(stale)} user(s) were written by another worker since this one loaded them "
                 f"(e.g. {stale[0]!r}): this worker no longer owns their partition")
 
     def _write_args(self, users: list[str]) -> list[list[Any]]:
-        slots = np.array([self._slot[u] for u in users], np.int64)
-        rings = self._rings[slots].astype(L.RING_DTYPE)  # one conversion for the whole batch
-        scalars = self._sc[slots].astype(SCALARS_DTYPE)
+        rows = self._table.rows(users)
+        rings = rows.rings.astype(L.RING_DTYPE)  # one conversion for the whole batch
+        scalars = rows.scalars.astype(SCALARS_DTYPE)
         has_state = scalars[:, L.S_MX] != L.NONE
         calls: list[list[Any]] = []
-        version, writer, ttl, fences, bands, policy = (
-            self._version, self._writer, self._ttl_ms, self._fence, self._bands, self._policy)
-        for i, (u, s) in enumerate(zip(users, slots.tolist())):
+        version, writer, ttl = self._version, self._writer, self._ttl_ms
+        for i, u in enumerate(users):
             args: list[Any] = [self.key_of(u), version.get(u, 0), writer, ttl]
             if has_state[i]:
                 args += [_F_RINGS, rings[i].tobytes(),
-                         _F_STATE, scalars[i].tobytes() + _pack_tail(bands[s], fences.get(s))]
-            pol = policy.get(u)
+                         _F_STATE, scalars[i].tobytes() + _pack_tail(rows.bands[i], rows.fences[i])]
+            pol = rows.policies[i]
             if pol:
                 args += [_F_POLICY, orjson.dumps(pol)]
             calls.append(args)

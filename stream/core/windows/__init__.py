@@ -1,9 +1,9 @@
 """Per-user rolling windows over event time: the store interface, the update rule, the memory store.
 
-The update rule (sessions, buckets, ticks, late events) is one compiled kernel
-(:func:`_apply_kernel`, numba) over per-user state rows; every store runs it — the memory store
-here, and the Redis store (``stream/state/redis_store.py``), which is this store with Redis as the
-durable copy. The contract tests in ``tests/contract`` run the same cases against all of them.
+The update rule (sessions, buckets, ticks, late events) is one compiled kernel (``kernel.py``,
+numba) over per-user state rows, held by a :class:`StateTable` (``table.py``). Every store holds
+one: the memory store (``memory.py``) is nothing more, and the Redis store
+(``stream/state/redis_store.py``) loads rows into it and writes them back. The contract tests in ``tests/contract`` run the same cases against all of them.
 Events for one user arrive in canonical order (:func:`stream.core.ordering.canonical_key`); the
 store applies them, and returns a :class:`Snapshot` of the state at the end of every evaluation tick
 that becomes decidable (DESIGN §8):
@@ -28,6 +28,7 @@ before that ``apply`` replaces the first (the detector's confirms per user only 
 from stream.core.windows.fence import MAX_FENCE_OFFSETS, Fence, fence_mark, fence_seen
 from stream.core.windows.kernel import APPLIED, TOO_LATE
 from stream.core.windows.memory import MemoryWindowStore
+from stream.core.windows.table import StateRows, StateTable
 from stream.core.windows.store import WindowStore
 from stream.core.windows.types import (
     CATEGORY_CODE,
@@ -54,6 +55,8 @@ __all__ = [
     "MAX_FENCE_OFFSETS",
     "MemoryWindowStore",
     "Snapshot",
+    "StateRows",
+    "StateTable",
     "Snapshots",
     "TOO_LATE",
     "TZ_ABSENT",

@@ -1,0 +1,291 @@
+"""The state table both window stores hold: per-user rows, the update rule over them, outboxes and policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from stream.core import layout as L
+from stream.core.events import Event, Reason
+from stream.core.windows.fence import Fence, fence_mark, fence_seen
+from stream.core.windows.kernel import _GUARD, TOO_LATE, _apply_kernel
+from stream.core.windows.types import (
+    _EMPTY,
+    _NS,
+    ApplyResults,
+    ColumnResult,
+    EventColumns,
+    Snapshots,
+    UserBatch,
+    UserResult,
+)
+
+
+class StateRows(NamedTuple):
+    """Some users' state as held in a :class:`StateTable`, row ``i`` for the ``i``-th user."""
+
+    rings: NDArray[np.uint32]
+    scalars: NDArray[np.int64]
+    bands: list[str | None]
+    fences: list[Fence | None]
+    policies: list[dict[str, str] | None]
+
+
+class StateTable:
+    """Window and policy state of the users a process holds, and the update rule over it.
+
+    State lives in two tables indexed by a per-user slot: ``uint32 [users, RING_WORDS]`` rings and
+    ``int64 [users, S]`` scalars; the compiled kernel updates them in place. Beside them: each
+    user's age band, offset fence, outbox of decided snapshots and policy fields. Both window stores
+    hold one (the memory store is nothing more; the Redis store loads rows into it and writes them
+    back). ``keep_outbox=False`` (the embedded offline mode and the worker, which decide and confirm
+    every release before the next) skips keeping decided snapshots for redelivery.
+    """
+
+    def __init__(self, *, keep_outbox: bool = True) -> None:
+        self.keep_outbox = keep_outbox
+        self._slot: dict[str, int] = {}
+        self._uids: list[str] = []
+        self._bands: list[str | None] = []
+        self._rings = np.zeros((64, L.RING_WORDS), np.uint32)
+        self._sc = self._fresh_scalars(64)
+        self._free: list[int] = []  # slots of forgotten users, reused first
+        self._fence: dict[int, Fence] = {}
+        self._outbox: dict[int, Snapshots] = {}
+        self._confirmed: dict[int, int] = {}
+        self._policy: dict[str, dict[str, str]] = {}
+
+    @staticmethod
+    def _fresh_scalars(n: int) -> NDArray[np.int64]:
+        sc = np.full((n, _NS), L.NONE, np.int64)
+        sc[:, L.S_LT] = 0
+        return sc
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def users(self) -> Iterable[str]:
+        return self._slot.keys()
+
+    def slots(self, user_ids: Sequence[str]) -> NDArray[np.int64]:
+        """Each user's state row, created (empty) for users never seen."""
+        slot = self._slot
+        out = np.empty(len(user_ids), np.int64)
+        for i, u in enumerate(user_ids):
+            s = slot.get(u)
+            if s is None:
+                if self._free:
+                    s = slot[u] = self._free.pop()
+                    self._uids[s] = u
+                else:
+                    s = slot[u] = len(self._uids)
+                    self._uids.append(u)
+                    self._bands.append(None)
+            out[i] = s
+        n = len(self._uids)
+        if n > len(self._rings):
+            cap = max(n, 2 * len(self._rings))
+            rings = np.zeros((cap, L.RING_WORDS), np.uint32)
+            rings[:len(self._rings)] = self._rings
+            sc = self._fresh_scalars(cap)
+            sc[:len(self._sc)] = self._sc
+            self._rings, self._sc = rings, sc
+        return out
+
+    def _run(self, cols: EventColumns, seg_slot: NDArray[np.int64], seg_lo: NDArray[np.int64],
+             seg_hi: NDArray[np.int64], watermark_ms: int) -> tuple[Snapshots, NDArray[np.int64], NDArray[np.int8]]:
+        n_out = len(cols) + len(seg_slot)
+        out_rings = np.empty((n_out, L.RING_WORDS), np.uint32)
+        out_sc = np.empty((n_out, _NS), np.int64)
+        out_tick = np.empty(n_out, np.int64)
+        out_abi = np.empty(n_out, np.int64)
+        seg_out = np.empty(len(seg_slot), np.int64)
+        seg_ab = np.empty(len(seg_slot), np.int64)
+        status = np.zeros(len(cols), np.int8)
+        _GUARD.ensure()
+        k = _apply_kernel(self._rings, self._sc, seg_slot, seg_lo, seg_hi, cols.ts, cols.view, cols.dwell,
+                          cols.cat, cols.tz, cols.has_band, cols.late, watermark_ms,
+                          out_rings, out_sc, out_tick, out_abi, seg_out, seg_ab, status)
+        # resolve user ids and age bands of the rows (a band is the state's as of the row's tick)
+        # segment by segment: a user may have two segments in one call
+        uids, bands, ev_bands = self._uids, self._bands, cols.bands
+        row_users: list[str] = []
+        row_bands: list[str | None] = []
+        abis = out_abi[:k].tolist()
+        bounds = np.append(seg_out, k).tolist()
+        for g, (s, last) in enumerate(zip(seg_slot.tolist(), seg_ab.tolist())):
+            lo, hi = bounds[g], bounds[g + 1]
+            if hi > lo:
+                before = bands[s]
+                row_users += [uids[s]] * (hi - lo)
+                row_bands += [before if a < 0 else ev_bands[a] for a in abis[lo:hi]]
+            if last >= 0:
+                bands[s] = ev_bands[last]
+        snaps = Snapshots(row_users, out_tick[:k], out_sc[:k], out_rings[:k], row_bands)
+        return snaps, seg_out, status
+
+    # -- the columnar path (offline) -----------------------------------------------------------------
+    def apply_columns(self, cols: EventColumns, watermark_ms: int) -> ColumnResult:
+        """Apply events (any users, canonical order per user) and decide what the watermark passed.
+
+        Users with a pending tick the watermark has passed are decided too, whether or not they
+        have events here. No offset fence, no outbox: for the embedded offline mode.
+        """
+        slots = self.slots(cols.user_ids)
+        order = np.argsort(slots, kind="stable")
+        s_sorted = slots[order]
+        starts = np.flatnonzero(np.diff(s_sorted, prepend=-1))
+        seg_slot = s_sorted[starts]
+        seg_lo = starts.astype(np.int64)
+        seg_hi = np.append(starts[1:], len(s_sorted)).astype(np.int64)
+        pt = self._sc[:len(self._uids), L.S_PT]
+        due = np.flatnonzero((pt != L.NONE) & ((pt + 1) * L.TICK_MS <= watermark_ms))
+        if len(due):
+            due = np.setdiff1d(due, seg_slot, assume_unique=True)
+            seg_slot = np.concatenate([seg_slot, due])
+            seg_lo = np.concatenate([seg_lo, np.full(len(due), len(s_sorted), np.int64)])
+            seg_hi = np.concatenate([seg_hi, np.full(len(due), len(s_sorted), np.int64)])
+        grouped = cols.take(order)
+        snaps, _, status = self._run(grouped, seg_slot.astype(np.int64), seg_lo, seg_hi, watermark_ms)
+        return ColumnResult(snaps, order[np.flatnonzero(status == TOO_LATE)], len(seg_slot))
+
+    # -- the WindowStore operations --------------------------------------------------------------------
+    def apply(
+        self,
+        batches: Sequence[UserBatch],
+        watermark_ms: int,
+        commit_floor: Mapping[str, int] | None = None,
+    ) -> list[UserResult]:
+        floors = commit_floor or {}
+        slots = self.slots([b.user_id for b in batches])
+        events: list[Event] = []
+        lates: list[bool] = []
+        where: list[tuple[int, int]] = []  # (batch index, item index) of each column row
+        seg_lo = np.empty(len(batches), np.int64)
+        seg_hi = np.empty(len(batches), np.int64)
+        results = ApplyResults()
+        for g, batch in enumerate(batches):
+            s = int(slots[g])
+            res = UserResult(batch.user_id)
+            results.append(res)
+            through = self._confirmed.pop(s, None)
+            if through is not None and s in self._outbox:
+                # confirm's drop, done lazily (as the Redis twin does): before anything else
+                stored = self._outbox.pop(s)
+                keep = np.flatnonzero(stored.tick_end > through)
+                if len(keep):
+                    self._outbox[s] = stored.take(keep)
+            fence = self._fence.get(s)
+            seg_lo[g] = len(events)
+            for i, (ev, late, tp, offset) in enumerate(batch.items):
+                if tp is not None and offset is not None:
+                    if fence is None:
+                        fence = self._fence[s] = {}
+                    if fence_seen(fence, tp, offset, floors.get(tp)):
+                        res.duplicates += 1
+                        continue
+                    fence_mark(fence, tp, offset)  # now: a redelivery inside this call is a duplicate
+                events.append(ev)
+                lates.append(late)
+                where.append((g, i))
+            seg_hi[g] = len(events)
+        cols = EventColumns.from_events(events, lates)
+        snaps, seg_out, status = self._run(cols, slots, seg_lo, seg_hi, watermark_ms)
+        bounds = np.append(seg_out, len(snaps)).tolist()
+        st = status.tolist()
+        for j, (g, i) in enumerate(where):
+            if st[j] == TOO_LATE:
+                results[g].rejected.append((i, Reason.TOO_LATE))
+                item = batches[g].items[i]
+                if item.tp is not None and item.offset is not None:
+                    # refused events are not applied: a redelivery is refused again, not skipped
+                    self._fence[int(slots[g])][item.tp][1].discard(item.offset)
+        pts = self._sc[slots, L.S_PT].tolist()
+        outbox = self._outbox
+        for g, (res, s, lo, hi, pt) in enumerate(zip(results, slots.tolist(), bounds, bounds[1:], pts)):
+            box = outbox.get(s)
+            if hi > lo:
+                new = snaps.take(slice(lo, hi))
+                if self.keep_outbox:
+                    kept = new.copy() if box is None else Snapshots.concat([box, new.copy()])
+                    outbox[s] = kept
+                    res.snapshots = kept
+                else:
+                    res.snapshots = new
+            elif box is not None and self.keep_outbox:
+                res.snapshots = box
+            else:
+                res.snapshots = _EMPTY
+            res.pending_tick = None if pt == L.NONE else pt
+        if not self.keep_outbox:
+            results.batch = snaps  # every row is new, in result order
+        return results
+
+    def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for u in user_ids:
+            out[u] = dict(self._policy.get(u, {}))
+        return out
+
+    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
+        for u, (through_ms, fields) in done.items():
+            self._policy.setdefault(u, {}).update(fields)
+            s = self._slot.get(u)
+            if s is not None and self.keep_outbox:
+                self._confirmed[s] = through_ms  # last writer wins; the next apply drops the entries
+
+    def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
+        s = self._slot.get(user_id)
+        if s is None or not self._has_window_state(s):
+            return None
+        return (tuple(self._sc[s].tolist()), self._bands[s],
+                self._rings[s].astype(L.RING_DTYPE).tobytes())
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._slot
+
+    def load_row(self, user_id: str, rings: bytes, scalars: NDArray[np.int64], band: str | None,
+                 fence: Fence | None) -> None:
+        """Set a user's window state (its row is created if needed), e.g. as loaded from storage."""
+        [s] = self.slots([user_id]).tolist()
+        self._rings[s] = np.frombuffer(rings, L.RING_DTYPE)
+        self._sc[s] = scalars
+        self._bands[s] = band
+        if fence:
+            self._fence[s] = fence
+
+    def set_policy(self, user_id: str, fields: dict[str, str]) -> None:
+        """Set a user's policy fields, e.g. as loaded from storage."""
+        self._policy[user_id] = fields
+
+    def rows(self, user_ids: Sequence[str]) -> StateRows:
+        """The state of held users (all of them must be held), for writing it somewhere."""
+        slots = np.array([self._slot[u] for u in user_ids], np.int64)
+        return StateRows(
+            rings=self._rings[slots], scalars=self._sc[slots],
+            bands=[self._bands[s] for s in slots.tolist()],
+            fences=[self._fence.get(s) for s in slots.tolist()],
+            policies=[self._policy.get(u) for u in user_ids])
+
+    def _has_window_state(self, s: int) -> bool:
+        """Whether any event was ever applied to the user (a fresh row has no newest event time)."""
+        return bool(self._sc[s, L.S_MX] != L.NONE)
+
+    def forget(self, user_ids: Iterable[str]) -> None:
+        """Drop users' state (rows are reset and reused); their policy state and outbox too."""
+        for u in user_ids:
+            s = self._slot.pop(u, None)
+            if s is None:
+                continue
+            self._rings[s] = 0
+            self._sc[s] = L.NONE
+            self._sc[s, L.S_LT] = 0
+            self._bands[s] = None
+            self._fence.pop(s, None)
+            self._outbox.pop(s, None)
+            self._confirmed.pop(s, None)
+            self._policy.pop(u, None)
+            self._free.append(s)
