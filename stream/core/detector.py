@@ -42,6 +42,7 @@ from stream.core.policy import (
 )
 from stream.core.scoring import Scorer
 from stream.core.windows import (
+    ColumnarStore,
     EventColumns,
     Item,
     Snapshots,
@@ -166,12 +167,14 @@ class Detector:
     def process_columns(self, cols: EventColumns, watermark_ms: int) -> tuple[Outcome, NDArray[np.intp]]:
         """The embedded offline fast path: canonical-order event columns, one memory-store call.
 
-        Needs a store with ``apply_columns`` (:class:`MemoryWindowStore`); the store itself decides
-        users whose pending tick the watermark passed. Returns the outcome and the indices of the
-        refused (too late) events.
+        Needs a :class:`ColumnarStore` (the memory store); the store itself decides users whose
+        pending tick the watermark passed. Returns the outcome and the indices of the refused (too
+        late) events.
         """
+        if not isinstance(self.store, ColumnarStore):
+            raise TypeError(f"process_columns needs a ColumnarStore, not {type(self.store).__name__}")
         out = Outcome()
-        res = self.store.apply_columns(cols, watermark_ms)  # type: ignore[attr-defined]
+        res = self.store.apply_columns(cols, watermark_ms)
         out.applied = len(cols) - len(res.too_late)
         if len(res.snapshots):
             self._evaluate(res.snapshots, out)

@@ -38,6 +38,7 @@ from confluent_kafka import Producer
 
 from stream.core.alerts import alert_to_json
 from stream.core.detector import Detector, Outcome, Release
+from stream.core.windows import DeferredWriteStore
 from stream.core.events import Event, decode_message
 from stream.core.ordering import ReorderBuffer, tick_ceil
 from stream.errors import (
@@ -83,9 +84,11 @@ class Pipeline:
     """Reorder buffers, detector and producer of the partitions a worker owns."""
 
     def __init__(self, settings: Settings, detector: Detector, producer: Producer, *,
-                 retry_attempts: int = 8) -> None:
+                 store: DeferredWriteStore | None = None, retry_attempts: int = 8) -> None:
+        """``store``: the detector's store when it writes asynchronously and caches users (live)."""
         self.s = settings
         self.detector = detector
+        self.store = store
         self.producer = producer
         self.retry_attempts = retry_attempts
         self.inputs = {settings.clicks_topic: "click", settings.views_topic: "view"}
@@ -113,7 +116,7 @@ class Pipeline:
         self._done = []
         rep = self._report = Report()
         scorer = self.detector.scorer
-        if scorer is not None and hasattr(scorer, "maybe_reload"):
+        if scorer is not None:
             scorer.maybe_reload()
         dlq: list[tuple[Any, str, int, int, _Msg]] = []
         late: dict[int, list[tuple[Event, _Meta]]] = {}
@@ -192,9 +195,8 @@ class Pipeline:
     def finish_writes(self) -> None:
         """Settle a deferred state write (a store with ``defer_writes``): until then, the messages of
         the step that sent it are not done, and its report must not go out."""
-        finish = getattr(self.detector.store, "finish_write", None)
-        if finish is not None:
-            retry("redis write", finish, attempts=self.retry_attempts, base_s=0.1,
+        if self.store is not None:
+            retry("redis write", self.store.finish_write, attempts=self.retry_attempts, base_s=0.1,
                   retriable=(StoreUnavailableError,), on_retry=self._retried)
 
     def _produce_dlq(self, raw: bytes, reason: str, detail: str, index: int | None, topic: str, p: int,
@@ -259,6 +261,5 @@ class Pipeline:
         for p in partitions:
             self.parts.pop(p, None)  # type: ignore[call-overload]
             self.detector.drop_group(p)
-        invalidate = getattr(self.detector.store, "invalidate", None)
-        if invalidate is not None:
-            invalidate()
+        if self.store is not None:
+            self.store.invalidate()

@@ -53,5 +53,5 @@ def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer |
         "message.timeout.ms": int(settings.produce_timeout_s * 1000),
         "on_delivery": lambda err, msg: pipeline.on_delivery(err, msg),
     })
-    pipeline = Pipeline(settings, detector, producer)
+    pipeline = Pipeline(settings, detector, producer, store=store)
     return pipeline

@@ -44,6 +44,10 @@ class Scorer(Protocol):
 
     def score(self, x: NDArray[np.float32]) -> NDArray[np.float32]: ...
 
+    def maybe_reload(self) -> bool:
+        """Serve a changed model if there is one; True when a new model now serves."""
+        ...
+
 
 # --------------------------------------------------------------------------- validation helpers
 

@@ -29,7 +29,7 @@ from stream.core.windows.fence import MAX_FENCE_OFFSETS, Fence, fence_mark, fenc
 from stream.core.windows.kernel import APPLIED, TOO_LATE
 from stream.core.windows.memory import MemoryWindowStore
 from stream.core.windows.table import StateRows, StateTable
-from stream.core.windows.store import WindowStore
+from stream.core.windows.store import ColumnarStore, DeferredWriteStore, WindowStore
 from stream.core.windows.types import (
     CATEGORY_CODE,
     TZ_ABSENT,
@@ -49,6 +49,8 @@ __all__ = [
     "ApplyResults",
     "CATEGORY_CODE",
     "ColumnResult",
+    "ColumnarStore",
+    "DeferredWriteStore",
     "EventColumns",
     "Fence",
     "Item",

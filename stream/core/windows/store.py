@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from stream.core.windows.types import UserBatch, UserResult
+from stream.core.windows.types import ColumnResult, EventColumns, UserBatch, UserResult
 
 
 class WindowStore(Protocol):
@@ -35,4 +35,25 @@ class WindowStore(Protocol):
 
     def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
         """The raw state (scalars, age band, ring bytes) of one user, or None; for tests and tools."""
+        ...
+
+
+@runtime_checkable
+class ColumnarStore(WindowStore, Protocol):
+    """A store with the embedded offline fast path (the memory store)."""
+
+    def apply_columns(self, cols: EventColumns, watermark_ms: int) -> ColumnResult:
+        """Apply canonical-order event columns of any users and decide what the watermark passed."""
+        ...
+
+
+class DeferredWriteStore(WindowStore, Protocol):
+    """A store that persists asynchronously and caches users, as a live worker's store does."""
+
+    def finish_write(self) -> None:
+        """Settle the write in flight, if any (raises what the write would have raised)."""
+        ...
+
+    def invalidate(self) -> None:
+        """Drop the cached users at the next point where all changes are written (a rebalance)."""
         ...

@@ -149,9 +149,8 @@ class UserResult:
 
 def all_snapshots(results: Sequence[UserResult]) -> Snapshots:
     """Every user's snapshots of one ``apply``, in result order, as one columnar batch."""
-    batch = getattr(results, "batch", None)
-    if batch is not None:
-        return batch  # type: ignore[no-any-return]
+    if isinstance(results, ApplyResults) and results.batch is not None:
+        return results.batch
     return Snapshots.concat([r.snapshots for r in results])
 
 
