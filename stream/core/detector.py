@@ -19,9 +19,9 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import orjson
@@ -56,14 +56,15 @@ TOP_REASONS = 3
 
 
 Tap = Callable[[Snapshots, NDArray[np.float32], F.RuleArrays], None]
+M = TypeVar("M")  # what the caller attaches to each event (live: its message and position)
 
 
 @dataclass(slots=True)
-class Outcome:
+class Outcome(Generic[M]):
     """What one release produced; ``policy`` is persisted by :meth:`Detector.commit`."""
 
     alerts: list[Alert] = field(default_factory=list)
-    rejected: list[tuple[Event, Any, Reason]] = field(default_factory=list)  # (event, meta, reason)
+    rejected: list[tuple[Event, M, Reason]] = field(default_factory=list)  # (event, meta, reason)
     confirm: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
     applied: int = 0
     late: int = 0
@@ -82,7 +83,7 @@ class Stats:
     scored: int = 0
     alerts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
-    def add(self, o: Outcome) -> None:
+    def add(self, o: Outcome[Any]) -> None:
         self.applied += o.applied
         self.late += o.late
         self.duplicates += o.duplicates
@@ -94,17 +95,18 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
-class Release:
+class Release(Generic[M]):
     """What a reorder buffer released for one partition (``group``); offline has one group."""
 
-    released: Sequence[tuple[Event, Any]]
+    released: Sequence[tuple[Event, M]]
     watermark_ms: int
-    late: Sequence[tuple[Event, Any]] = ()
+    late: Sequence[tuple[Event, M]] = ()
     commit_floor: Mapping[str, int] | None = None
-    group: Hashable = None
+    group: int = 0
 
 
-Position = Callable[[Any], tuple[str | None, int | None]]
+Position = Callable[[M], tuple[str | None, int | None]]
+"""An event's ``(fence key, position)`` from what the caller attached to it."""
 
 
 class Detector:
@@ -122,16 +124,16 @@ class Detector:
         self.policy = policy
         self.scorer = scorer
         self._resident: dict[str, PolicyState] | None = {} if resident_policy else None
-        self._pending: dict[Hashable, dict[str, int]] = defaultdict(dict)
-        self._pending_heap: dict[Hashable, list[tuple[int, str]]] = defaultdict(list)
+        self._pending: dict[int, dict[str, int]] = defaultdict(dict)
+        self._pending_heap: dict[int, list[tuple[int, str]]] = defaultdict(list)
 
     # -- pending ticks (per group: a partition live, the whole log offline) ------------------------
-    def drop_group(self, group: Hashable) -> None:
+    def drop_group(self, group: int) -> None:
         """Forget a partition's pending ticks (revoked: its new owner rebuilds them on redelivery)."""
         self._pending.pop(group, None)
         self._pending_heap.pop(group, None)
 
-    def _set_pending(self, group: Hashable, user: str, tick: int | None) -> None:
+    def _set_pending(self, group: int, user: str, tick: int | None) -> None:
         pending = self._pending[group]
         if tick is None:
             pending.pop(user, None)
@@ -139,7 +141,7 @@ class Detector:
             pending[user] = tick
             heapq.heappush(self._pending_heap[group], (tick, user))
 
-    def _due(self, group: Hashable, watermark_ms: int, touched: Iterable[str]) -> list[str]:
+    def _due(self, group: int, watermark_ms: int, touched: Iterable[str]) -> list[str]:
         due: list[str] = []
         heap = self._pending_heap[group]
         pending = self._pending[group]
@@ -150,12 +152,13 @@ class Detector:
         return due
 
     # -- releases -----------------------------------------------------------------------------------
-    def process(self, releases: Release | Sequence[Release], position: Position | None = None) -> Outcome:
+    def process(self, releases: Release[M] | Sequence[Release[M]],
+                position: Position[M] | None = None) -> Outcome[M]:
         """Apply releases (one store call each), then evaluate all decided ticks together.
 
-        ``position(meta)`` gives an event's ``("topic:partition", offset)`` for the offset fence.
+        ``position(meta)`` gives an event's ``(fence key, position)`` for the offset fence.
         """
-        out = Outcome()
+        out: Outcome[M] = Outcome()
         parts: list[Snapshots] = []
         for rel in (releases,) if isinstance(releases, Release) else releases:
             parts.append(self._apply(rel, position, out))
@@ -164,7 +167,7 @@ class Detector:
             self._evaluate(snaps, out)
         return out
 
-    def process_columns(self, cols: EventColumns, watermark_ms: int) -> tuple[Outcome, NDArray[np.intp]]:
+    def process_columns(self, cols: EventColumns, watermark_ms: int) -> tuple[Outcome[Any], NDArray[np.intp]]:
         """The embedded offline fast path: canonical-order event columns, one memory-store call.
 
         Needs a :class:`ColumnarStore` (the memory store); the store itself decides users whose
@@ -173,15 +176,15 @@ class Detector:
         """
         if not isinstance(self.store, ColumnarStore):
             raise TypeError(f"process_columns needs a ColumnarStore, not {type(self.store).__name__}")
-        out = Outcome()
+        out: Outcome[Any] = Outcome()
         res = self.store.apply_columns(cols, watermark_ms)
         out.applied = len(cols) - len(res.too_late)
         if len(res.snapshots):
             self._evaluate(res.snapshots, out)
         return out, res.too_late
 
-    def _apply(self, rel: Release, position: Position | None, out: Outcome) -> Snapshots:
-        per_user: dict[str, list[tuple[Item, Any]]] = defaultdict(list)
+    def _apply(self, rel: Release[M], position: Position[M] | None, out: Outcome[M]) -> Snapshots:
+        per_user: dict[str, list[tuple[Item, M]]] = defaultdict(list)
         new = tuple.__new__
         for events, late in ((rel.released, False), (rel.late, True)):
             if position is None:
@@ -221,7 +224,7 @@ class Detector:
         res = self._resident
         return {u: res[u].to_fields() if u in res else {} for u in user_ids}
 
-    def commit(self, outcome: Outcome) -> None:
+    def commit(self, outcome: Outcome[Any]) -> None:
         """Persist the policy state of an outcome whose alerts were delivered; empty the outboxes.
 
         Called after every ``process`` (a store that keeps state in the worker writes the changes of
@@ -231,7 +234,7 @@ class Detector:
             self.store.confirm(outcome.confirm)
 
     # -- evaluation -------------------------------------------------------------------------------
-    def _evaluate(self, snaps: Snapshots, out: Outcome) -> None:
+    def _evaluate(self, snaps: Snapshots, out: Outcome[Any]) -> None:
         x, rules = F.compute_arrays(snaps.rings, snaps.scalars, snaps.tick_end)
         if self.tap is not None:
             self.tap(snaps, x, rules)

@@ -83,7 +83,7 @@ class ReorderBuffer(Generic[M]):
         self._inputs = {name: _Input() for name in inputs}
         self.lateness_ms = lateness_ms
         self.max_events = max_events
-        self._heap: list[tuple[int, str, str, int, Event, M | None]] = []
+        self._heap: list[tuple[int, str, str, int, Event, M]] = []
         self._seq = 0
         self.released_to = NO_WATERMARK  # everything with ts < released_to has been released
 
@@ -94,7 +94,7 @@ class ReorderBuffer(Generic[M]):
     def full(self) -> bool:
         return len(self._heap) >= self.max_events
 
-    def push(self, input_name: str, ev: Event, meta: M | None = None) -> bool:
+    def push(self, input_name: str, ev: Event, meta: M) -> bool:
         """Buffer one event; False when it is late (below the released frontier)."""
         inp = self._inputs[input_name]
         inp.idle = False
@@ -132,10 +132,10 @@ class ReorderBuffer(Generic[M]):
         low = min(active.values())
         return [n for n, t in active.items() if t == low]
 
-    def release(self) -> tuple[list[tuple[Event, M | None]], int]:
+    def release(self) -> tuple[list[tuple[Event, M]], int]:
         """Pop every buffered event below the watermark, in canonical order; return them and it."""
         wm = self.watermark()
-        out: list[tuple[Event, M | None]] = []
+        out: list[tuple[Event, M]] = []
         heap = self._heap
         pop = heapq.heappop
         while heap and heap[0][0] < wm:
@@ -145,7 +145,7 @@ class ReorderBuffer(Generic[M]):
             self.released_to = wm
         return out, max(wm, self.released_to)
 
-    def drain(self) -> tuple[list[tuple[Event, M | None]], int]:
+    def drain(self) -> tuple[list[tuple[Event, M]], int]:
         """End of input: mark every input idle and release everything."""
         for inp in self._inputs.values():
             inp.idle = True

@@ -21,7 +21,7 @@ from stream.errors import (
     PipelineDiedError,
 )
 from stream.live.pipeline import Pipeline
-from stream.live.protocol import Report, Step
+from stream.live.protocol import Call, Drop, Report, Step
 from stream.live.wiring import build_pipeline
 from stream.settings import Settings
 
@@ -29,21 +29,22 @@ from stream.settings import Settings
 _PIPELINE: Pipeline | None = None
 
 
-def _op_step(step: Step) -> Report:
+def _dispatch(pipeline: Pipeline, call: Call) -> Report | None:
+    if isinstance(call, Step):
+        return pipeline.step(call)
+    pipeline.drop(call.partitions)
+    return None
+
+
+def _call_here(call: Call) -> Report | None:
     assert _PIPELINE is not None
-    return _PIPELINE.step(step)
+    return _dispatch(_PIPELINE, call)
 
 
-def _op_drop(partitions: list[int]) -> None:
-    assert _PIPELINE is not None
-    _PIPELINE.drop(partitions)
-
-
-_OPS: dict[str, Callable[[Any], Any]] = {"step": _op_step, "drop": _op_drop}
 _HEADER = struct.Struct("!Q")
 
 
-def _send(sock: socket.socket, obj: Any) -> None:
+def send_frame(sock: socket.socket, obj: Any) -> None:
     data = pickle.dumps(obj, protocol=5)
     sock.sendall(_HEADER.pack(len(data)) + data)
 
@@ -59,16 +60,16 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _recv(sock: socket.socket) -> Any:
+def recv_frame(sock: socket.socket) -> Any:
     (n,) = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
     return pickle.loads(_recv_exactly(sock, n))
 
 
-def _reply(sock: socket.socket, ok: bool, value: Any) -> None:
+def send_reply(sock: socket.socket, ok: bool, value: Any) -> None:
     try:
-        _send(sock, (ok, value))
+        send_frame(sock, (ok, value))
     except (pickle.PicklingError, TypeError, AttributeError):  # an exception that does not pickle
-        _send(sock, (False, RuntimeError(f"{type(value).__name__}: {value}")))
+        send_frame(sock, (False, RuntimeError(f"{type(value).__name__}: {value}")))
 
 
 def serve(sock: socket.socket, settings: Settings, model_path: Path | None, loglevel: int = logging.WARNING) -> None:
@@ -84,44 +85,44 @@ def serve(sock: socket.socket, settings: Settings, model_path: Path | None, logl
     try:
         _PIPELINE = pipeline = build_pipeline(settings, model_path, defer_writes=True)
     except Exception as e:  # noqa: BLE001 - reported to the Faust side, which exits with it
-        _reply(sock, False, e)
+        send_reply(sock, False, e)
         return
     gc.freeze()  # the long-lived objects (kernels, model, modules): full collections skip them (60 → 5 ms)
-    _reply(sock, True, None)
+    send_reply(sock, True, None)
     held: Report | None = None  # answered once its write is settled
     while True:
         try:
             if held is not None and not select.select([sock], [], [], 0)[0]:  # nothing waits: settle now
                 pipeline.finish_writes()
-                _reply(sock, True, held)
+                send_reply(sock, True, held)
                 held = None
-            op, arg = _recv(sock)
+            call: Call = recv_frame(sock)
         except (EOFError, ConnectionError):
             return  # the worker is gone (also when it was SIGKILLed): nothing here outlives it
         except Exception as e:  # noqa: BLE001 - settling failed: the worker exits with it
-            _reply(sock, False, e)
+            send_reply(sock, False, e)
             held = None
             continue
         try:
-            if op == "step":
-                report = pipeline.step(arg)  # settles the previous step's write after its publish
+            if isinstance(call, Step):
+                report = pipeline.step(call)  # settles the previous step's write after its publish
                 if held is not None:
-                    _reply(sock, True, held)
+                    send_reply(sock, True, held)
                 held = report
                 continue
             if held is not None:
                 pipeline.finish_writes()
-                _reply(sock, True, held)
+                send_reply(sock, True, held)
                 held = None
-            result = _OPS[op](arg)
+            result = _dispatch(pipeline, call)
         except Exception as e:  # noqa: BLE001
             if held is not None:  # the oldest unanswered call gets the error; the worker exits
-                _reply(sock, False, e)
+                send_reply(sock, False, e)
                 held = None
                 continue
-            _reply(sock, False, e)
+            send_reply(sock, False, e)
         else:
-            _reply(sock, True, result)
+            send_reply(sock, True, result)
 
 
 class PipelineLink:
@@ -133,10 +134,18 @@ class PipelineLink:
     """
 
     async def connect(self) -> None:
-        """Attach to the running event loop (idempotent); before the first ``send``."""
+        """Attach to the running event loop (idempotent); before the first call."""
 
-    def send(self, op: str, arg: Any) -> asyncio.Future[Any]:
-        """Send a call now; the future gets its answer (or its error)."""
+    def step(self, step: Step) -> asyncio.Future[Report]:
+        """Send a step now; the future gets its report (or its error)."""
+        return self._call(step)
+
+    def drop(self, partitions: list[int]) -> asyncio.Future[None]:
+        """Send revoked partitions now; the future is done once the pipeline dropped them."""
+        return self._call(Drop(partitions))
+
+    def _call(self, call: Call) -> asyncio.Future[Any]:
+        """Send a call now; the future gets its answer: a Report for a Step, None for a Drop."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -149,8 +158,8 @@ class ThreadLink(PipelineLink):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskstream-pipeline")
         _PIPELINE = self._pool.submit(build_pipeline, settings, model_path).result()
 
-    def send(self, op: str, arg: Any) -> asyncio.Future[Any]:
-        return asyncio.get_running_loop().run_in_executor(self._pool, _OPS[op], arg)
+    def _call(self, call: Call) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self._pool, _call_here, call)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -173,7 +182,7 @@ class ProcessLink(PipelineLink):
         self._reader_task: asyncio.Future[None] | None = None
         self._dead: BaseException | None = None
         try:
-            ok, value = _recv(ours)  # blocking: before the event loop runs
+            ok, value = recv_frame(ours)  # blocking: before the event loop runs
         except (EOFError, ConnectionError):
             self.proc.join(5)
             raise PipelineDiedError(f"the pipeline process exited at start (code {self.proc.exitcode})") from None
@@ -186,14 +195,14 @@ class ProcessLink(PipelineLink):
             reader, self._writer = await asyncio.open_unix_connection(sock=self._sock, limit=2**20)
             self._reader_task = asyncio.ensure_future(self._read(reader))
 
-    def send(self, op: str, arg: Any) -> asyncio.Future[Any]:
+    def _call(self, call: Call) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._dead is not None:
             fut.set_exception(self._dead)
             return fut
         assert self._writer is not None, "connect() first"
         self._waiting.append(fut)
-        data = pickle.dumps((op, arg), protocol=5)
+        data = pickle.dumps(call, protocol=5)
         self._writer.write(_HEADER.pack(len(data)))
         self._writer.write(data)  # buffered by the transport, written as the socket takes it
         return fut

@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,14 +38,22 @@ from confluent_kafka import Producer
 
 from stream.core.alerts import alert_to_json
 from stream.core.detector import Detector, Outcome, Release
-from stream.core.windows import DeferredWriteStore
-from stream.core.events import Event, decode_message
+from stream.core.events import Event, Rejection, decode_message
 from stream.core.ordering import ReorderBuffer, tick_ceil
+from stream.core.windows import DeferredWriteStore
 from stream.errors import (
     BrokerUnavailableError,
     StoreUnavailableError,
 )
-from stream.live.protocol import POSITION_STRIDE, MsgId, Report, Step
+from stream.live.protocol import (
+    BufferState,
+    MsgId,
+    Report,
+    Step,
+    TopicPartition,
+    decode_position,
+    encode_position,
+)
 from stream.retry import retry
 from stream.settings import Settings
 
@@ -74,6 +82,9 @@ class _Partition:
     buffer: ReorderBuffer[_Meta]
     held: list[tuple[int, _Meta]] = field(default_factory=list)  # (tick end, meta): applied, undecided
     watermark: int = -(2**62)
+
+
+_Bad = tuple[Rejection, _Msg]  # an element the decoder refused, and its message
 
 
 def _position(meta: _Meta) -> tuple[str, int]:
@@ -118,21 +129,20 @@ class Pipeline:
         scorer = self.detector.scorer
         if scorer is not None:
             scorer.maybe_reload()
-        dlq: list[tuple[Any, str, int, int, _Msg]] = []
+        dlq: list[_Bad] = []
         late: dict[int, list[tuple[Event, _Meta]]] = {}
         for topic, p, off, key, raw in step.messages:
             kind = self.inputs.get(topic)
             events, bad = decode_message(raw, topic_type=kind, key=key, now_ms=step.now_ms)
-            m = _Msg((topic, p, off), len(events) + len(bad), raw, key)
+            m = _Msg(MsgId(topic, p, off), len(events) + len(bad), raw, key)
             for r in bad:
-                dlq.append((r, topic, p, off, m))
+                dlq.append((r, m))
             if not events:
                 continue
             buffer = self._partition(p).buffer
-            tp = f"{topic}:{p}"
-            base = off * POSITION_STRIDE
+            tp = TopicPartition(topic, p).fence_key
             for i, ev in enumerate(events):
-                meta = _Meta(m, tp, base + i)
+                meta = _Meta(m, tp, encode_position(off, i))
                 if not buffer.push(kind or "click", ev, meta):
                     late.setdefault(p, []).append((ev, meta))
         moved: set[int] = set()
@@ -143,15 +153,16 @@ class Pipeline:
                 part.buffer.set_idle(kind, idle)
                 if part.buffer.watermark() != before:
                     moved.add(p)
-        releases: list[Release] = []
+        floor = {tp.fence_key: encode_position(off) for tp, off in step.floor.items()}
+        releases: list[Release[_Meta]] = []
         for p in sorted(set(step.partitions) | set(late) | moved):
             part = self.parts.get(p)
             if part is None:
                 continue
             released, wm = part.buffer.release()
             part.watermark = max(part.watermark, wm)
-            releases.append(Release(released, part.watermark, late.get(p, ()), step.floor, group=p))
-            rep.buffers[p] = (part.buffer.full, part.buffer.behind(), len(part.buffer))
+            releases.append(Release(released, part.watermark, late.get(p, ()), floor, group=p))
+            rep.buffers[p] = BufferState(part.buffer.full, part.buffer.behind(), len(part.buffer))
         outcome = self._detect_publish_persist(releases, dlq, step.received_at)
         self._account(releases, outcome, dlq)
         rep.done = self._done
@@ -162,24 +173,25 @@ class Pipeline:
     def _retried(self) -> None:
         self._report.redis_retries += 1
 
-    def _detect_publish_persist(self, releases: list[Release], dlq: list[Any], t_release: float) -> Outcome:
+    def _detect_publish_persist(self, releases: list[Release[_Meta]], dlq: list[_Bad],
+                                t_release: float) -> Outcome[_Meta]:
         if releases:
             outcome = retry("redis", lambda: self.detector.process(releases, _position),
                             attempts=self.retry_attempts, base_s=0.1,
                             retriable=(StoreUnavailableError,), on_retry=self._retried)
         else:
-            outcome = Outcome()
+            outcome = Outcome[_Meta]()
         now_ms = int(time.time() * 1000)
         for a in outcome.alerts:
             self.producer.produce(self.s.alerts_topic, key=a.user_id.encode(),
                                   value=alert_to_json(a.stamped(now_ms)))
-        for rej, topic, p, off, m in dlq:
-            self._produce_dlq(m.raw, rej.reason, rej.detail, rej.index, topic, p, off, m.key)
+        for rej, m in dlq:
+            self._produce_dlq(m.raw, rej.reason, rej.detail, rej.index, *m.id, m.key)
         for _ev, meta, reason in outcome.rejected:
-            topic, _, p = meta.tp.rpartition(":")
+            topic, p, off = meta.msg.id
+            _, index = decode_position(meta.position)
             self._produce_dlq(meta.msg.raw, reason, "older than the user's newest event minus the longest window",
-                              meta.position % POSITION_STRIDE, topic, int(p), meta.position // POSITION_STRIDE,
-                              meta.msg.key)
+                              index, topic, p, off, meta.msg.key)
         self._flush()
         t_acked = time.monotonic()  # CLOCK_MONOTONIC: comparable with the Faust process's arrival times
         rep = self._report
@@ -223,15 +235,15 @@ class Pipeline:
         if err is not None:
             self._delivery_error = err
 
-    def _account(self, releases: list[Release], outcome: Outcome, dlq: list[tuple[Any, str, int, int, _Msg]]) -> None:
+    def _account(self, releases: list[Release[_Meta]], outcome: Outcome[_Meta], dlq: list[_Bad]) -> None:
         """Count events done; a message is done when all of its events are."""
-        for *_, m in dlq:
+        for _, m in dlq:
             self._finish(m)
         rejected = {id(meta) for _, meta, _ in outcome.rejected}
         for _, meta, _ in outcome.rejected:
             self._finish(meta.msg)
         for rel in releases:
-            part = self.parts[rel.group]  # type: ignore[index]
+            part = self.parts[rel.group]
             wm = rel.watermark_ms
             for _, meta in rel.late:
                 if id(meta) not in rejected:
@@ -252,14 +264,14 @@ class Pipeline:
                     keep.append((tick_end, meta))
             part.held = keep
             if wm > 0:
-                self._report.watermarks[rel.group] = wm  # type: ignore[index]
+                self._report.watermarks[rel.group] = wm
 
-    def drop(self, partitions: Iterable[Hashable]) -> None:
+    def drop(self, partitions: Iterable[int]) -> None:
         """Forget revoked partitions (nothing of them was acked: the new owner gets it all again)
         and the cached window state, which may belong to partitions another worker owns now."""
         self.finish_writes()  # the new owner must find every write of ours done
         for p in partitions:
-            self.parts.pop(p, None)  # type: ignore[call-overload]
+            self.parts.pop(p, None)
             self.detector.drop_group(p)
         if self.store is not None:
             self.store.invalidate()

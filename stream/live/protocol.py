@@ -1,17 +1,76 @@
-"""What crosses the link between the Faust process and the pipeline: steps, reports, message ids."""
+"""What crosses the link between the Faust process and the pipeline: steps, reports, message ids.
+
+Everything here is a plain, picklable value. A *position* is one event's place in its input
+topic-partition: the message offset and, inside a batch envelope, the event's index;
+:func:`encode_position` and :func:`decode_position` are the one place that packs and unpacks it.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from stream.core.events import MAX_BATCH_EVENTS
 
-POSITION_STRIDE = 1024  # fence position = offset * stride + index inside a batch envelope
+__all__ = [
+    "POSITION_STRIDE",
+    "BufferState",
+    "Call",
+    "Drop",
+    "MsgId",
+    "RawMessage",
+    "Report",
+    "Step",
+    "TopicPartition",
+    "decode_position",
+    "encode_position",
+]
+
+POSITION_STRIDE = 1024  # position = offset * stride + index inside a batch envelope
 assert MAX_BATCH_EVENTS < POSITION_STRIDE
 
-MsgId = tuple[str, int, int]  # topic, partition, offset
-RawMessage = tuple[str, int, int, "bytes | None", bytes]  # topic, partition, offset, key, value
+
+def encode_position(offset: int, index: int = 0) -> int:
+    """The fence position of event ``index`` of the message at ``offset``."""
+    return offset * POSITION_STRIDE + index
+
+
+def decode_position(position: int) -> tuple[int, int]:
+    """``(offset, index)`` of a fence position."""
+    return divmod(position, POSITION_STRIDE)
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+    @property
+    def fence_key(self) -> str:
+        """The key of this input in a user's offset fence (an opaque string to the core)."""
+        return f"{self.topic}:{self.partition}"
+
+
+class MsgId(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+
+
+class RawMessage(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class BufferState(NamedTuple):
+    """A partition's reorder buffer, for flow control on the Faust side."""
+
+    full: bool
+    behind: list[str]  # input kinds holding the watermark back
+    size: int  # events buffered
 
 
 @dataclass(slots=True)
@@ -24,9 +83,20 @@ class Step:
     # this moves is released too. The idle timer sends every input's state; a batch only un-idles
     # inputs that have unread data again (releasing past that data would make it late).
     idle: dict[tuple[int, str], bool]
-    floor: dict[str, int]  # "topic:partition" -> committed position: the fence below it is settled
+    floor: dict[TopicPartition, int]  # committed offset per input: the fence below it is settled
     received_at: float  # monotonic arrival of the batch's first message (decidable→ack latency)
     now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Partitions revoked from this worker: forget them and the cached window state."""
+
+    partitions: list[int]
+
+
+Call = Step | Drop
+"""What the Faust side sends; a ``Step`` is answered with a :class:`Report`, a ``Drop`` with None."""
 
 
 @dataclass(slots=True)
@@ -34,7 +104,7 @@ class Report:
     """What a step did: messages to ack, flow-control state, counters for the metrics."""
 
     done: list[MsgId] = field(default_factory=list)
-    buffers: dict[int, tuple[bool, list[str], int]] = field(default_factory=dict)  # p -> (full, behind, size)
+    buffers: dict[int, BufferState] = field(default_factory=dict)
     watermarks: dict[int, int] = field(default_factory=dict)
     applied: int = 0
     late: int = 0

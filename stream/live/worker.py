@@ -47,7 +47,14 @@ from prometheus_client import CollectorRegistry
 from stream.errors import BrokerUnavailableError, StoreUnavailableError
 from stream.live.app import create_app
 from stream.live.link import PipelineLink, open_link
-from stream.live.protocol import POSITION_STRIDE, MsgId, RawMessage, Report, Step
+from stream.live.protocol import (
+    BufferState,
+    MsgId,
+    RawMessage,
+    Report,
+    Step,
+    TopicPartition,
+)
 from stream.metrics import Metrics
 from stream.retry import START_ATTEMPTS, retry
 from stream.settings import Settings
@@ -112,8 +119,8 @@ class Engine:
             st.last_seen = now
             raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
             key = msg.key if isinstance(msg.key, bytes) or msg.key is None else bytes(msg.key)
-            messages.append((topic, p, off, key, raw))
-            inflight[(topic, p, off)] = fe
+            messages.append(RawMessage(topic, p, off, key, raw))
+            inflight[MsgId(topic, p, off)] = fe
             partitions.add(p)
         self.metrics.messages.inc(len(batch))
         # An alert is decidable once the message that moved the watermark past its tick has arrived;
@@ -268,10 +275,10 @@ class Engine:
                     flags[(p, kind)] = False
         return flags
 
-    def _commit_floor(self) -> dict[str, int]:
+    def _commit_floor(self) -> dict[TopicPartition, int]:
         committed = getattr(self.app.consumer, "_committed_offset", {})  # Faust 0.15 bookkeeping
-        return {f"{tp.topic}:{tp.partition}": off * POSITION_STRIDE
-                for tp, off in list(committed.items()) if off is not None}
+        return {TopicPartition(tp.topic, tp.partition): off for tp, off in list(committed.items())
+                if off is not None}
 
     # -- one step in the pipeline, then acks ----------------------------------------------------------
     def _send(self, messages: list[RawMessage], partitions: list[int], idle: dict[tuple[int, str], bool] | None,
@@ -280,7 +287,7 @@ class Engine:
         step = Step(messages, partitions, idle if idle is not None else self._unidle(partitions),
                     self._commit_floor(), received_at if received_at is not None else time.monotonic(),
                     int(time.time() * 1000))
-        return self.link.send("step", step)
+        return self.link.step(step)
 
     async def _finish(self, sent: asyncio.Future[Report]) -> None:
         try:
@@ -298,8 +305,8 @@ class Engine:
             fe = inflight.pop(mid, None)
             if fe is not None:
                 fe.ack()
-        for p, (full, behind, size) in rep.buffers.items():
-            self._flow_control(p, full, behind, size)
+        for p, state in rep.buffers.items():
+            self._flow_control(p, state)
         m = self.metrics
         m.events.labels(outcome="applied").inc(rep.applied)
         m.events.labels(outcome="late").inc(rep.late)
@@ -317,8 +324,9 @@ class Engine:
         for p, wm in rep.watermarks.items():
             m.watermark_lag.labels(partition=str(p)).set(max(0.0, now - wm / 1000))
 
-    def _flow_control(self, p: int, full: bool, behind: list[str], size: int) -> None:
+    def _flow_control(self, p: int, buffer: BufferState) -> None:
         """Pause the input running ahead when the reorder buffer is full; resume when it half drains."""
+        full, behind, size = buffer
         consumer = self.app.consumer
         for topic, kind in self.inputs.items():
             st = self.tps[(topic, p)]
@@ -338,10 +346,10 @@ class Engine:
         for p in gone:
             for topic in self.inputs:
                 self.tps.pop((topic, p), None)
-        for mid in [mid for mid in self.inflight if mid[1] in gone]:
+        for mid in [mid for mid in self.inflight if mid.partition in gone]:
             del self.inflight[mid]
         await self.link.connect()
-        await self.link.send("drop", gone)  # after the steps sent before it: their reports came first
+        await self.link.drop(gone)  # after the steps sent before it: their reports came first
 
     def _die(self, e: BaseException) -> None:
         log.critical("giving up: %s: %s; exiting with %d so a supervisor restarts the worker",

@@ -35,7 +35,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final
 
-import numpy as np
 import orjson
 import redis
 from redis.exceptions import (

@@ -44,7 +44,7 @@ def streamed(arrivals: list[tuple[str, Event]], cuts: list[int], inputs: tuple[s
     bounds = sorted({0, len(arrivals), *[c % (len(arrivals) + 1) for c in cuts]})
     late_total = 0
     for a, b in zip(bounds, bounds[1:]):
-        late = [(ev, None) for name, ev in arrivals[a:b] if not buf.push(name, ev)]
+        late = [(ev, None) for name, ev in arrivals[a:b] if not buf.push(name, ev, None)]
         late_total += len(late)
         released, wm = buf.release()
         out = det.process(Release(released, wm, late))

@@ -14,7 +14,7 @@ from stream.core.events import encode_event
 from stream.core.ordering import tick_ceil
 from stream.core.policy import AlertPolicy, load_policy_config
 from stream.core.windows import MemoryWindowStore
-from stream.live.link import _recv, _reply, _send
+from stream.live.link import recv_frame, send_frame, send_reply
 from stream.live.pipeline import Pipeline
 from stream.live.protocol import POSITION_STRIDE, Step
 from stream.settings import load_settings
@@ -102,18 +102,18 @@ def test_fence_positions_leave_room_for_a_batch_envelope():
 def test_link_frames_round_trip_values_and_errors():
     a, b = socket.socketpair()
     with a, b:
-        _send(a, ("step", {"x": b"\x00" * 30_000}))
-        assert _recv(b) == ("step", {"x": b"\x00" * 30_000})
-        _reply(b, False, ValueError("no"))
-        ok, err = _recv(a)
+        send_frame(a, ("step", {"x": b"\x00" * 30_000}))
+        assert recv_frame(b) == ("step", {"x": b"\x00" * 30_000})
+        send_reply(b, False, ValueError("no"))
+        ok, err = recv_frame(a)
         assert not ok and isinstance(err, ValueError) and str(err) == "no"
 
         class Unpicklable(Exception):
             def __reduce__(self):  # type: ignore[no-untyped-def]
                 raise TypeError("not me")
-        _reply(b, False, Unpicklable("deep"))
-        ok, err = _recv(a)
+        send_reply(b, False, Unpicklable("deep"))
+        ok, err = recv_frame(a)
         assert not ok and isinstance(err, RuntimeError) and "deep" in str(err)
         b.close()
         with pytest.raises(EOFError):
-            _recv(a)
+            recv_frame(a)

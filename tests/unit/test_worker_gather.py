@@ -58,11 +58,11 @@ class _Link:
     async def connect(self) -> None:
         pass
 
-    def send(self, op: str, arg):  # type: ignore[no-untyped-def]
+    def step(self, step):  # type: ignore[no-untyped-def]
         import asyncio
 
         from stream.live.protocol import Report
-        self.steps.append(arg)
+        self.steps.append(step)
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(Report())
         return fut

@@ -28,8 +28,8 @@ before that ``apply`` replaces the first (the detector's confirms per user only 
 from stream.core.windows.fence import MAX_FENCE_OFFSETS, Fence, fence_mark, fence_seen
 from stream.core.windows.kernel import APPLIED, TOO_LATE
 from stream.core.windows.memory import MemoryWindowStore
-from stream.core.windows.table import StateRows, StateTable
 from stream.core.windows.store import ColumnarStore, DeferredWriteStore, WindowStore
+from stream.core.windows.table import StateRows, StateTable
 from stream.core.windows.types import (
     CATEGORY_CODE,
     TZ_ABSENT,
