@@ -64,7 +64,7 @@ def main() -> None:
 # -- topics --------------------------------------------------------------------------------------
 @main.group()
 def topics() -> None:
-    """Manage the Kafka topics (DESIGN §1)."""
+    """Manage the Kafka topics (docs/contracts.md §1)."""
 
 
 @topics.command("create")
@@ -123,7 +123,7 @@ def check_model(model: Path | None) -> None:
 @click.option("--progress/--no-progress", default=None, help="progress on stderr [default: if a tty]")
 def score(events: Path, model: Path | None, no_model: bool, out: Path | None,
           policy_config: Path | None, lateness_ms: int, progress: bool | None) -> None:
-    """Score an event log (JSONL, optionally .gz) offline and write DESIGN §6 alerts."""
+    """Score an event log (JSONL, optionally .gz) offline and write contract-v1 alerts (docs/contracts.md §3)."""
     from stream.core.policy import load_policy_config
     from stream.offline import score_log
 
@@ -191,7 +191,7 @@ def worker(bootstrap: str | None, redis_url: str | None, namespace: str | None, 
 @click.option("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
 @click.option("--speed", type=float, default=None, help="replay at X times the event-time speed")
 @click.option("--envelope", type=click.IntRange(1, 1000), default=1, show_default=True,
-              help="up to N events of one user per message (batch envelopes, DESIGN §3)")
+              help="up to N events of one user per message (batch envelopes, docs/contracts.md §2)")
 @click.option("--skew", type=click.Choice(["views-first", "clicks-first"]), default=None,
               help="publish all of one type before the other (parity tests)")
 @click.option("--sort", is_flag=True, help="publish in event-time order (reads the whole log first)")

@@ -12,7 +12,7 @@ class ConfigError(RiskstreamError, ValueError):
 
 
 class BadEventError(RiskstreamError, ValueError):
-    """An input event violates contract v1 (DESIGN §3); carries a machine-readable reason."""
+    """An input event violates contract v1 (docs/contracts.md §2); carries a machine-readable reason."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -3,7 +3,7 @@
 No Kafka, no Redis: the memory window store, the same reorder buffer, features, model and policy as
 the live worker. The log may be unsorted: it is read whole, decoded, put in canonical order and fed
 through the reorder buffer in chunks, so alerts equal what the live pipeline publishes for a log
-whose disorder per input topic stays within the lateness bound (DESIGN §8, §9).
+whose disorder per input topic stays within the lateness bound (docs/semantics.md §10, §11).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
 
     @property
     def key_prefix(self) -> str:
-        """Prefix of every Redis key (DESIGN §4; docs/state-layout.md)."""
+        """Prefix of every Redis key (docs/state-layout.md §1)."""
         return f"{self.namespace}:rs:" if self.namespace else "rs:"
 
     def masked(self) -> dict[str, Any]:

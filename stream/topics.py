@@ -77,7 +77,7 @@ def ensure_topics(s: Settings) -> list[str]:
     for t in specs:
         if t not in missing:
             lines.append(f"exists  {t.name} ({existing[t.name]} partitions)")
-    # Co-partitioning is a contract (DESIGN §3): the two input topics must match.
+    # Co-partitioning is a contract (docs/contracts.md §1): the two input topics must match.
     pc, pv = existing.get(s.clicks_topic), existing.get(s.views_topic)
     if pc != pv:
         raise ConfigError(

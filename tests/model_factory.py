@@ -1,4 +1,4 @@
-"""Builds small ONNX models that follow the model contract (DESIGN §5), for tests and benchmarks.
+"""Builds small ONNX models that follow the model contract (docs/contracts.md §5), for tests and benchmarks.
 
 Until the real shipped model exists, tests train one here: a scikit-learn classifier on synthetic
 data, converted with skl2onnx (``zipmap=False``, input ``features``), with contract metadata.

@@ -1,6 +1,6 @@
-"""The alert record of contract v1 (DESIGN §6): its deterministic id and its JSON form.
+"""The alert record of contract v1 (docs/contracts.md §3): its deterministic id and its JSON form.
 
-Additions to DESIGN §6, both backwards compatible for readers that ignore unknown keys:
+Additions to the v1 fields (docs/contracts.md §3), both backwards compatible for readers that ignore unknown keys:
 
 * ``details``: an object with the policy parameters behind the decision (thresholds, rule profile,
   the level the user came from, …); values are numbers or strings.
@@ -173,7 +173,7 @@ def _reason_to_obj(r: Reason) -> dict[str, Any]:
 
 
 def alert_to_json(alert: Alert) -> bytes:
-    """Serialise an alert to its canonical JSON bytes (DESIGN §6 keys, then ``details``)."""
+    """Serialise an alert to its canonical JSON bytes (the contract-v1 keys, then ``details``)."""
     obj: dict[str, Any] = {
         "v": alert.v,
         "alert_id": alert.alert_id,

@@ -1,6 +1,6 @@
 """The detector: released events in, alerts out — the same object offline and live.
 
-One call of :meth:`Detector.process` handles one release of the reorder buffer (DESIGN §1, §8):
+One call of :meth:`Detector.process` handles one release of the reorder buffer (docs/semantics.md §1, §5):
 
 1. group the events per user (canonical order) and add users whose pending tick the watermark has
    now passed;

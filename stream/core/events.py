@@ -1,4 +1,4 @@
-"""Decoding and validation of contract-v1 input events (DESIGN §3).
+"""Decoding and validation of contract-v1 input events (docs/contracts.md §2).
 
 `decode_message` turns one Kafka message value (or one log line) into valid `Event`s plus typed
 `Rejection`s; it never raises on bad input, so one bad event cannot stop a worker.
@@ -102,7 +102,7 @@ class Event:
     session_id: str | None
 
     def sort_key(self) -> tuple[int, str, str]:
-        """Canonical per-user order (DESIGN §8): event time, then type, then event_id."""
+        """Canonical per-user order (docs/semantics.md §3): event time, then type, then event_id."""
         return (self.ts_ms, self.type, self.event_id)
 
 

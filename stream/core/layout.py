@@ -23,10 +23,10 @@ import numpy as np
 from stream.core.events import CATEGORIES
 
 TICK_MS: Final = 60_000
-"""Evaluation tick: scoring and policy run at event-time minute boundaries (DESIGN §8)."""
+"""Evaluation tick: scoring and policy run at event-time minute boundaries (docs/semantics.md §5)."""
 
 SESSION_GAP_MS: Final = 30_000
-"""A gap longer than this between activity ends a session (pickup sessions, DOMAIN §5)."""
+"""A gap longer than this between activity ends a session (pickup sessions, docs/research.md §6)."""
 
 WAKING_GAP_MAX_MS: Final = 4 * 3_600_000
 """Inter-session gaps at least this long are sleep or deliberate non-use; gap statistics skip them."""

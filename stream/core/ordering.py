@@ -1,4 +1,4 @@
-"""Canonical order, the partition watermark and the bounded reorder buffer (DESIGN §8).
+"""Canonical order, the partition watermark and the bounded reorder buffer (docs/semantics.md §3, §4).
 
 Offline scoring and the live worker both push decoded events into a :class:`ReorderBuffer` (one per
 partition live; one for the whole log offline) and apply only what it releases, in canonical order.

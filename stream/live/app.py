@@ -2,7 +2,7 @@
 
 Topics are created by ``riskstream topics create`` (the broker refuses auto-creation), so the app
 never declares topics; there are no Faust tables (state is in Redis), hence no changelog topics and
-no leader topic. Values are raw bytes: decoding is ours (orjson, DESIGN §3).
+no leader topic. Values are raw bytes: decoding is ours (orjson, docs/contracts.md §2).
 """
 
 from __future__ import annotations

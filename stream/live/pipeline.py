@@ -9,7 +9,7 @@ inputs, the commit floor) and gets a :class:`Report` back: the messages that are
 (to ack), what the reorder buffers ask of flow control, and counters for the metrics. One step at a
 time; a step is:
 
-1. decode and validate every message (orjson, DESIGN §3); invalid ones go to the DLQ;
+1. decode and validate every message (orjson, docs/contracts.md §2); invalid ones go to the DLQ;
 2. push valid events into the reorder buffer of their partition (one buffer spans the clicks and the
    views topic-partition of that partition number) and release what its watermark passed;
 3. ``Detector.process`` (the core's window kernel on this process's copy of each touched user's

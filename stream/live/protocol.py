@@ -79,7 +79,7 @@ class Step:
 
     messages: list[RawMessage]
     partitions: list[int]  # those of the messages: released after the pushes
-    # (partition, input kind) -> idle (DESIGN §8), set after the pushes; a partition whose watermark
+    # (partition, input kind) -> idle (docs/semantics.md §3), set after the pushes; a partition whose watermark
     # this moves is released too. The idle timer sends every input's state; a batch only un-idles
     # inputs that have unread data again (releasing past that data would make it late).
     idle: dict[tuple[int, str], bool]

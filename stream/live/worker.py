@@ -14,7 +14,7 @@ completely done, and only those are acked. An event whose tick is not yet decide
 (so it is redelivered after a crash, and the tick is decided by whoever owns the partition then);
 buffered events are never acked. Faust commits the contiguous acked offsets.
 
-A timer marks caught-up, idle topic-partitions idle (DESIGN §8, KIP-695's idea): when both inputs of
+A timer marks caught-up, idle topic-partitions idle (docs/semantics.md §3, KIP-695's idea): when both inputs of
 a partition are idle the watermark moves to the end of the newest event's tick and the tail is
 decided as the offline scorer decides it at end of file. When a reorder buffer is full, the input
 running ahead is paused until it half drains.
@@ -418,7 +418,7 @@ def run_worker(settings: Settings, model_path: Path | None, *, loglevel: str = "
     import mode.loop
     from faust import Worker
 
-    mode.loop.use("uvloop")  # the one Faust setting that measurably lowers per-message cost (NOTES)
+    mode.loop.use("uvloop")  # the one Faust setting that measurably lowers per-message cost (docs/runtime-notes.md §1)
     try:
         _check_topics(settings)
         app, engine = create_worker_app(settings, model_path)

@@ -16,7 +16,7 @@ same compiled update rule, the same results — and keeps Redis as its durable, 
 * **Nothing unconfirmed is persisted.** A user whose decided ticks are not all confirmed yet is
   written by a later confirm. So Redis always holds a state whose decisions were published: after
   a crash, redelivery re-applies the same events to it and re-decides the same ticks, with the
-  same alert ids (DESIGN §4, §7). The offset fence travels in the state.
+  same alert ids (docs/semantics.md §7, §8). The offset fence travels in the state.
 * **Bounded memory.** At most ``max_cached_users`` users stay cached; the least recently touched
   persisted ones are dropped first. :meth:`invalidate` (on every rebalance) drops all of them at
   the next safe point.

@@ -1,9 +1,9 @@
-"""``riskstream replay``: publish a historical event log into the input topics (DESIGN §9).
+"""``riskstream replay``: publish a historical event log into the input topics (docs/semantics.md §11).
 
 Each valid event goes to ``events.clicks`` or ``events.views`` by its type, keyed by user id, with
 its event time as the Kafka timestamp. Single-event lines are published byte for byte (unknown
 fields survive); ``--envelope N`` groups up to N consecutive events of one user and type into one
-batch-envelope message (DESIGN §3), which is what mobile SDKs do and what lifts a Faust worker past
+batch-envelope message (docs/contracts.md §2), which is what mobile SDKs do and what lifts a Faust worker past
 its per-message cost. Invalid lines are counted by reason and skipped; they never stop a replay.
 """
 

@@ -1,4 +1,4 @@
-"""Live = offline on the real stack (DESIGN §8): replay → Kafka → worker → Redis → risk.alerts.
+"""Live = offline on the real stack (docs/semantics.md §10): replay → Kafka → worker → Redis → risk.alerts.
 
 (a) the alerts the worker publishes for a replayed log have exactly the ids `riskstream score`
 gives offline — with small and large micro-batches, and with all views published before all
@@ -146,7 +146,7 @@ def assert_same_state(settings, mem) -> None:
 def check_parity(settings, art, *, worker_args: tuple[str, ...] = (), replay_args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None,
                  backlog: bool = True):
-    """backlog=True: the log is published, then a worker drains it (DESIGN §8: any skew while a
+    """backlog=True: the log is published, then a worker drains it (docs/semantics.md §10: any skew while a
     backlog drains). backlog=False: the worker runs first and the log streams in; its inputs are
     never idle for idle_ms meanwhile, so nothing is late either."""
     expected, mem = offline(art)

@@ -1,4 +1,4 @@
-"""Alert contract v1: deterministic ids and canonical JSON (DESIGN §6)."""
+"""Alert contract v1: deterministic ids and canonical JSON (docs/contracts.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN §8 as properties: order within L, batch boundaries and topic skew never change the result."""
+"""docs/semantics.md §10 as properties: order within L, batch boundaries and topic skew never change the result."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Contract-v1 event decoding and validation (DESIGN §3): stream/core/events.py."""
+"""Contract-v1 event decoding and validation (docs/contracts.md §2): stream/core/events.py."""
 
 from __future__ import annotations
 

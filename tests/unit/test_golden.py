@@ -1,4 +1,4 @@
-"""Golden files: a committed event log and its exact expected alerts (DESIGN §6 contract)."""
+"""Golden files: a committed event log and its exact expected alerts (docs/contracts.md §3)."""
 
 from __future__ import annotations
 

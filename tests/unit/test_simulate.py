@@ -1,4 +1,4 @@
-"""Behaviour simulator: determinism, contract-v1 output, session structure, calibration to DOMAIN."""
+"""Behaviour simulator: determinism, contract-v1 output, session structure, calibration to docs/research.md §9."""
 
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def test_key_statistics_match_domain_targets(moderate: tuple[object, SimStats]) 
     assert np.median(night[y == 1]) > 1.8 * np.median(night[y == 0])
     assert np.median(st.minutes_per_day[y == 1]) > 1.3 * np.median(st.minutes_per_day[y == 0])
     assert 100 <= st.events / 800 / 14 <= 400  # events per user-day: realistic but tractable
-    assert 60 <= hist_median(st.merged_hist) <= 600  # LSApp-rule session median (s), DOMAIN: 106 s
+    assert 60 <= hist_median(st.merged_hist) <= 600  # LSApp-rule session median (s), docs/research.md §5.1: 106 s
     assert pop.escalating[y == 1].mean() == pytest.approx(0.5, abs=0.15)  # type: ignore[attr-defined]
 
 

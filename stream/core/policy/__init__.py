@@ -1,4 +1,4 @@
-"""Alert policy: per-user evaluations at event-time ticks in, alert decisions out (DESIGN §6).
+"""Alert policy: per-user evaluations at event-time ticks in, alert decisions out (docs/contracts.md §3).
 
 Two layers, decided independently at each evaluation of one user:
 

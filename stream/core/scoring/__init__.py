@@ -1,4 +1,4 @@
-"""Scoring adapter: the ONNX model contract (DESIGN §5), an ONNX Runtime scorer and an in-memory twin.
+"""Scoring adapter: the ONNX model contract (docs/contracts.md §5), an ONNX Runtime scorer and an in-memory twin.
 
 The model contract:
 

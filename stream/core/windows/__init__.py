@@ -6,7 +6,7 @@ one: the memory store (``memory.py``) is nothing more, and the Redis store
 (``stream/state/redis_store.py``) loads rows into it and writes them back. The contract tests in ``tests/contract`` run the same cases against all of them.
 Events for one user arrive in canonical order (:func:`stream.core.ordering.canonical_key`); the
 store applies them, and returns a :class:`Snapshot` of the state at the end of every evaluation tick
-that becomes decidable (DESIGN §8):
+that becomes decidable (docs/semantics.md §5):
 
 * a tick ``k`` with activity becomes *pending* when its first event is applied;
 * it is decided just before an event of a later tick is applied, or at the end of the call when the
@@ -15,7 +15,7 @@ that becomes decidable (DESIGN §8):
 A late event (flagged by the reorder buffer: older than what was already released) only adds to the
 volume counters of the buckets it belongs to and to the late counter; it never touches the session
 or the pending tick, so it never re-opens a decision. Items with a Kafka position pass the offset
-fence first (DESIGN §4): a position already applied is a duplicate and skipped.
+fence first (docs/semantics.md §7): a position already applied is a duplicate and skipped.
 
 Decided snapshots go to the user's *outbox* and stay there until :meth:`WindowStore.confirm`
 stores the policy state that consumed them; every ``apply`` returns the whole outbox.
