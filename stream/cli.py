@@ -6,6 +6,7 @@ Errors an operator can fix print one line (``riskstream: error: …``) and exit 
 from __future__ import annotations
 
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import click
 
 from stream.errors import ConfigError, RiskstreamError
 
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "riskstream.onnx"
+SHIPPED_MODEL = Path(str(resources.files("models").joinpath("riskstream.onnx")))
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -86,8 +87,7 @@ def topics_create(bootstrap: str | None, redis_url: str | None, namespace: str |
 
 # -- models --------------------------------------------------------------------------------------
 def _load_scorer(model: Path | None, *, required: bool) -> Any:
-    from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH
-    from stream.core.scoring import OnnxScorer
+    from stream.core.scoring import load_scorer
 
     path = model or (SHIPPED_MODEL if SHIPPED_MODEL.exists() else None)
     if path is None:
@@ -95,7 +95,7 @@ def _load_scorer(model: Path | None, *, required: bool) -> Any:
             raise ConfigError(f"no model given and no shipped model at {SHIPPED_MODEL}")
         click.echo("riskstream: note: no model (none given, none shipped): rules only", err=True)
         return None
-    return OnnxScorer(path, expected_spec_hash=FEATURE_SPEC_HASH, expected_feature_names=FEATURE_NAMES)
+    return load_scorer(path)
 
 
 @main.command("check-model")
@@ -119,10 +119,9 @@ def check_model(model: Path | None) -> None:
               help="alerts JSONL [default: stdout]")
 @click.option("--policy-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="RISKSTREAM_POLICY_CONFIG", help="alert policy TOML [default: packaged]")
-@click.option("--lateness-ms", type=click.IntRange(0, 3_600_000), default=120_000, show_default=True)
 @click.option("--progress/--no-progress", default=None, help="progress on stderr [default: if a tty]")
 def score(events: Path, model: Path | None, no_model: bool, out: Path | None,
-          policy_config: Path | None, lateness_ms: int, progress: bool | None) -> None:
+          policy_config: Path | None, progress: bool | None) -> None:
     """Score an event log (JSONL, optionally .gz) offline and write contract-v1 alerts (docs/contracts.md §3)."""
     from stream.core.policy import load_policy_config
     from stream.offline import score_log
@@ -132,12 +131,12 @@ def score(events: Path, model: Path | None, no_model: bool, out: Path | None,
     show = sys.stderr.isatty() if progress is None else progress
     if out is None:
         summary = score_log(events, sys.stdout.buffer, policy_config=cfg, scorer=scorer,
-                            lateness_ms=lateness_ms, progress=show)
+                            progress=show)
         sys.stdout.flush()
     else:
         with out.open("wb") as f:
             summary = score_log(events, f, policy_config=cfg, scorer=scorer,
-                                lateness_ms=lateness_ms, progress=show)
+                                progress=show)
     for line in summary.lines_out():
         click.echo(line, err=True)
 

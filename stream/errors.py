@@ -11,15 +11,6 @@ class ConfigError(RiskstreamError, ValueError):
     """A setting, flag or settings file is invalid; the message says which and why."""
 
 
-class BadEventError(RiskstreamError, ValueError):
-    """An input event violates contract v1 (docs/contracts.md §2); carries a machine-readable reason."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
 class StoreUnavailableError(RiskstreamError):
     """Redis (or another store) cannot be reached; retriable with backoff."""
 

@@ -1,9 +1,10 @@
 """Embedded offline mode: the whole detector in-process over an event log (``riskstream score``).
 
-No Kafka, no Redis: the memory window store, the same reorder buffer, features, model and policy as
-the live worker. The log may be unsorted: it is read whole, decoded, put in canonical order and fed
-through the reorder buffer in chunks, so alerts equal what the live pipeline publishes for a log
-whose disorder per input topic stays within the lateness bound (docs/semantics.md §10, §11).
+No Kafka, no Redis: the memory window store, the same window kernel, features, model and policy as
+the live worker. The log may be unsorted: it is read whole, decoded and put in canonical order, and
+fed to the detector in chunks (no reorder buffer: nothing is late in a sorted log), so alerts equal
+what the live pipeline publishes for a log whose disorder per input topic stays within the lateness
+bound (docs/semantics.md §10, §11).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from stream.core.alerts import Alert, alert_to_json
 from stream.core.detector import Detector, Stats
 from stream.core.events import Event, EventTuple, Reason, decode_message_tuples
-from stream.core.ordering import DEFAULT_LATENESS_MS, canonical_order, tick_ceil
+from stream.core.ordering import canonical_order, tick_ceil
 from stream.core.policy import AlertPolicy, PolicyConfig
 from stream.core.scoring import Scorer
 from stream.core.windows import EventColumns, MemoryWindowStore
@@ -88,8 +89,7 @@ def decode_log(path: str | Path, summary: Summary, *, now_ms: int | None = None,
 
 
 def run_detector(events: EventColumns | Sequence[Event], detector: Detector, emit: Callable[[Alert], None],
-                 summary: Summary, *, lateness_ms: int = DEFAULT_LATENESS_MS,
-                 progress: bool = False) -> None:
+                 summary: Summary, *, progress: bool = False) -> None:
     """Put events (any order) in canonical order and feed them to the detector; emit every alert.
 
     A sorted log needs no reorder buffer: each chunk is released with the watermark at the next
@@ -98,7 +98,6 @@ def run_detector(events: EventColumns | Sequence[Event], detector: Detector, emi
     live path through :class:`ReorderBuffer` for any arrival order within the lateness bound.
     Events travel as columns (:class:`EventColumns`) through the detector's offline fast path.
     """
-    del lateness_ms  # nothing is late in a sorted log; kept for a stable signature
     n = len(events)
     if n == 0:
         return
@@ -130,8 +129,7 @@ def build_detector(policy_config: PolicyConfig, scorer: Scorer | None) -> tuple[
 
 
 def score_log(path: str | Path, out: IO[bytes], *, policy_config: PolicyConfig,
-              scorer: Scorer | None, lateness_ms: int = DEFAULT_LATENESS_MS,
-              progress: bool = False, now_ms: int | None = None) -> Summary:
+              scorer: Scorer | None, progress: bool = False, now_ms: int | None = None) -> Summary:
     """Score a log offline, writing one alert JSON per line to ``out``."""
     summary = Summary()
     t0 = time.perf_counter()
@@ -145,7 +143,7 @@ def score_log(path: str | Path, out: IO[bytes], *, policy_config: PolicyConfig,
         out.write(b"\n")
 
     t1 = time.perf_counter()
-    run_detector(events, detector, emit, summary, lateness_ms=lateness_ms, progress=progress)
+    run_detector(events, detector, emit, summary, progress=progress)
     summary.stage_s["detect"] = time.perf_counter() - t1
     summary.users = len(store)
     summary.seconds = time.perf_counter() - t0

@@ -10,11 +10,11 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream.core.ordering import DEFAULT_LATENESS_MS
 from stream.errors import ConfigError
 
 _NS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
-INPUT_TOPICS = ("events.clicks", "events.views")
 ALERTS_TOPIC = "risk.alerts"
 DLQ_TOPIC = "risk.dlq"
 
@@ -26,13 +26,14 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_cluster: bool = False  # the URL names one node of a Redis Cluster
     namespace: str = ""
     partitions: int = Field(default=6, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
     input_retention_ms: int = Field(default=8 * 86_400_000 + 3_600_000, ge=8 * 86_400_000)
     model_path: Path | None = None
     policy_config: Path | None = None
-    lateness_ms: int = Field(default=120_000, ge=0, le=3_600_000)
+    lateness_ms: int = Field(default=DEFAULT_LATENESS_MS, ge=0, le=3_600_000)
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     batch_wait_s: float = Field(default=0.2, gt=0, le=60)
     idle_ms: int = Field(default=2000, ge=0)
@@ -72,6 +73,11 @@ class Settings(BaseSettings):
     @property
     def views_topic(self) -> str:
         return self.topic("events.views")
+
+    @property
+    def input_kinds(self) -> dict[str, str]:
+        """Input topic -> the event type its messages carry."""
+        return {self.clicks_topic: "click", self.views_topic: "view"}
 
     @property
     def alerts_topic(self) -> str:

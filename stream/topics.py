@@ -143,9 +143,7 @@ def delete_namespace(s: Settings) -> None:
 
     Refuses the empty namespace: that would be everything outside any namespace.
     """
-    import redis
-
-    from stream.state import delete_keys
+    from stream.state import delete_keys, redis_client
 
     if not s.namespace:
         raise ConfigError("refusing to delete the empty namespace")
@@ -154,7 +152,7 @@ def delete_namespace(s: Settings) -> None:
     if mine:
         for fut in admin.delete_topics(mine, operation_timeout=ADMIN_TIMEOUT_S).values():
             fut.result()
-    r = redis.Redis.from_url(s.redis_url.get_secret_value())
+    r = redis_client(s)
     try:
         delete_keys(r, f"{s.namespace}:")
     finally:

@@ -4,7 +4,8 @@ One call of :meth:`Detector.process` handles one release of the reorder buffer (
 
 1. group the events per user (canonical order) and add users whose pending tick the watermark has
    now passed;
-2. one ``WindowStore.apply`` for all of them (memory offline, one pipelined Lua call per user live);
+2. one ``WindowStore.apply`` for all of them (the memory store offline; live, the worker's copy of
+   each user's state, loaded from Redis on first touch);
 3. features for every decided tick, one scorer run for the rows that are eligible;
 4. the alert policy per user, in tick order, on a copy of its state;
 5. reasons for ML alerts: one more scorer run on "ablated" rows (see :func:`_reasons`).

@@ -1,14 +1,14 @@
-"""The per-user window state layout: one source of truth for the memory store, the Lua script and
-the feature code.
+"""The per-user window state layout: one source of truth for the window kernel, the Redis state
+codec and the feature kernel.
 
 A user's state is two things (see docs/state-layout.md):
 
 * ``rings``: one flat array of unsigned 32-bit counters holding three rings of time buckets in the
   user's *local* time: 168 hour buckets (7 d), 28 day buckets (28 d) and 8 detailed day buckets.
-  In Redis it is one string updated with ``BITFIELD … OVERFLOW SAT INCRBY u32``, i.e. big-endian
-  u32 words; the memory store keeps the same words and serialises them the same way.
+  Counters saturate at ``U32_MAX``. Stored (Redis), it is one field of the user's hash holding the
+  words big-endian; in a process it is a row of native-order words.
 * ``scalars``: a handful of integers (open session, ring heads, first day, last tz, …) and the last
-  known age band. In Redis they are fields of one small hash.
+  known age band. Stored, they are packed into one blob field of the same hash.
 
 Every constant that changes what the features mean is part of :data:`LAYOUT_SPEC`, which the feature
 spec hash covers.
@@ -125,7 +125,7 @@ TZ_BIAS: Final = 1000
 """The tz scalar stores ``tz_offset_min + TZ_BIAS`` (160 … 1840): an offset of -1 is not NONE."""
 
 RING_DTYPE: Final = np.dtype(">u4")
-"""Serialised ring words: big-endian u32, as Redis BITFIELD stores them."""
+"""Serialised ring words: big-endian u32, as the user's hash stores them."""
 
 LAYOUT_SPEC: Final = {
     "tick_ms": TICK_MS,
@@ -144,11 +144,6 @@ LAYOUT_SPEC: Final = {
     "scalars": list(SCALARS),
     "categories": list(CATEGORIES),
 }
-
-
-def local_ms(ts_ms: int, tz_min: int) -> int:
-    """Event time shifted into the user's local time (still milliseconds)."""
-    return ts_ms + tz_min * 60_000
 
 
 def h_index(slot_bucket: int, field: int) -> int:

@@ -39,7 +39,7 @@ from confluent_kafka import Producer
 from stream.core.alerts import alert_to_json
 from stream.core.detector import Detector, Outcome, Release
 from stream.core.events import Event, Rejection, decode_message
-from stream.core.ordering import ReorderBuffer, tick_ceil
+from stream.core.ordering import NO_WATERMARK, ReorderBuffer, tick_ceil
 from stream.core.windows import DeferredWriteStore
 from stream.errors import (
     BrokerUnavailableError,
@@ -81,7 +81,7 @@ class _Meta:
 class _Partition:
     buffer: ReorderBuffer[_Meta]
     held: list[tuple[int, _Meta]] = field(default_factory=list)  # (tick end, meta): applied, undecided
-    watermark: int = -(2**62)
+    watermark: int = NO_WATERMARK
 
 
 _Bad = tuple[Rejection, _Msg]  # an element the decoder refused, and its message
@@ -102,7 +102,7 @@ class Pipeline:
         self.store = store
         self.producer = producer
         self.retry_attempts = retry_attempts
-        self.inputs = {settings.clicks_topic: "click", settings.views_topic: "view"}
+        self.inputs = settings.input_kinds
         self.kinds = tuple(self.inputs.values())
         self.parts: dict[int, _Partition] = {}
         self._done: list[MsgId] = []

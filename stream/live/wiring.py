@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import redis
 from confluent_kafka import Producer
 
 from stream.core.detector import Detector
 from stream.core.policy import AlertPolicy, load_policy_config
-from stream.core.scoring import Scorer
+from stream.core.scoring import Scorer, load_scorer
 from stream.core.warmup import warm_up
 from stream.errors import (
     StoreUnavailableError,
@@ -18,7 +17,7 @@ from stream.errors import (
 from stream.live.pipeline import Pipeline
 from stream.retry import START_ATTEMPTS, retry
 from stream.settings import Settings
-from stream.state import RedisWindowStore
+from stream.state import RedisWindowStore, redis_client
 
 log = logging.getLogger("riskstream.pipeline")
 
@@ -28,12 +27,8 @@ def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer |
     """Everything a pipeline needs, connected; ``StoreUnavailableError`` after bounded retries."""
     log.info("kernels ready in %.2f s", warm_up())  # not while the first batch waits
     if scorer is None and model_path is not None:
-        from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH
-        from stream.core.scoring import OnnxScorer
-
-        scorer = OnnxScorer(model_path, expected_spec_hash=FEATURE_SPEC_HASH, expected_feature_names=FEATURE_NAMES)
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5,
-                                  socket_connect_timeout=5, health_check_interval=30)
+        scorer = load_scorer(model_path)
+    client = redis_client(settings)
     store = retry("redis", lambda: RedisWindowStore(client, key_prefix=settings.key_prefix,
                                                     ttl_s=settings.state_ttl_s,
                                                     max_cached_users=settings.state_cache_users,

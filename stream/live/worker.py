@@ -83,7 +83,7 @@ class Engine:
         self.app = app
         self.metrics = metrics
         self.link = link
-        self.inputs = {settings.clicks_topic: "click", settings.views_topic: "view"}
+        self.inputs = settings.input_kinds
         self.tps: dict[tuple[str, int], _TpState] = defaultdict(_TpState)
         self.inflight: dict[MsgId, Any] = {}  # handed to the pipeline, not yet done: faust events to ack
         self._gathered: list[Any] = []  # the batch being filled

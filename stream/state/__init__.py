@@ -1,7 +1,6 @@
 """The Redis adapter: the persisted window store, its key layout and its wire helpers."""
 
 from stream.state.codec import (
-    POLICY_PREFIX,
     SCALARS_DTYPE,
     STATE_SUFFIX,
     pack_state,
@@ -10,18 +9,18 @@ from stream.state.codec import (
     user_tag,
 )
 from stream.state.redis_store import DEFAULT_CACHE_USERS, STATE_LUA, RedisWindowStore
-from stream.state.wire import Client, delete_keys
+from stream.state.wire import Client, delete_keys, redis_client
 
 __all__ = [
     "Client",
     "DEFAULT_CACHE_USERS",
-    "POLICY_PREFIX",
     "RedisWindowStore",
     "SCALARS_DTYPE",
     "STATE_LUA",
     "STATE_SUFFIX",
     "delete_keys",
     "pack_state",
+    "redis_client",
     "unpack_state",
     "user_key",
     "user_tag",

@@ -12,7 +12,6 @@ from numpy.typing import NDArray
 from stream.core import layout as L
 
 STATE_SUFFIX: Final = ":u"
-POLICY_PREFIX: Final = "pol:"
 SCALARS_DTYPE: Final = np.dtype(">i8")
 
 _F_VERSION, _F_RINGS, _F_STATE, _F_POLICY = b"v", b"r", b"st", b"pol"

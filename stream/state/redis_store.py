@@ -45,6 +45,7 @@ from redis.exceptions import (
 )
 
 from stream.core import layout as L
+from stream.core.policy import POLICY_PREFIX
 from stream.core.windows import StateTable, UserBatch, UserResult
 from stream.errors import StaleStateError, StoreUnavailableError
 from stream.state.codec import (
@@ -52,7 +53,6 @@ from stream.state.codec import (
     _F_RINGS,
     _F_STATE,
     _F_VERSION,
-    POLICY_PREFIX,
     SCALARS_DTYPE,
     _pack_tail,
     unpack_state,

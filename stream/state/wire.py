@@ -8,6 +8,8 @@ from typing import Any
 import redis
 from hiredis import pack_command
 
+from stream.settings import Settings
+
 Client = redis.Redis | redis.RedisCluster
 
 
@@ -75,3 +77,12 @@ def _pipelined(client: Client, queue: Any, *, raise_on_error: bool = True) -> li
     pipe = client.pipeline(transaction=False)
     queue(pipe)
     return pipe.execute(raise_on_error=raise_on_error)
+
+
+def redis_client(settings: Settings) -> Client:
+    """A Redis client for these settings: standalone, or Redis Cluster (``redis_cluster``)."""
+    url = settings.redis_url.get_secret_value()
+    opts: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    if settings.redis_cluster:
+        return redis.RedisCluster.from_url(url, **opts)
+    return redis.Redis.from_url(url, health_check_interval=30, **opts)

@@ -32,7 +32,7 @@ def fingerprint(det: Detector, store: MemoryWindowStore, alerts: list) -> tuple:
 def reference(events: list[Event]) -> tuple:
     det, store = build_detector(short_policy(), feature_scorer())
     alerts: list = []
-    run_detector(list(events), det, alerts.append, Summary(), lateness_ms=L_MS)
+    run_detector(list(events), det, alerts.append, Summary())
     return fingerprint(det, store, alerts)
 
 

@@ -23,7 +23,7 @@ from stream.core.policy.config import (
     parse_curfew,
 )
 from stream.core.policy.decide import AlertPolicy, Decision, Evaluation, RuleInputs
-from stream.core.policy.state import ML_NONE, STATE_FIELDS, PolicyState
+from stream.core.policy.state import ML_NONE, POLICY_PREFIX, STATE_FIELDS, PolicyState
 
 __all__ = [
     "AlertPolicy",
@@ -32,6 +32,7 @@ __all__ = [
     "ML_NONE",
     "MlPolicy",
     "PolicyConfig",
+    "POLICY_PREFIX",
     "PolicyState",
     "PositiveMinutes",
     "Probability",

@@ -18,6 +18,7 @@ from stream.core.alerts import (
     Reason,
     alert_id,
 )
+from stream.core.layout import TICK_MS
 from stream.core.policy.config import PolicyConfig, in_window, parse_curfew
 from stream.core.policy.state import ML_NONE, PolicyState
 from stream.errors import ConfigError
@@ -108,7 +109,7 @@ class AlertPolicy:
 
     __slots__ = ("config", "tick_ms", "_profiles", "_by_band", "_default")
 
-    def __init__(self, config: PolicyConfig, *, tick_ms: int = 60_000) -> None:
+    def __init__(self, config: PolicyConfig, *, tick_ms: int = TICK_MS) -> None:
         if tick_ms <= 0:
             raise ConfigError(f"tick_ms must be positive, got {tick_ms}")
         self.config = config

@@ -14,8 +14,11 @@ from stream.core.alerts import (
 ML_NONE: Final = "none"
 _ML_LEVELS: Final = (ML_NONE, LEVEL_ELEVATED, LEVEL_HIGH)
 
-# Field names in the user's Redis hash; the "pol:" prefix keeps them apart from other state that
-# may share the hash. Every field is always written ("" = unset) so an HSET overwrites stale values.
+POLICY_PREFIX: Final = "pol:"
+"""Every policy field name starts with it: it keeps them apart from the window state in the hash."""
+
+# Field names in the user's Redis hash. Every field is always written ("" = unset) so an HSET
+# overwrites stale values.
 _F_TICK: Final = "pol:tick"
 _F_ML: Final = "pol:ml"
 _F_ML_AT: Final = "pol:ml_at"
@@ -86,7 +89,7 @@ class PolicyState:
                 session_min=float(get(_F_CU_MIN, "") or 0.0),
             )
         except ValueError as exc:
-            shown = {k: v for k, v in fields.items() if k.startswith("pol:")}
+            shown = {k: v for k, v in fields.items() if k.startswith(POLICY_PREFIX)}
             raise ValueError(f"corrupt policy state {shown!r}: {exc}") from exc
         if state.ml_level not in _ML_LEVELS:
             raise ValueError(f"corrupt policy state: {_F_ML}={state.ml_level!r} not in {_ML_LEVELS}")

@@ -23,7 +23,7 @@ from stream.core.scoring.contract import (
     Scorer,
 )
 from stream.core.scoring.memory import ConstantScorer
-from stream.core.scoring.onnx import OnnxScorer, load_model_info
+from stream.core.scoring.onnx import OnnxScorer, load_model_info, load_scorer
 
 __all__ = [
     "ConstantScorer",
@@ -34,4 +34,5 @@ __all__ = [
     "REQUIRED_METADATA",
     "Scorer",
     "load_model_info",
+    "load_scorer",
 ]

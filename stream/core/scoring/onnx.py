@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -253,3 +254,10 @@ class OnnxScorer:
             self._path, current.info.model_version, new.info.model_version, new.info.sha256[:12],
         )
         return True
+
+
+def load_scorer(path: str | os.PathLike[str], **kwargs: Any) -> OnnxScorer:
+    """An :class:`OnnxScorer` for ``path`` checked against the running feature spec."""
+    from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH
+
+    return OnnxScorer(path, expected_spec_hash=FEATURE_SPEC_HASH, expected_feature_names=FEATURE_NAMES, **kwargs)
