@@ -25,7 +25,7 @@ from stream.core import detector as det_mod  # noqa: E402
 from stream.core import features as F  # noqa: E402
 from stream.core.events import CATEGORIES, Event, encode_event  # noqa: E402
 from stream.core.policy import load_policy_config  # noqa: E402
-from stream.core.scoring import OnnxScorer  # noqa: E402
+from stream.core.scoring import OnnxScorer, load_scorer  # noqa: E402
 from stream.core.warmup import warm_up  # noqa: E402
 from stream.offline import Summary, build_detector, decode_log, run_detector  # noqa: E402
 
@@ -67,7 +67,7 @@ def build_model(path: Path) -> OnnxScorer:
         build(str(path), n_features=F.N_FEATURES, feature_names=list(F.FEATURE_NAMES),
               spec_hash=F.FEATURE_SPEC_HASH, kind="gbt", seed=0)
         shipped = path
-    return OnnxScorer(shipped, expected_spec_hash=F.FEATURE_SPEC_HASH, expected_feature_names=F.FEATURE_NAMES)
+    return load_scorer(shipped)
 
 
 class Timer:
@@ -102,7 +102,7 @@ def main() -> None:
         t = time.perf_counter()
         synth_log(log, a.events, a.users)
         print(f"generated {a.events:,} events of {a.users:,} users in {time.perf_counter() - t:.1f} s -> {log}")
-    scorer = (OnnxScorer(a.model, expected_spec_hash=F.FEATURE_SPEC_HASH, expected_feature_names=F.FEATURE_NAMES)
+    scorer = (load_scorer(a.model)
               if a.model else build_model(tmp / "bench.onnx"))
     print(f"model: {scorer.info.path} ({scorer.info.metadata.get('model_kind', scorer.info.model_version)})")
     # Load (or compile, on a fresh checkout) the numba kernels once, outside the timed run.

@@ -70,14 +70,13 @@ def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
                     fe.ack()
     else:
         import numpy as np
-        import redis
 
-        from stream.core.scoring import OnnxScorer
-        from stream.state import RedisWindowStore
+        from stream.core.scoring import load_scorer
+        from stream.state import RedisWindowStore, redis_client
 
-        store = RedisWindowStore(redis.Redis.from_url(s.redis_url.get_secret_value()),
+        store = RedisWindowStore(redis_client(s),
                                  key_prefix=f"{namespace}-naive:rs:", ttl_s=3600)
-        scorer = OnnxScorer(model, expected_spec_hash=F.FEATURE_SPEC_HASH, expected_feature_names=F.FEATURE_NAMES)
+        scorer = load_scorer(model)
         zero = np.zeros((1, F.N_FEATURES), dtype=np.float32)
         topics = {s.clicks_topic: "click", s.views_topic: "view"}
 
@@ -196,11 +195,10 @@ def main() -> None:
         run_agent(a.agent, a.namespace, a.group, a.model)
         return
 
-    import redis
 
     from bench.offline_bench import synth_log
     from stream.core import features as F
-    from stream.state import delete_keys
+    from stream.state import delete_keys, redis_client
     from tests.model_factory import build_model
 
     tmp = Path(tempfile.mkdtemp(prefix="rs-stream-bench-"))
@@ -229,7 +227,7 @@ def main() -> None:
         faust_configs(py, s, ns, parts, a.events)
         return
     topics = [s.clicks_topic, s.views_topic]
-    r = redis.Redis.from_url(s.redis_url.get_secret_value())
+    r = redis_client(s)
     print("drain rate (same input, fresh consumer group each):")
     rate_a = drain("(a) naive agent: Redis+ONNX per event", [py, __file__, "--agent", "naive", "--namespace", ns,
                    "--group", "naive", "--model", str(model)], s.kafka_bootstrap, f"{ns}.naive", topics, parts,
