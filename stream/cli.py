@@ -14,6 +14,8 @@ import click
 
 from stream.errors import ConfigError, RiskstreamError
 
+__all__ = ["main"]
+
 SHIPPED_MODEL = Path(str(resources.files("models").joinpath("riskstream.onnx")))
 
 

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "BrokerUnavailableError",
+    "ConfigError",
+    "ModelContractError",
+    "PipelineDiedError",
+    "RiskstreamError",
+    "StaleStateError",
+    "StoreUnavailableError",
+]
+
 
 class RiskstreamError(Exception):
     """Root of every error riskstream raises on purpose."""

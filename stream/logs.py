@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+__all__ = ["iter_lines", "line_blocks", "open_log"]
+
 
 def open_log(path: str | Path) -> IO[bytes]:
     p = Path(path)

@@ -28,6 +28,8 @@ from stream.core.scoring import Scorer
 from stream.core.windows import EventColumns, MemoryWindowStore
 from stream.logs import iter_lines, open_log
 
+__all__ = ["CHUNK_EVENTS", "Summary", "build_detector", "decode_log", "run_detector", "score_log"]
+
 CHUNK_EVENTS = 20_000
 
 

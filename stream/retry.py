@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+__all__ = ["START_ATTEMPTS", "retry"]
+
 START_ATTEMPTS = 7  # ≈ 0.25 + 0.5 + … ≈ 15 s of backoff before giving up at start-up
 
 T = TypeVar("T")

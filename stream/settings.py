@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from stream.core.ordering import DEFAULT_LATENESS_MS
 from stream.errors import ConfigError
 
+__all__ = ["ALERTS_TOPIC", "DLQ_TOPIC", "Settings", "load_settings", "mask_url"]
+
 _NS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 ALERTS_TOPIC = "risk.alerts"

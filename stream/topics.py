@@ -17,6 +17,17 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from stream.errors import BrokerUnavailableError, ConfigError
 from stream.settings import Settings
 
+__all__ = [
+    "ADMIN_TIMEOUT_S",
+    "ALERT_RETENTION_MS",
+    "TopicSpec",
+    "admin_client",
+    "delete_namespace",
+    "ensure_topics",
+    "input_retention_ms",
+    "topic_specs",
+]
+
 ADMIN_TIMEOUT_S = 15.0
 ALERT_RETENTION_MS = 30 * 86_400_000
 

@@ -26,6 +26,27 @@ from typing import Any
 
 import orjson
 
+__all__ = [
+    "ALERT_SCHEMA_VERSION",
+    "KINDS",
+    "KIND_CONTINUOUS_USE",
+    "KIND_CURFEW",
+    "KIND_DAILY_CAP",
+    "KIND_ML_RISK",
+    "LEVELS",
+    "LEVEL_CLEARED",
+    "LEVEL_ELEVATED",
+    "LEVEL_HIGH",
+    "Alert",
+    "Detail",
+    "Reason",
+    "alert_from_json",
+    "alert_id",
+    "alert_to_json",
+    "format_rfc3339_ms",
+    "parse_rfc3339_ms",
+]
+
 ALERT_SCHEMA_VERSION = 1
 
 KIND_ML_RISK = "ml_risk"

@@ -52,6 +52,18 @@ from stream.core.windows import (
     all_snapshots,
 )
 
+__all__ = [
+    "SCORE_DECIMALS",
+    "TOP_REASONS",
+    "Detector",
+    "Outcome",
+    "Position",
+    "Release",
+    "Stats",
+    "Tap",
+    "baselines_from",
+]
+
 SCORE_DECIMALS = 6
 TOP_REASONS = 3
 

@@ -15,6 +15,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+__all__ = ["CacheGuard", "constants_key"]
+
 
 def constants_key(*constants: Any) -> int:
     """A stable 60-bit digest of JSON-serialisable constants."""

@@ -25,6 +25,15 @@ from numpy.typing import NDArray
 from stream.core.events import Event
 from stream.core.layout import TICK_MS
 
+__all__ = [
+    "DEFAULT_LATENESS_MS",
+    "NO_WATERMARK",
+    "ReorderBuffer",
+    "canonical_key",
+    "canonical_order",
+    "tick_ceil",
+]
+
 DEFAULT_LATENESS_MS = 120_000
 NO_WATERMARK = -(2**62)
 

@@ -6,6 +6,8 @@ from stream.core.events import Event
 from stream.core.windows.memory import MemoryWindowStore
 from stream.core.windows.types import Item, UserBatch
 
+__all__ = ["warm_up"]
+
 
 def warm_up() -> float:
     """Load (or, on a fresh checkout, compile) the numba kernels now; returns the seconds it took.

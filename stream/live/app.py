@@ -13,6 +13,8 @@ import faust
 
 from stream.settings import Settings
 
+__all__ = ["create_app"]
+
 
 def create_app(settings: Settings, *, app_id: str | None = None, **overrides: Any) -> faust.App:
     """A configured Faust app; callers attach agents to it."""

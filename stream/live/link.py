@@ -25,6 +25,17 @@ from stream.live.protocol import Call, Drop, Report, Step
 from stream.live.wiring import build_pipeline
 from stream.settings import Settings
 
+__all__ = [
+    "PipelineLink",
+    "ProcessLink",
+    "ThreadLink",
+    "open_link",
+    "recv_frame",
+    "send_frame",
+    "send_reply",
+    "serve",
+]
+
 # -- the link between the Faust side and its pipeline -------------------------------------------------
 _PIPELINE: Pipeline | None = None
 

@@ -57,6 +57,8 @@ from stream.live.protocol import (
 from stream.retry import retry
 from stream.settings import Settings
 
+__all__ = ["Pipeline"]
+
 log = logging.getLogger("riskstream.pipeline")
 
 

@@ -19,6 +19,8 @@ from stream.retry import START_ATTEMPTS, retry
 from stream.settings import Settings
 from stream.state import RedisWindowStore, redis_client
 
+__all__ = ["build_pipeline"]
+
 log = logging.getLogger("riskstream.pipeline")
 
 

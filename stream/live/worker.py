@@ -59,6 +59,18 @@ from stream.metrics import Metrics
 from stream.retry import START_ATTEMPTS, retry
 from stream.settings import Settings
 
+__all__ = [
+    "InputProgress",
+    "BACKLOG_BATCHES",
+    "BACKLOG_RECHECK_S",
+    "EXIT_UNAVAILABLE",
+    "FETCH_FRESH_MS",
+    "KAFKA_PROBE_S",
+    "Engine",
+    "create_worker_app",
+    "run_worker",
+]
+
 log = logging.getLogger("riskstream.worker")
 
 EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL: a supervisor should restart us
@@ -69,7 +81,7 @@ BACKLOG_RECHECK_S = 0.005  # the backlog estimate reads fetch metadata of every 
 
 
 @dataclass(slots=True)
-class _TpState:
+class InputProgress:
     last_offset: int = -1
     last_seen: float = field(default_factory=time.monotonic)
     paused: bool = False
@@ -84,7 +96,7 @@ class Engine:
         self.metrics = metrics
         self.link = link
         self.inputs = settings.input_kinds
-        self.tps: dict[tuple[str, int], _TpState] = defaultdict(_TpState)
+        self.tps: dict[tuple[str, int], InputProgress] = defaultdict(InputProgress)
         self.inflight: dict[MsgId, Any] = {}  # handed to the pipeline, not yet done: faust events to ack
         self._gathered: list[Any] = []  # the batch being filled
         self._gathered_at = 0.0

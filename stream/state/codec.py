@@ -11,6 +11,8 @@ from numpy.typing import NDArray
 
 from stream.core import layout as L
 
+__all__ = ["SCALARS_DTYPE", "STATE_SUFFIX", "pack_state", "unpack_state", "user_key", "user_tag"]
+
 STATE_SUFFIX: Final = ":u"
 SCALARS_DTYPE: Final = np.dtype(">i8")
 

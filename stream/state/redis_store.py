@@ -60,6 +60,8 @@ from stream.state.codec import (
 )
 from stream.state.wire import Client, _pipelined, _raw_pipeline, _read_raw, _send_raw
 
+__all__ = ["DEFAULT_CACHE_USERS", "STATE_LUA", "RedisWindowStore"]
+
 DEFAULT_CACHE_USERS: Final = 100_000  # ≈ 2.6 KB each: ≈ 260 MB of window state at most
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
 

@@ -10,6 +10,8 @@ from hiredis import pack_command
 
 from stream.settings import Settings
 
+__all__ = ["Client", "delete_keys", "redis_client"]
+
 Client = redis.Redis | redis.RedisCluster
 
 

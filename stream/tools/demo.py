@@ -20,7 +20,9 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: the demo drives deploy/local/stack
 STACK = ROOT / "deploy" / "local" / "stack"
 
 

@@ -25,6 +25,8 @@ from stream.logs import iter_lines, open_log
 from stream.settings import Settings
 from stream.topics import admin_client, input_retention_ms
 
+__all__ = ["ReplaySummary", "expiry_warning", "parse_types", "replay"]
+
 
 @dataclass(slots=True)
 class ReplaySummary:

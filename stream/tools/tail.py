@@ -18,6 +18,8 @@ from stream.core.alerts import Alert, alert_from_json
 from stream.errors import BrokerUnavailableError
 from stream.settings import Settings
 
+__all__ = ["format_alert", "tail"]
+
 _LEVEL = {"high": "HIGH    ", "elevated": "elevated", "cleared": "cleared "}
 
 

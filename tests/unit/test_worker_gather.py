@@ -95,7 +95,7 @@ def test_an_input_whose_leader_stopped_answering_fetches_is_never_idle():
     from prometheus_client import CollectorRegistry
 
     from stream.metrics import Metrics
-    from stream.live.worker import _TpState
+    from stream.live.worker import InputProgress
 
     e = engine(backlog=0)
     e.s = load_settings(idle_ms=0)
@@ -104,8 +104,8 @@ def test_an_input_whose_leader_stopped_answering_fetches_is_never_idle():
     hw = {(e.s.clicks_topic, 0): 10, (e.s.views_topic, 0): 5}
     polled = {(e.s.clicks_topic, 0): now_ms - 100, (e.s.views_topic, 0): now_ms - 60_000}  # views: hung
     e.app = type("App", (), {"consumer": _Consumer(hw, polled)})()
-    e.tps = {(e.s.clicks_topic, 0): _TpState(last_offset=9, last_seen=0.0),
-             (e.s.views_topic, 0): _TpState(last_offset=4, last_seen=0.0)}
+    e.tps = {(e.s.clicks_topic, 0): InputProgress(last_offset=9, last_seen=0.0),
+             (e.s.views_topic, 0): InputProgress(last_offset=4, last_seen=0.0)}
     e.link, e.metrics, e.inflight = _Link(), Metrics(CollectorRegistry()), {}
     asyncio.run(e.on_timer())
     (step,) = e.link.steps

@@ -9,9 +9,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream.core import layout as L
-from stream.core.features.kernel import _GUARD, _kernel
+from stream.core.features.kernel import GUARD, feature_kernel
 from stream.core.features.spec import N_FEATURES, RuleArrays
 from stream.core.windows import Snapshot
+
+__all__ = ["compute", "compute_arrays"]
 
 
 def compute_arrays(rings: NDArray[np.uint32], scalars: NDArray[np.int64],
@@ -34,8 +36,8 @@ def compute_arrays(rings: NDArray[np.uint32], scalars: NDArray[np.int64],
                        np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
     args = (rings, scalars, tick_end, out, rules.today_active_min, rules.session_min,
             rules.local_minute, rules.local_day, rules.history_days)
-    _GUARD.ensure()
-    _kernel(*args)
+    GUARD.ensure()
+    feature_kernel(*args)
     return out, rules
 
 

@@ -21,6 +21,8 @@ from stream.core.features.spec import (
 )
 from stream.core.jit import CacheGuard, constants_key
 
+__all__ = ["GUARD", "feature_kernel"]
+
 # -- the kernel --------------------------------------------------------------------------------------
 # numba freezes module globals into the compiled code, so the kernel reads its constants (the
 # layout, the hour ranges, the feature columns) as plain module-level ints and tuples; it cannot
@@ -77,7 +79,7 @@ def _ols_slope(y: NDArray[np.float64], x: NDArray[np.float64], m: int, sx: float
 
 
 @njit(cache=True, nogil=True)
-def _kernel(rings: NDArray[np.uint32], sc: NDArray[np.int64], tick_end: NDArray[np.int64],
+def feature_kernel(rings: NDArray[np.uint32], sc: NDArray[np.int64], tick_end: NDArray[np.int64],
             out: NDArray[np.float32], today_min: NDArray[np.float64], session_min: NDArray[np.float64],
             local_minute: NDArray[np.int64], local_day: NDArray[np.int64],
             history_days: NDArray[np.int64]) -> None:
@@ -311,4 +313,4 @@ def _kernel(rings: NDArray[np.uint32], sc: NDArray[np.int64], tick_end: NDArray[
         history_days[i] = history
 
 
-_GUARD = CacheGuard(_KERNEL_KEY, _compiled_key, (_div, _ols_slope, _kernel))
+GUARD = CacheGuard(_KERNEL_KEY, _compiled_key, (_div, _ols_slope, feature_kernel))

@@ -12,6 +12,20 @@ from numpy.typing import NDArray
 
 from stream.core import layout as L
 
+__all__ = [
+    "CURFEW_FEATURE_HOURS",
+    "FEATURE_INDEX",
+    "FEATURE_NAMES",
+    "FEATURE_SPEC",
+    "FEATURE_SPEC_HASH",
+    "FEATURE_VERSION",
+    "MIN_TREND_DAYS",
+    "NIGHT_HOURS",
+    "N_FEATURES",
+    "SMOOTH_MIN",
+    "RuleArrays",
+]
+
 FEATURE_VERSION: Final = 1
 
 FEATURE_NAMES: Final[tuple[str, ...]] = (

@@ -20,6 +20,19 @@ from pydantic import (
 
 from stream.errors import ConfigError
 
+__all__ = [
+    "MlPolicy",
+    "PolicyConfig",
+    "PositiveMinutes",
+    "Probability",
+    "RuleProfile",
+    "RulesConfig",
+    "Seconds",
+    "in_window",
+    "load_policy_config",
+    "parse_curfew",
+]
+
 # ---------------------------------------------------------------------------------------------
 # Configuration
 

@@ -23,6 +23,8 @@ from stream.core.policy.config import PolicyConfig, in_window, parse_curfew
 from stream.core.policy.state import ML_NONE, PolicyState
 from stream.errors import ConfigError
 
+__all__ = ["AlertPolicy", "Decision", "Evaluation", "RuleInputs"]
+
 # ---------------------------------------------------------------------------------------------
 # Inputs, outputs, state
 

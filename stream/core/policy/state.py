@@ -11,6 +11,8 @@ from stream.core.alerts import (
     LEVEL_HIGH,
 )
 
+__all__ = ["ML_NONE", "POLICY_PREFIX", "STATE_FIELDS", "PolicyState"]
+
 ML_NONE: Final = "none"
 _ML_LEVELS: Final = (ML_NONE, LEVEL_ELEVATED, LEVEL_HIGH)
 

@@ -14,6 +14,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from stream.errors import ModelContractError
 
+__all__ = ["INPUT_NAME", "PROBABILITY_OUTPUT", "REQUIRED_METADATA", "ModelInfo", "Scorer"]
+
 INPUT_NAME = "features"
 PROBABILITY_OUTPUT = "probabilities"
 REQUIRED_METADATA = ("feature_names", "feature_spec_hash", "model_version", "trained_at", "thresholds")

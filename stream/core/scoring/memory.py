@@ -10,6 +10,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from stream.core.scoring.contract import ModelInfo, _as_feature_matrix
 
+__all__ = ["ConstantScorer"]
+
 _Scores = Callable[[NDArray[np.float32]], ArrayLike]
 
 

@@ -25,6 +25,8 @@ from stream.core.scoring.contract import (
 )
 from stream.errors import ModelContractError
 
+__all__ = ["OnnxScorer", "load_model_info", "load_scorer"]
+
 logger = logging.getLogger("riskstream.scoring")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["MAX_FENCE_OFFSETS", "Fence", "fence_mark", "fence_seen"]
+
 MAX_FENCE_OFFSETS = 4096
 """Applied-but-uncommitted offsets remembered per (user, topic-partition) above the commit floor."""
 

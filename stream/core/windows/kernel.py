@@ -12,6 +12,8 @@ from stream.core import layout as L
 from stream.core.jit import CacheGuard, constants_key
 from stream.core.windows.types import TZ_ABSENT
 
+__all__ = ["APPLIED", "GUARD", "TOO_LATE", "apply_kernel"]
+
 # --- the update rule, compiled ------------------------------------------------------------------
 # numba freezes these module globals into the compiled code as constants.
 _NONE, _MAX, _LONGEST, _GAP, _WAKING, _SQ = (
@@ -116,7 +118,7 @@ def _emit(r: Any, sc: Any, u: int, tick_end: int, abi: int, k: int, out_rings: A
 
 
 @numba.njit(cache=True, nogil=True)
-def _apply_kernel(r: Any, sc: Any, seg_slot: Any, seg_lo: Any, seg_hi: Any,
+def apply_kernel(r: Any, sc: Any, seg_slot: Any, seg_lo: Any, seg_hi: Any,
                   ts_a: Any, view_a: Any, dwell_a: Any, cat_a: Any, tz_a: Any, ab_a: Any, late_a: Any,
                   watermark: int, out_rings: Any, out_sc: Any, out_tick: Any, out_abi: Any,
                   seg_out: Any, seg_ab: Any, status: Any) -> int:
@@ -227,5 +229,5 @@ def _compiled_key() -> int:
     return _KERNEL_KEY
 
 
-_GUARD = CacheGuard(_KERNEL_KEY, _compiled_key,
-                    (_add, _fixed, _zero_passed, _advance, _close_session, _emit, _apply_kernel))
+GUARD = CacheGuard(_KERNEL_KEY, _compiled_key,
+                    (_add, _fixed, _zero_passed, _advance, _close_session, _emit, apply_kernel))

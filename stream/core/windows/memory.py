@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from stream.core.windows.table import StateTable
 from stream.core.windows.types import ColumnResult, EventColumns, UserBatch, UserResult
 
+__all__ = ["MemoryWindowStore"]
+
 
 class MemoryWindowStore:
     """The in-memory twin of the Redis window store: its :class:`StateTable` is the whole state.

@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 
 from stream.core.windows.types import ColumnResult, EventColumns, UserBatch, UserResult
 
+__all__ = ["ColumnarStore", "DeferredWriteStore", "WindowStore"]
+
 
 class WindowStore(Protocol):
     """Where window state lives: memory (offline, tests) or Redis (live)."""

@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from stream.core import layout as L
 from stream.core.events import Event, Reason
 from stream.core.windows.fence import Fence, fence_mark, fence_seen
-from stream.core.windows.kernel import _GUARD, TOO_LATE, _apply_kernel
+from stream.core.windows.kernel import GUARD, TOO_LATE, apply_kernel
 from stream.core.windows.types import (
     _EMPTY,
     _NS,
@@ -22,6 +22,8 @@ from stream.core.windows.types import (
     UserBatch,
     UserResult,
 )
+
+__all__ = ["StateRows", "StateTable"]
 
 
 class StateRows(NamedTuple):
@@ -105,8 +107,8 @@ class StateTable:
         seg_out = np.empty(len(seg_slot), np.int64)
         seg_ab = np.empty(len(seg_slot), np.int64)
         status = np.zeros(len(cols), np.int8)
-        _GUARD.ensure()
-        k = _apply_kernel(self._rings, self._sc, seg_slot, seg_lo, seg_hi, cols.ts, cols.view, cols.dwell,
+        GUARD.ensure()
+        k = apply_kernel(self._rings, self._sc, seg_slot, seg_lo, seg_hi, cols.ts, cols.view, cols.dwell,
                           cols.cat, cols.tz, cols.has_band, cols.late, watermark_ms,
                           out_rings, out_sc, out_tick, out_abi, seg_out, seg_ab, status)
         # resolve user ids and age bands of the rows (a band is the state's as of the row's tick)

@@ -14,6 +14,20 @@ from numpy.typing import NDArray
 from stream.core import layout as L
 from stream.core.events import Event, EventTuple, Reason
 
+__all__ = [
+    "CATEGORY_CODE",
+    "TZ_ABSENT",
+    "ApplyResults",
+    "ColumnResult",
+    "EventColumns",
+    "Item",
+    "Snapshot",
+    "Snapshots",
+    "UserBatch",
+    "UserResult",
+    "all_snapshots",
+]
+
 _NS = len(L.SCALARS)
 
 
