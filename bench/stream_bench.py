@@ -367,7 +367,7 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        from stream.topics import delete_namespace
+        from stream.tools.namespace import delete_namespace
 
         for made in CREATED:
             delete_namespace(made)

@@ -87,6 +87,29 @@ def topics_create(bootstrap: str | None, redis_url: str | None, namespace: str |
         click.echo(line)
 
 
+# -- namespaces ----------------------------------------------------------------------------------
+@main.group()
+def namespace() -> None:
+    """Manage namespaces (prefixed topics, consumer group and Redis keys)."""
+
+
+@namespace.command("delete")
+@common_options
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def namespace_delete(bootstrap: str | None, redis_url: str | None, namespace: str | None, yes: bool) -> None:
+    """Delete the namespace's topics and Redis keys (refuses the empty namespace)."""
+    from stream.tools.namespace import delete_namespace
+
+    s = settings_from(bootstrap, redis_url, namespace)
+    if not s.namespace:
+        raise ConfigError("give --namespace (or RISKSTREAM_NAMESPACE): refusing to delete the empty namespace")
+    if not yes:
+        click.confirm(f"delete every topic named {s.namespace}.* and every Redis key {s.namespace}:*?",
+                      abort=True, err=True)
+    topics, keys = delete_namespace(s)
+    click.echo(f"deleted {len(topics)} topic(s) and {keys} Redis key(s) of namespace {s.namespace}")
+
+
 # -- models --------------------------------------------------------------------------------------
 def _load_scorer(model: Path | None, *, required: bool) -> Any:
     from stream.core.scoring import load_scorer

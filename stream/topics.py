@@ -22,7 +22,7 @@ __all__ = [
     "ALERT_RETENTION_MS",
     "TopicSpec",
     "admin_client",
-    "delete_namespace",
+    "delete_namespace_topics",
     "ensure_topics",
     "input_retention_ms",
     "topic_specs",
@@ -149,22 +149,13 @@ def _raise_input_retention(admin: AdminClient, s: Settings, names: list[str]) ->
 def _check_retention(admin: AdminClient, s: Settings) -> None:
     input_retention_ms(admin, s)
 
-def delete_namespace(s: Settings) -> None:
-    """Delete a namespace's topics and Redis keys (what tests and the demo created for themselves).
-
-    Refuses the empty namespace: that would be everything outside any namespace.
-    """
-    from stream.state import delete_keys, redis_client
-
+def delete_namespace_topics(s: Settings) -> list[str]:
+    """Delete every topic of the settings' namespace; returns their names. Refuses the empty namespace."""
     if not s.namespace:
         raise ConfigError("refusing to delete the empty namespace")
     admin = admin_client(s)
-    mine = [t for t in _list_topics(admin, s.kafka_bootstrap) if t.startswith(s.namespace + ".")]
+    mine = sorted(t for t in _list_topics(admin, s.kafka_bootstrap) if t.startswith(s.namespace + "."))
     if mine:
         for fut in admin.delete_topics(mine, operation_timeout=ADMIN_TIMEOUT_S).values():
             fut.result()
-    r = redis_client(s)
-    try:
-        delete_keys(r, f"{s.namespace}:")
-    finally:
-        r.close()
+    return mine

@@ -49,7 +49,7 @@ def main() -> int:
         _say("the local stack did not come up; see the lines above")
         return 1
     from stream.settings import load_settings
-    from stream.topics import delete_namespace
+    from stream.tools.namespace import delete_namespace
 
     ns = f"demo-{uuid.uuid4().hex[:6]}"
     settings = load_settings(namespace=ns)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from stream.settings import Settings, load_settings
-from stream.topics import delete_namespace, ensure_topics
+from stream.tools.namespace import delete_namespace
+from stream.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "deploy" / "local" / "stack"
