@@ -149,6 +149,7 @@ def _raise_input_retention(admin: AdminClient, s: Settings, names: list[str]) ->
 def _check_retention(admin: AdminClient, s: Settings) -> None:
     input_retention_ms(admin, s)
 
+
 def delete_namespace_topics(s: Settings) -> list[str]:
     """Delete every topic of the settings' namespace; returns their names. Refuses the empty namespace."""
     if not s.namespace:

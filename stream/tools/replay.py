@@ -199,5 +199,3 @@ def parse_types(skew: str | None) -> list[tuple[str, ...]]:
     if skew == "clicks-first":
         return [("click",), ("view",)]
     raise ConfigError(f"unknown --skew {skew!r}: use views-first or clicks-first")
-
-

@@ -174,6 +174,7 @@ class ApplyResults(list[UserResult]):
 
     batch: Snapshots | None = None
 
+
 TZ_ABSENT = -(2**31)
 """Column marker for an event without ``tz_offset_min``."""
 CATEGORY_CODE: dict[str, int] = dict(L.CATEGORY_INDEX)
