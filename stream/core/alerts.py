@@ -45,6 +45,7 @@ __all__ = [
     "alert_to_json",
     "format_rfc3339_ms",
     "parse_rfc3339_ms",
+    "rule_text",
 ]
 
 ALERT_SCHEMA_VERSION = 1
@@ -108,11 +109,43 @@ class Reason:
     baseline: float | None = None
     contribution: float | None = None
     threshold: float | str | None = None
+    text: str | None = None  # the same, as a person would say it
 
     @classmethod
     def for_rule(cls, name: str, value: float, threshold: float | str) -> Reason:
         """The reason of a rule alert: the rule input, its value and the threshold it reached."""
-        return cls(feature=name, value=value, threshold=threshold)
+        return cls(feature=name, value=value, threshold=threshold, text=rule_text(name, value, threshold))
+
+    @classmethod
+    def for_feature(cls, name: str, value: float | None, baseline: float | None,
+                    contribution: float | None) -> Reason:
+        """The reason of an ``ml_risk`` alert: a feature, its value, the healthy baseline and the
+        part of the score it accounts for."""
+        text = None
+        if value is not None:
+            text = f"{name.replace('_', ' ')} {value:.3g}"
+            if baseline is not None:
+                text += f" (typical {baseline:.3g})"
+        return cls(feature=name, value=value, baseline=baseline, contribution=contribution, text=text)
+
+
+def _clock(minute: float) -> str:
+    m = int(minute)
+    return f"{m // 60:02d}:{m % 60:02d}"
+
+
+def rule_text(name: str, value: float, threshold: float | str) -> str:
+    """A rule input and its threshold in words: ``23:34 local time, curfew 22:00-06:00``."""
+    if name == "local_minute":
+        return f"{_clock(value)} local time, inside the curfew {threshold}"
+    if name == "curfew_over_minute":
+        return f"{_clock(value)} local time, the curfew night ({threshold}) is over"
+    if name == "today_active_min":
+        return f"{value:.0f} min today, cap {threshold:g}" if not isinstance(threshold, str) else f"{value:.0f} min today"
+    if name == "session_min":
+        return (f"{value:.0f} min without a break, limit {threshold:g}" if not isinstance(threshold, str)
+                else f"{value:.0f} min without a break")
+    return f"{name} {value:g} (threshold {threshold})"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,6 +223,7 @@ def _reason_to_obj(r: Reason) -> dict[str, Any]:
         "baseline": _num(r.baseline),
         "contribution": _num(r.contribution),
         "threshold": threshold,
+        "text": r.text,
     }
 
 
@@ -243,6 +277,7 @@ def alert_from_json(data: bytes | str) -> Alert:
                 threshold=(
                     r["threshold"] if isinstance(r.get("threshold"), str) else _opt_float(r, "threshold")
                 ),
+                text=r.get("text") if isinstance(r.get("text"), str) else None,
             )
             for r in obj.get("reasons") or ()
         )

@@ -363,8 +363,7 @@ def _reasons(scorer: Scorer | None, x: NDArray[np.float32], rows: list[int],
         contrib = np.round(s - p[j].astype(np.float64), SCORE_DECIMALS)
         top = [k for k in np.argsort(-contrib, kind="stable")[:TOP_REASONS] if contrib[k] > 0]
         out[r] = tuple(
-            AlertReason(feature=F.FEATURE_NAMES[k], value=_num(x[r, k]), baseline=_num(base[k]),
-                        contribution=_num(contrib[k]))
+            AlertReason.for_feature(F.FEATURE_NAMES[k], _num(x[r, k]), _num(base[k]), _num(contrib[k]))
             for k in top
         )
     return out

@@ -14,7 +14,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from stream.core.alerts import Alert, alert_from_json
+from stream.core.alerts import Alert, Reason, alert_from_json
 from stream.errors import BrokerUnavailableError
 from stream.settings import Settings
 
@@ -27,11 +27,14 @@ def format_alert(a: Alert) -> str:
     when = a.event_time_ms
     t = time.strftime("%Y-%m-%d %H:%M", time.gmtime(when / 1000))
     score = f"score {a.score:.2f}" if a.score is not None else "        "
-    reasons = ", ".join(
-        f"{r.feature}={r.value:g}" + (f" (+{r.contribution:.2f})" if r.contribution else "")
-        + (f" ≥ {r.threshold}" if r.threshold is not None and r.contribution is None else "")
-        for r in a.reasons if r.feature is not None and r.value is not None)
+    reasons = "; ".join(_reason_text(r) for r in a.reasons if r.feature is not None and r.value is not None)
     return f"{t}Z  {a.user_id:<14} {a.kind:<20} {_LEVEL.get(a.level, a.level)}  {score}  {reasons}"
+
+
+def _reason_text(r: Reason) -> str:
+    if r.text is not None:
+        return r.text
+    return f"{r.feature}={r.value:g}" + (f" ≥ {r.threshold}" if r.threshold is not None else "")
 
 
 def tail(settings: Settings, emit: Callable[[str], None], *, from_beginning: bool = False,

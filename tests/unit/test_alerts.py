@@ -113,7 +113,7 @@ def test_json_has_contract_keys_in_order_and_rfc3339_times() -> None:
     assert obj["emitted_at"] == "2023-11-14T22:14:02.345Z"
     assert obj["reasons"][0] == {
         "feature": "night_share", "value": 0.42, "baseline": 0.1, "contribution": 0.25,
-        "threshold": None,
+        "threshold": None, "text": None,
     }  # fmt: skip
     assert list(obj["features"]) == ["night_share", "sessions_day"]  # sorted: canonical bytes
 
@@ -135,14 +135,32 @@ def test_json_round_trip_rule_alert_without_emitted_at() -> None:
         emitted_at_ms=None,
         reasons=(Reason.for_rule("local_minute", 1410, "22:00-06:00"),),
         features=None,
-        details={"profile": "young_teen", "curfew": "22:00-06:00", "cooldown_s": 3600},
+        details={"profile": "young_teen", "curfew": "22:00-06:00", "night": 0},
     )
     data = alert_to_json(alert)
     obj = orjson.loads(data)
     assert obj["emitted_at"] is None
     assert obj["event_time"] == "1970-01-01T00:01:00.000Z"
     assert obj["reasons"][0]["threshold"] == "22:00-06:00"
+    assert obj["reasons"][0]["text"] == "23:30 local time, inside the curfew 22:00-06:00"
     assert alert_from_json(data) == alert
+
+
+@pytest.mark.parametrize(("name", "value", "threshold", "text"), [
+    ("local_minute", 23 * 60 + 34, "22:00-06:00", "23:34 local time, inside the curfew 22:00-06:00"),
+    ("curfew_over_minute", 6 * 60 + 5, "22:00-06:00", "06:05 local time, the curfew night (22:00-06:00) is over"),
+    ("today_active_min", 121.4, 120, "121 min today, cap 120"),
+    ("session_min", 61.0, 60, "61 min without a break, limit 60"),
+])
+def test_rule_reasons_read_as_a_person_would_say_them(name: str, value: float, threshold: float | str,
+                                                      text: str) -> None:
+    assert Reason.for_rule(name, value, threshold).text == text
+
+
+def test_feature_reasons_name_value_and_typical_value() -> None:
+    r = Reason.for_feature("night_share_7d", 0.6612, 0.1234, 0.2)
+    assert r.text == "night share 7d 0.661 (typical 0.123)"
+    assert (r.feature, r.value, r.baseline, r.contribution) == ("night_share_7d", 0.6612, 0.1234, 0.2)
 
 
 def test_floats_are_rounded_to_6_decimals_so_serialisation_is_canonical() -> None:

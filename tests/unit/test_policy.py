@@ -274,24 +274,48 @@ def test_young_teen_at_2330_gets_curfew() -> None:
     assert d.level == "elevated"
     assert d.score is None
     assert d.reasons == (("local_minute", MINUTE_2330, "22:00-06:00"),)
-    assert d.details == {"profile": "young_teen", "curfew": "22:00-06:00", "cooldown_s": 3600}
+    assert d.details == {"profile": "young_teen", "curfew": "22:00-06:00", "night": 19_675}
     assert d.alert_id == alert_id("u1", "rule:curfew", "elevated", T0)
 
 
-def test_curfew_cooldown_and_window_edges() -> None:
+def levels(ds: list[Decision]) -> list[tuple[str, str]]:
+    return [(d.kind, d.level) for d in ds]
+
+
+def test_curfew_fires_once_per_night_and_clears_after_it() -> None:
     policy, state = rules_policy(), PolicyState()
-    teen = "13-15"
-    assert kinds(policy.decide(state, ev(0, age_band=teen, local_minute=22 * 60))) == ["rule:curfew"]
-    assert policy.decide(state, ev(1, age_band=teen, local_minute=22 * 60 + 1)) == []
-    assert policy.decide(state, ev(59, age_band=teen, local_minute=22 * 60 + 59)) == []
-    assert kinds(policy.decide(state, ev(60, age_band=teen, local_minute=23 * 60))) == [
-        "rule:curfew"
-    ]
-    assert kinds(policy.decide(state, ev(480, age_band=teen, local_minute=5 * 60 + 59))) == [
-        "rule:curfew"
-    ]
-    assert policy.decide(state, ev(600, age_band=teen, local_minute=6 * 60)) == []
-    assert policy.decide(state, ev(2000, age_band=teen, local_minute=21 * 60 + 59)) == []
+    teen, day = "13-15", 19_675
+    curfew = [("rule:curfew", "elevated")]
+    assert levels(policy.decide(state, ev(0, age_band=teen, local_minute=22 * 60, local_day=day))) == curfew
+    # the rest of that night, across midnight, is the same night: no further alert
+    for i, (minute, d) in enumerate([(22 * 60 + 1, day), (23 * 60, day), (0, day + 1), (5 * 60 + 59, day + 1)]):
+        assert policy.decide(state, ev(1 + 60 * i, age_band=teen, local_minute=minute, local_day=d)) == []
+    # the first use after the night clears it; 06:00 is outside the window
+    ds = policy.decide(state, ev(480, age_band=teen, local_minute=6 * 60, local_day=day + 1))
+    assert levels(ds) == [("rule:curfew", "cleared")]
+    assert ds[0].reasons == (("curfew_over_minute", 6 * 60, "22:00-06:00"),)
+    assert policy.decide(state, ev(600, age_band=teen, local_minute=21 * 60 + 59, local_day=day + 1)) == []
+    # the next night is a new one
+    assert levels(policy.decide(state, ev(700, age_band=teen, local_minute=22 * 60 + 30, local_day=day + 1))) == curfew
+
+
+def test_curfew_on_two_nights_in_a_row_without_daytime_use() -> None:
+    policy, state = rules_policy(), PolicyState()
+    teen, day = "13-15", 19_675
+    assert levels(policy.decide(state, ev(0, age_band=teen, local_minute=1 * 60, local_day=day))) == [
+        ("rule:curfew", "elevated")]
+    # next use: the following night; the previous night is cleared and the new one alerted, at once
+    ds = policy.decide(state, ev(1440, age_band=teen, local_minute=1 * 60, local_day=day + 1))
+    assert levels(ds) == [("rule:curfew", "cleared"), ("rule:curfew", "elevated")]
+    assert len({d.alert_id for d in ds}) == 2
+
+
+def test_curfew_alerts_per_night_survive_the_state_codec() -> None:
+    policy, state = rules_policy(), PolicyState()
+    teen, day = "13-15", 19_675
+    policy.decide(state, ev(0, age_band=teen, local_minute=23 * 60, local_day=day))
+    state = PolicyState.from_fields(state.to_fields())
+    assert policy.decide(state, ev(30, age_band=teen, local_minute=23 * 60 + 30, local_day=day)) == []
 
 
 def test_adult_has_no_time_rules() -> None:
@@ -348,24 +372,20 @@ def test_older_teen_cap_is_two_hours() -> None:
     ]
 
 
-def test_continuous_use_fires_every_further_interval_and_resets_on_new_session() -> None:
+def test_continuous_use_fires_once_per_session_and_again_in_a_new_one() -> None:
     policy, state = rules_policy(), PolicyState()
     child = "u13"
     sessions = [(0, 10.0), (19, 29.0), (20, 30.0), (35, 45.0), (50, 60.0), (51, 61.0), (85, 95.0)]
     got = []
     for i, s in sessions:
         for d in policy.decide(state, ev(i, age_band=child, session_min=s)):
-            got.append((i, d.kind, d.reasons, d.details["occurrence"]))
-    assert got == [
-        (20, "rule:continuous_use", (("session_min", 30.0, 30),), 1),
-        (50, "rule:continuous_use", (("session_min", 60.0, 60),), 2),
-        (85, "rule:continuous_use", (("session_min", 95.0, 90),), 3),  # jumped past 90
-    ]
-    # A new session starts (length drops): counting restarts at 30 min.
+            got.append((i, d.kind, d.reasons))
+    assert got == [(20, "rule:continuous_use", (("session_min", 30.0, 30),))]
+    # A new session starts (length drops): it gets its own alert at 30 min.
     assert policy.decide(state, ev(200, age_band=child, session_min=1.0)) == []
     assert policy.decide(state, ev(228, age_band=child, session_min=29.0)) == []
     ds = policy.decide(state, ev(229, age_band=child, session_min=30.0))
-    assert [d.details["occurrence"] for d in ds] == [1]
+    assert kinds(ds) == ["rule:continuous_use"]
 
 
 def test_continuous_use_resets_when_no_session() -> None:
@@ -383,7 +403,7 @@ def test_older_teen_break_after_an_hour() -> None:
     policy, state = rules_policy(), PolicyState()
     assert policy.decide(state, ev(0, age_band="16-17", session_min=45.0)) == []
     ds = policy.decide(state, ev(15, age_band="16-17", session_min=60.0))
-    assert ds[0].details == {"profile": "older_teen", "continuous_use_min": 60, "occurrence": 1}
+    assert ds[0].details == {"profile": "older_teen", "continuous_use_min": 60}
 
 
 def test_rules_run_from_day_one_and_ml_comes_first() -> None:
@@ -395,9 +415,10 @@ def test_rules_run_from_day_one_and_ml_comes_first() -> None:
     assert kinds(policy.decide(state, e0)) == [
         "rule:daily_cap", "rule:curfew", "rule:continuous_use"
     ]  # fmt: skip
-    e1 = ev(120, 0.9, age_band="13-15", history_days=10, local_minute=1 * 60 + 30,
+    # 01:30 the next local day: the same curfew night (no new curfew alert), a new day for the cap
+    e1 = ev(120, 0.9, age_band="13-15", history_days=10, local_minute=1 * 60 + 30, local_day=19_676,
             today_active_min=80, session_min=1)  # fmt: skip
-    assert kinds(policy.decide(state, e1)) == ["ml_risk", "rule:curfew"]
+    assert kinds(policy.decide(state, e1)) == ["ml_risk", "rule:daily_cap"]
 
 
 def test_rule_decision_to_alert_json() -> None:
@@ -541,7 +562,7 @@ def test_state_round_trip_fresh_and_populated() -> None:
     assert PolicyState.from_fields(fresh) == PolicyState()
     s = PolicyState(
         last_tick_ms=T0, ml_level="high", ml_emitted_ms=T0 - TICK, elevated_since_ms=T0 - 9 * TICK,
-        high_since_ms=None, cap_day=19_675, curfew_emitted_ms=T0 - 3 * TICK, session_alerts=2,
+        high_since_ms=None, cap_day=19_675, curfew_night=19_674, curfew_open=True, session_alerts=1,
         session_min=61.123456789012345,
     )  # fmt: skip
     fields = s.to_fields()

@@ -100,7 +100,6 @@ class RuleProfile(BaseModel):
     daily_cap_min: PositiveMinutes | None = None
     curfew: str | None = None
     continuous_use_min: PositiveMinutes | None = None
-    cooldown_s: Seconds = 3_600  # between two curfew alerts
 
     @field_validator("curfew")
     @classmethod

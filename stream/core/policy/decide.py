@@ -103,7 +103,6 @@ class _Profile:
     curfew: str | None
     curfew_window: tuple[int, int] | None
     continuous_use_min: int | None
-    cooldown_ms: int
 
 
 class AlertPolicy:
@@ -123,7 +122,6 @@ class AlertPolicy:
                 curfew=p.curfew,
                 curfew_window=None if p.curfew is None else parse_curfew(p.curfew),
                 continuous_use_min=p.continuous_use_min,
-                cooldown_ms=p.cooldown_s * 1000,
             )
             for name, p in config.rules.profiles.items()
         }
@@ -259,31 +257,43 @@ class AlertPolicy:
             details: dict[str, float | int | str] = {"daily_cap_min": cap, "local_day": r.local_day}
             out.append(_rule_decision(ev, profile.name, KIND_DAILY_CAP, LEVEL_HIGH, reason, details))
 
-        if (
-            profile.curfew is not None
-            and profile.curfew_window is not None
-            and in_window(r.local_minute, *profile.curfew_window)
-            and (
-                state.curfew_emitted_ms is None
-                or tick - state.curfew_emitted_ms >= profile.cooldown_ms
-            )
-        ):
-            state.curfew_emitted_ms = tick
-            reason = ("local_minute", r.local_minute, profile.curfew)
-            details = {"curfew": profile.curfew, "cooldown_s": profile.cooldown_ms // 1000}
-            out.append(_rule_decision(ev, profile.name, KIND_CURFEW, LEVEL_ELEVATED, reason, details))
+        out.extend(self._decide_curfew(state, ev, profile))
 
         # A shorter session than at the last evaluation (or none) means a new session began.
         if r.session_min <= 0 or r.session_min < state.session_min:
             state.session_alerts = 0
         state.session_min = max(float(r.session_min), 0.0)
         every = profile.continuous_use_min
-        if every is not None and r.session_min >= (state.session_alerts + 1) * every:
-            reached = int(r.session_min // every)
-            state.session_alerts = reached
-            reason = ("session_min", r.session_min, reached * every)
-            details = {"continuous_use_min": every, "occurrence": reached}
+        if every is not None and state.session_alerts == 0 and r.session_min >= every:
+            state.session_alerts = 1  # once per session
+            reason = ("session_min", r.session_min, every)
+            details = {"continuous_use_min": every}
             out.append(_rule_decision(ev, profile.name, KIND_CONTINUOUS_USE, LEVEL_ELEVATED, reason, details))
+        return out
+
+    def _decide_curfew(self, state: PolicyState, ev: Evaluation, profile: _Profile) -> list[Decision]:
+        """One ``elevated`` alert per curfew night in which the user is active, and its ``cleared``
+        at the user's first evaluation after that night (outside the window, or in a later night)."""
+        r = ev.rules
+        window = profile.curfew_window
+        night: int | None = None
+        if profile.curfew is not None and window is not None and in_window(r.local_minute, *window):
+            start, end = window
+            # a window that wraps midnight belongs to the night that began the evening before
+            night = r.local_day - 1 if start > end and r.local_minute < end else r.local_day
+        out: list[Decision] = []
+        if state.curfew_open and state.curfew_night != night:
+            state.curfew_open = False
+            reason: tuple[str, float, float | str] = (
+                "curfew_over_minute", r.local_minute, profile.curfew or "")
+            details: dict[str, float | int | str] = {"curfew": profile.curfew or "", "night": state.curfew_night or 0}
+            out.append(_rule_decision(ev, profile.name, KIND_CURFEW, LEVEL_CLEARED, reason, details))
+        if night is not None and state.curfew_night != night:
+            assert profile.curfew is not None
+            state.curfew_night, state.curfew_open = night, True
+            reason = ("local_minute", r.local_minute, profile.curfew)
+            details = {"curfew": profile.curfew, "night": night}
+            out.append(_rule_decision(ev, profile.name, KIND_CURFEW, LEVEL_ELEVATED, reason, details))
         return out
 
 

@@ -27,11 +27,12 @@ _F_ML_AT: Final = "pol:ml_at"
 _F_EL_T0: Final = "pol:el_t0"
 _F_HI_T0: Final = "pol:hi_t0"
 _F_CAP_DAY: Final = "pol:cap_day"
-_F_CF_AT: Final = "pol:cf_at"
+_F_CF_NIGHT: Final = "pol:cf_night"
+_F_CF_OPEN: Final = "pol:cf_open"
 _F_CU_N: Final = "pol:cu_n"
 _F_CU_MIN: Final = "pol:cu_min"
 STATE_FIELDS: Final = (
-    _F_TICK, _F_ML, _F_ML_AT, _F_EL_T0, _F_HI_T0, _F_CAP_DAY, _F_CF_AT, _F_CU_N, _F_CU_MIN,
+    _F_TICK, _F_ML, _F_ML_AT, _F_EL_T0, _F_HI_T0, _F_CAP_DAY, _F_CF_NIGHT, _F_CF_OPEN, _F_CU_N, _F_CU_MIN,
 )
 
 
@@ -45,8 +46,9 @@ class PolicyState:
     elevated_since_ms: int | None = None  # t0 of the current run of score >= elevated_enter
     high_since_ms: int | None = None  # t0 of the current run of score >= high_enter
     cap_day: int | None = None  # local day on which rule:daily_cap last fired
-    curfew_emitted_ms: int | None = None  # tick of the last rule:curfew alert
-    session_alerts: int = 0  # continuous-use multiples already alerted in the current session
+    curfew_night: int | None = None  # local day on which the last curfew night with an alert began
+    curfew_open: bool = False  # that night's rule:curfew alert is not cleared yet
+    session_alerts: int = 0  # 1 once the current session got its rule:continuous_use alert
     session_min: float = 0.0  # session length at the last evaluation (a drop = new session)
 
     def to_fields(self) -> dict[str, str]:
@@ -58,7 +60,8 @@ class PolicyState:
             _F_EL_T0: _opt_int_str(self.elevated_since_ms),
             _F_HI_T0: _opt_int_str(self.high_since_ms),
             _F_CAP_DAY: _opt_int_str(self.cap_day),
-            _F_CF_AT: _opt_int_str(self.curfew_emitted_ms),
+            _F_CF_NIGHT: _opt_int_str(self.curfew_night),
+            _F_CF_OPEN: "1" if self.curfew_open else "",
             _F_CU_N: str(self.session_alerts),
             _F_CU_MIN: repr(float(self.session_min)),
         }
@@ -86,7 +89,8 @@ class PolicyState:
                 elevated_since_ms=_parse_opt_int(get(_F_EL_T0, "")),
                 high_since_ms=_parse_opt_int(get(_F_HI_T0, "")),
                 cap_day=_parse_opt_int(get(_F_CAP_DAY, "")),
-                curfew_emitted_ms=_parse_opt_int(get(_F_CF_AT, "")),
+                curfew_night=_parse_opt_int(get(_F_CF_NIGHT, "")),
+                curfew_open=get(_F_CF_OPEN, "") == "1",
                 session_alerts=int(get(_F_CU_N, "") or 0),
                 session_min=float(get(_F_CU_MIN, "") or 0.0),
             )
