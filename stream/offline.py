@@ -122,12 +122,11 @@ def run_detector(events: EventColumns | Sequence[Event], detector: Detector, emi
 
 
 def build_detector(policy_config: PolicyConfig, scorer: Scorer | None) -> tuple[Detector, MemoryWindowStore]:
-    if scorer is not None:
-        policy_config = policy_config.with_model_thresholds(scorer.info.thresholds)
+    policy = AlertPolicy(policy_config, model_thresholds=None if scorer is None else scorer.info.thresholds)
     # Every release is decided and committed before the next and nothing is redelivered: no outbox,
     # and the policy state stays in the detector.
     store = MemoryWindowStore(keep_outbox=False)
-    return Detector(store, AlertPolicy(policy_config), scorer, resident_policy=True), store
+    return Detector(store, policy, scorer, resident_policy=True), store
 
 
 def score_log(path: str | Path, out: IO[bytes], *, policy_config: PolicyConfig,

@@ -131,12 +131,14 @@ def build_raw_model(
     path: str | os.PathLike[str], *, metadata: Mapping[str, str], n_features: int,
     input_name: str = "features", input_type: int = TensorProto.FLOAT,
     input_shape: Sequence[int | str | None] | None = None,
-    output: Literal["probabilities", "score_1d", "score_col", "three_col", "int_only"] = "probabilities",
+    output: Literal["probabilities", "score_1d", "score_col", "three_col", "int_only", "logit_col",
+                    "nan_col"] = "probabilities",
 ) -> str:
     """A hand-made graph for odd I/O layouts; the positive-class value of a row is sigmoid(x0).
 
     ``probabilities`` -> [N, 2] (1 - s, s); ``score_1d`` -> [N]; ``score_col`` -> [N, 1];
-    ``three_col`` -> [N, 3]; ``int_only`` -> a single int64 output.
+    ``three_col`` -> [N, 3]; ``int_only`` -> a single int64 output; ``logit_col`` -> [N, 1] of x0
+    itself (not a probability); ``nan_col`` -> [N, 1] of NaN.
     """
     shape: list[int | str | None] = list(input_shape) if input_shape is not None else ["N", n_features]
     nodes = []
@@ -165,6 +167,12 @@ def build_raw_model(
         outs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])]
     elif output == "score_col":
         nodes.append(helper.make_node("Identity", ["s"], ["score"]))
+        outs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])]
+    elif output == "logit_col":
+        nodes.append(helper.make_node("Identity", ["x0"], ["score"]))
+        outs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])]
+    elif output == "nan_col":
+        nodes += [helper.make_node("Sub", ["x0", "x0"], ["z"]), helper.make_node("Div", ["z", "z"], ["score"])]
         outs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])]
     elif output == "three_col":
         nodes.append(helper.make_node("Concat", ["s", "s", "s"], ["scores"], axis=1))

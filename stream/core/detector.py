@@ -140,6 +140,21 @@ class Detector:
         self._pending: dict[int, dict[str, int]] = defaultdict(dict)
         self._pending_heap: dict[int, list[tuple[int, str]]] = defaultdict(list)
 
+    def refresh_model(self) -> bool:
+        """Serve a changed model file, with its thresholds (the policy file's explicit ones win).
+
+        A model whose thresholds do not fit the policy is refused like a broken file: the current
+        model and policy keep serving. Returns True when a new model now serves.
+        """
+        if self.scorer is None:
+            return False
+        fresh: list[AlertPolicy] = []
+        if not self.scorer.maybe_reload(lambda info: fresh.append(self.policy.for_model(info.thresholds))):
+            return False
+        if fresh:
+            self.policy = fresh[-1]
+        return True
+
     # -- pending ticks (per group: a partition live, the whole log offline) ------------------------
     def drop_group(self, group: int) -> None:
         """Forget a partition's pending ticks (revoked: its new owner rebuilds them on redelivery)."""

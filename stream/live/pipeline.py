@@ -128,9 +128,7 @@ class Pipeline:
         t0 = time.perf_counter()
         self._done = []
         rep = self._report = Report()
-        scorer = self.detector.scorer
-        if scorer is not None:
-            scorer.maybe_reload()
+        self.detector.refresh_model()
         dlq: list[_Bad] = []
         late: dict[int, list[tuple[Event, _Meta]]] = {}
         for topic, p, off, key, raw in step.messages:

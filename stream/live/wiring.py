@@ -36,10 +36,9 @@ def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer |
                                                     max_cached_users=settings.state_cache_users,
                                                     keep_outbox=False, defer_writes=defer_writes),
                   attempts=START_ATTEMPTS, base_s=0.25, retriable=(StoreUnavailableError,))
-    cfg = load_policy_config(settings.policy_config)
-    if scorer is not None:
-        cfg = cfg.with_model_thresholds(scorer.info.thresholds)
-    detector = Detector(store, AlertPolicy(cfg), scorer)
+    policy = AlertPolicy(load_policy_config(settings.policy_config),
+                         model_thresholds=None if scorer is None else scorer.info.thresholds)
+    detector = Detector(store, policy, scorer)
     pipeline: Pipeline
     producer = Producer({
         "bootstrap.servers": settings.kafka_bootstrap,

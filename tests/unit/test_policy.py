@@ -465,7 +465,8 @@ def test_default_file_loads_and_matches_the_model_defaults() -> None:
     assert profiles["adult"].curfew is None
     # The packaged file is a real file in the package (shipped as package data).
     text = resources.files("stream").joinpath("config", "policy.toml").read_text("utf-8")
-    assert tomllib.loads(text)["ml"]["elevated_enter"] == 0.5
+    assert tomllib.loads(text)["ml"]["persistence_s"] == 21_600
+    assert "elevated_enter" not in tomllib.loads(text)["ml"]  # the model's thresholds serve
 
 
 def test_explicit_path_loads(tmp_path: Path) -> None:

@@ -199,7 +199,9 @@ def meta() -> dict[str, str]:
         ({"input_type": TensorProto.DOUBLE}, r"is tensor\(double\), expected tensor\(float\)"),
         ({"input_shape": [1, F]}, "fixed batch size 1"),
         ({"input_shape": ["N", F, 1]}, "expected \\[N, 6\\]"),
-        ({"output": "three_col"}, r"returned float32 \(2, 3\)"),
+        ({"output": "three_col"}, r"returned float32 \(5, 3\)"),
+        ({"output": "logit_col"}, r"probability 10\.0 for a probe row of 10s is not in \[0, 1\]"),
+        ({"output": "nan_col"}, r"probability nan for a probe row of 0s is not in \[0, 1\]"),
         ({"output": "int_only"}, "no float32 tensor output"),
     ],
 )
@@ -407,6 +409,22 @@ def test_invalid_replacement_keeps_serving_and_warns_once(
     clock.advance(2.0)
     assert scorer.maybe_reload() is True
     assert scorer.info.model_version == "gbt-1"
+
+
+def test_a_replacement_that_is_not_a_probability_is_refused(
+    models: dict[str, str], live: tuple[Path, ManualClock], tmp_path: Path
+) -> None:
+    path, clock = live
+    scorer = OnnxScorer(path, expected_spec_hash=HASH, clock=clock)
+    x = rows(50)
+    before = scorer.score(x)
+    for output in ("logit_col", "nan_col"):
+        bad = build_raw_model(tmp_path / f"{output}.onnx", metadata=meta(), n_features=F, output=output)  # type: ignore[arg-type]
+        swap_in(bad, path)
+        clock.advance(2.0)
+        assert scorer.maybe_reload() is False
+        assert scorer.info.model_version == "gbt-1"
+        np.testing.assert_array_equal(scorer.score(x), before)
 
 
 def test_missing_file_during_reload_keeps_serving(

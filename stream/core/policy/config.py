@@ -163,14 +163,15 @@ class PolicyConfig(BaseModel):
     rules: RulesConfig = Field(default_factory=RulesConfig)
 
     def with_model_thresholds(self, thresholds: Mapping[str, float]) -> PolicyConfig:
-        """Return a copy whose ML thresholds are overridden by those a model suggests.
+        """Return a copy whose ML thresholds are those a model suggests, except the ones this
+        configuration sets explicitly (an operator's choice in the policy file wins).
 
         Only the keys elevated_enter, elevated_exit, high_enter and high_exit are taken; others
         are ignored. Raises ``ConfigError`` if a value is not a number or the result is invalid.
         """
         overrides: dict[str, float] = {}
         for key in _THRESHOLD_KEYS:
-            if key not in thresholds:
+            if key not in thresholds or key in self.ml.model_fields_set:
                 continue
             raw = thresholds[key]
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -108,12 +109,20 @@ class _Profile:
 class AlertPolicy:
     """Turns one user's evaluations, in increasing tick order, into alert decisions."""
 
-    __slots__ = ("config", "tick_ms", "_profiles", "_by_band", "_default")
+    __slots__ = ("base", "config", "tick_ms", "_profiles", "_by_band", "_default")
 
-    def __init__(self, config: PolicyConfig, *, tick_ms: int = TICK_MS) -> None:
+    def __init__(self, config: PolicyConfig, *, tick_ms: int = TICK_MS,
+                 model_thresholds: Mapping[str, float] | None = None) -> None:
+        """``config`` as the policy file gives it; ``model_thresholds``: the serving model's
+        (they fill the ML thresholds the file leaves unset).
+
+        Raises:
+            ConfigError: the thresholds combined are invalid.
+        """
         if tick_ms <= 0:
             raise ConfigError(f"tick_ms must be positive, got {tick_ms}")
-        self.config = config
+        self.base = config
+        self.config = config if model_thresholds is None else config.with_model_thresholds(model_thresholds)
         self.tick_ms = tick_ms
         self._profiles = {
             name: _Profile(
@@ -131,6 +140,10 @@ class AlertPolicy:
             for band in p.age_bands
         }
         self._default = self._profiles[config.rules.default_profile]
+
+    def for_model(self, model_thresholds: Mapping[str, float]) -> AlertPolicy:
+        """The same policy file with another model's thresholds (a hot-reloaded model)."""
+        return AlertPolicy(self.base, tick_ms=self.tick_ms, model_thresholds=model_thresholds)
 
     def min_history_days(self) -> int:
         """Days of history a user needs before the ML layer scores them."""

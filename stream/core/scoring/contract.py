@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -46,8 +46,9 @@ class Scorer(Protocol):
 
     def score(self, x: NDArray[np.float32]) -> NDArray[np.float32]: ...
 
-    def maybe_reload(self) -> bool:
-        """Serve a changed model if there is one; True when a new model now serves."""
+    def maybe_reload(self, accept: Callable[[ModelInfo], object] | None = None) -> bool:
+        """Serve a changed model if there is one and ``accept`` (when given) does not raise for
+        it; True when a new model now serves."""
         ...
 
 

@@ -65,6 +65,6 @@ class ConstantScorer:
             raise ValueError(f"scoring function returned shape {out.shape}, expected ({n},)")
         return out
 
-    def maybe_reload(self) -> bool:
+    def maybe_reload(self, accept: Callable[[ModelInfo], object] | None = None) -> bool:
         """Nothing to reload; present so a worker can treat both scorers alike."""
         return False

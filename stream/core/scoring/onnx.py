@@ -23,7 +23,7 @@ from stream.core.scoring.contract import (
     _parse_metadata,
     _select_output,
 )
-from stream.errors import ModelContractError
+from stream.errors import ConfigError, ModelContractError
 
 __all__ = ["OnnxScorer", "load_model_info", "load_scorer"]
 
@@ -97,25 +97,41 @@ def _load(
 
 
 def _probe(path: str, session: ort.InferenceSession, output_name: str, n_features: int) -> int | None:
-    """Run two zero rows once; the actual output shape decides which column to read.
+    """Score a probe batch once; the actual output shape decides which column to read.
 
     Returns 1 for [N, 2] probabilities, 0 for an [N, 1] score, None for an [N] score. Deciding
     from a real run (not the declared shape) also covers models that declare no output shape,
-    and warms the session up before it serves.
+    and warms the session up before it serves. The probe rows range from all zeros to far beyond
+    any real feature value: a model whose probability is NaN or outside [0, 1] on any of them (a
+    logit output, a broken export) is refused, since its scores would fire or silence every
+    threshold.
     """
-    x = np.zeros((2, n_features), dtype=np.float32)
+    x = np.repeat(np.asarray(_PROBE_VALUES, np.float32)[:, None], n_features, axis=1)
+    n = len(x)
     try:
         out = session.run([output_name], {INPUT_NAME: x})[0]
     except Exception as exc:
-        raise ModelContractError(f"model {path} fails on a test batch of 2 rows: {exc}") from exc
-    columns = {(2,): None, (2, 1): 0, (2, 2): 1}
+        raise ModelContractError(f"model {path} fails on a test batch of {n} rows: {exc}") from exc
+    columns = {(n,): None, (n, 1): 0, (n, 2): 1}
     if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape not in columns:
         got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
         raise ModelContractError(
-            f"model {path}: output {output_name!r} returned {got} for 2 rows; expected float32 "
+            f"model {path}: output {output_name!r} returned {got} for {n} rows; expected float32 "
             f"[N, 2] probabilities or a single-column score [N] / [N, 1]"
         )
-    return columns[out.shape]
+    column = columns[out.shape]
+    p = out if column is None else out[:, column]
+    bad = ~(np.isfinite(p) & (p >= 0.0) & (p <= 1.0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ModelContractError(
+            f"model {path}: probability {float(p[i])!r} for a probe row of {_PROBE_VALUES[i]:g}s is not "
+            f"in [0, 1]; the output must be a calibrated probability"
+        )
+    return column
+
+
+_PROBE_VALUES = (0.0, 1.0, 10.0, 1e3, 1e6)
 
 
 def load_model_info(
@@ -210,12 +226,14 @@ class OnnxScorer:
             out = out[:, loaded.column]
         return np.ascontiguousarray(out, dtype=np.float32)
 
-    def maybe_reload(self) -> bool:
+    def maybe_reload(self, accept: Callable[[ModelInfo], object] | None = None) -> bool:
         """Swap in the model file if it changed; at most one ``stat`` per ``reload_check_s``.
 
-        Returns True when a new model now serves. A changed file that is unreadable or breaks
-        the contract is logged once (warning, logger ``riskstream.scoring``) and the current
-        model keeps serving. A file rewritten with identical bytes is not swapped.
+        Returns True when a new model now serves. A changed file that is unreadable, breaks the
+        contract, or that ``accept`` raises for (``ConfigError``, ``ModelContractError`` or
+        ``ValueError``: e.g. its thresholds do not fit the policy) is logged once (warning, logger
+        ``riskstream.scoring``) and the current model keeps serving. A file rewritten with
+        identical bytes is not swapped.
         """
         now = self._clock()
         if now - self._last_check < self._reload_check_s:
@@ -238,7 +256,9 @@ class OnnxScorer:
             return False
         try:
             new = self._load()
-        except ModelContractError as exc:
+            if accept is not None and new.info.sha256 != current.info.sha256:
+                accept(new.info)
+        except (ModelContractError, ConfigError, ValueError) as exc:
             self._rejected_sig = sig
             logger.warning(
                 "not reloading %s: %s; still serving model %s",
