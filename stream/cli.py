@@ -75,7 +75,7 @@ def topics() -> None:
 @click.option("--partitions", type=click.IntRange(1, 1024), default=None,
               help="partitions of the input topics [env RISKSTREAM_PARTITIONS, default 6]")
 @click.option("--replication-factor", type=click.IntRange(1, 16), default=None,
-              help="replication factor [env RISKSTREAM_REPLICATION_FACTOR, default 1]")
+              help="replication factor [env RISKSTREAM_REPLICATION_FACTOR, default 3 on a cluster of 3+ brokers, else 1]")
 def topics_create(bootstrap: str | None, redis_url: str | None, namespace: str | None,
                   partitions: int | None, replication_factor: int | None) -> None:
     """Create events.clicks, events.views, risk.alerts and risk.dlq (idempotent)."""

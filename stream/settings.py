@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
     namespace: str = ""
     partitions: int = Field(default=6, ge=1, le=1024)
-    replication_factor: int = Field(default=1, ge=1, le=16)
+    replication_factor: int | None = Field(default=None, ge=1, le=16)  # None: 3 on >= 3 brokers, else 1
     input_retention_ms: int = Field(default=8 * 86_400_000 + 3_600_000, ge=8 * 86_400_000)
     model_path: Path | None = None
     policy_config: Path | None = None

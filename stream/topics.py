@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -25,6 +26,7 @@ __all__ = [
     "delete_namespace_topics",
     "ensure_topics",
     "input_retention_ms",
+    "replication",
     "topic_specs",
 ]
 
@@ -53,32 +55,51 @@ def admin_client(s: Settings) -> AdminClient:
     return AdminClient({"bootstrap.servers": s.kafka_bootstrap, "socket.timeout.ms": 10_000})
 
 
-def _list_topics(admin: AdminClient, bootstrap: str) -> dict[str, int]:
+def _metadata(admin: AdminClient, bootstrap: str) -> Any:
     try:
-        md = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+        return admin.list_topics(timeout=ADMIN_TIMEOUT_S)
     except KafkaException as e:
         raise BrokerUnavailableError(
             f"Kafka at {bootstrap} did not answer within {ADMIN_TIMEOUT_S:.0f} s "
             f"({e.args[0]}); is it running? (deploy/local/stack up)") from e
-    return {name: len(t.partitions) for name, t in md.topics.items()}
+
+
+def _list_topics(admin: AdminClient, bootstrap: str) -> dict[str, int]:
+    return {name: len(t.partitions) for name, t in _metadata(admin, bootstrap).topics.items()}
+
+
+def replication(s: Settings, brokers: int) -> tuple[int, int]:
+    """``(replication factor, min.insync.replicas)`` for new topics on a cluster of ``brokers``.
+
+    Unset, the factor is 3 on a cluster of 3 or more brokers and 1 on fewer (a single broker cannot
+    hold replicas); ``min.insync.replicas`` is 2 whenever the factor is 3 or more, so an ``acks=all``
+    write survives the loss of one broker, and 1 otherwise.
+    """
+    rf = s.replication_factor if s.replication_factor is not None else (3 if brokers >= 3 else 1)
+    if rf > brokers:
+        raise ConfigError(f"replication factor {rf} needs at least {rf} brokers; {s.kafka_bootstrap} has "
+                          f"{brokers} (RISKSTREAM_REPLICATION_FACTOR)")
+    return rf, 2 if rf >= 3 else 1
 
 
 def ensure_topics(s: Settings) -> list[str]:
     """Create missing topics; check existing ones. Returns one human line per topic."""
     admin = admin_client(s)
-    existing = _list_topics(admin, s.kafka_bootstrap)
+    md = _metadata(admin, s.kafka_bootstrap)
+    existing = {name: len(t.partitions) for name, t in md.topics.items()}
     specs = topic_specs(s)
     lines: list[str] = []
     missing = [t for t in specs if t.name not in existing]
     if missing:
+        rf, min_isr = replication(s, len(md.brokers))
         futures = admin.create_topics(
-            [NewTopic(t.name, num_partitions=t.partitions, replication_factor=s.replication_factor,
-                      config=t.config) for t in missing],
+            [NewTopic(t.name, num_partitions=t.partitions, replication_factor=rf,
+                      config={**t.config, "min.insync.replicas": str(min_isr)}) for t in missing],
             operation_timeout=ADMIN_TIMEOUT_S, request_timeout=ADMIN_TIMEOUT_S)
         for name, fut in futures.items():
             try:
                 fut.result()
-                lines.append(f"created {name}")
+                lines.append(f"created {name} (replication factor {rf}, min.insync.replicas {min_isr})")
             except KafkaException as e:
                 err = e.args[0]
                 if err.code() != 36:  # TOPIC_ALREADY_EXISTS: a concurrent creator won the race

@@ -45,6 +45,20 @@ def stack() -> Iterator[None]:
         _stack("down")
 
 
+@pytest.fixture(scope="session")
+def cluster_stack() -> Iterator[None]:
+    """The 3-broker Kafka cluster and the Redis Cluster (`stack up --cluster`), started if down."""
+    was_up = _stack("status", "--cluster").returncode == 0
+    if not was_up:
+        r = _stack("up", "--cluster")
+        if r.returncode != 0:
+            pytest.fail(f"deploy/local/stack up --cluster failed ({r.returncode}):\n{r.stdout}\n{r.stderr}",
+                        pytrace=False)
+    yield
+    if not was_up and os.environ.get("RISKSTREAM_KEEP_STACK") != "1":
+        _stack("down", "--cluster")
+
+
 @pytest.fixture
 def namespace() -> str:
     return f"it{uuid.uuid4().hex[:10]}"
