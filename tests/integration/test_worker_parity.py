@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis
+from pydantic import SecretStr
 from confluent_kafka import Consumer, TopicPartition
 
 from stream.core.events import encode_event
@@ -26,7 +26,7 @@ from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH
 from stream.core.policy import load_policy_config
 from stream.core.scoring import OnnxScorer
 from stream.offline import build_detector, decode_log, run_detector, Summary
-from stream.state import RedisWindowStore
+from stream.state import RedisWindowStore, delete_keys, redis_client
 from tests.model_factory import build_model
 from tests.scenarios import random_log
 
@@ -134,7 +134,7 @@ def wait_drained(settings, timeout: float = 90) -> None:
 
 
 def assert_same_state(settings, mem) -> None:
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis_client(settings)
     store = RedisWindowStore(client, key_prefix=settings.key_prefix, ttl_s=settings.state_ttl_s)
     users = sorted(mem.users())
     assert users
@@ -180,6 +180,20 @@ def test_log_streamed_into_a_running_worker_gives_the_offline_alerts(settings, a
 
 def test_replayed_log_gives_the_offline_alerts_small_batches_and_envelopes(settings, artifacts):
     check_parity(settings, artifacts, worker_args=("--batch-size", "7"), replay_args=("--envelope", "5"))
+
+
+CLUSTER_REDIS = {"RISKSTREAM_REDIS_URL": "redis://127.0.0.1:7001/0", "RISKSTREAM_REDIS_CLUSTER": "true"}
+
+
+def test_replayed_log_gives_the_offline_alerts_with_redis_cluster_as_the_store(settings, artifacts, cluster_stack):
+    on_cluster = settings.model_copy(update={"redis_url": SecretStr(CLUSTER_REDIS["RISKSTREAM_REDIS_URL"]),
+                                              "redis_cluster": True})
+    try:
+        check_parity(on_cluster, artifacts, worker_args=("--batch-size", "50"), env=CLUSTER_REDIS)
+    finally:
+        client = redis_client(on_cluster)
+        delete_keys(client, f"{settings.namespace}:")
+        client.close()
 
 
 def test_views_published_before_clicks_give_the_offline_alerts_pipeline_in_a_thread(settings, artifacts):
