@@ -252,6 +252,13 @@ def _messages_consumed(port: int) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("riskstream_messages_total "))
 
 
+def _consumed_or_zero(port: int) -> float:
+    try:
+        return _messages_consumed(port)
+    except OSError:  # not serving metrics yet
+        return 0.0
+
+
 def test_a_second_worker_joining_mid_stream_gives_the_same_alerts_and_state(settings, artifacts):
     """Scale-out: a second worker joins the group while the log streams in (≈ 12 s at 150 messages/s),
     the partitions are rebalanced, and un-acked (applied or buffered) events move to the new owner.
@@ -277,6 +284,42 @@ def test_a_second_worker_joining_mid_stream_gives_the_same_alerts_and_state(sett
         outs = stop(a), (stop(b) if b is not None else b"")
     assert (a.returncode, b.returncode) == (0, 0), outs[0].decode()[-2000:] + outs[1].decode()[-2000:]
     assert all(n > 0 for n in consumed), f"both workers must have consumed (messages: {consumed})"
+    ids = [x["alert_id"] for x in got]
+    assert set(ids) == want
+    by_id: dict[str, dict] = {}
+    for x in got:
+        x = {k: v for k, v in x.items() if k != "emitted_at"}
+        assert by_id.setdefault(x["alert_id"], x) == x
+    assert_same_state(settings, mem)
+
+
+def test_two_workers_one_sigkilled_mid_stream_the_survivor_takes_over(settings, artifacts):
+    """Two workers share the partitions while the log streams in; one is SIGKILLed mid-stream. The
+    survivor takes its partitions over after the session timeout and redelivery: nothing is lost,
+    and the alerts and the window state are the offline ones (duplicates only as the same alert)."""
+    expected, mem = offline(artifacts)
+    want = {a.alert_id for a in expected}
+    args = ("--batch-size", "50", "--idle-ms", "5000")
+    a = start_worker(settings, artifacts, *args, "--metrics-port", "19473")
+    b = start_worker(settings, artifacts, *args, "--metrics-port", "19474")
+    try:
+        time.sleep(6)  # both joined; the partitions are split between them
+        pub = subprocess.Popen([sys.executable, "-m", "stream", "replay", str(artifacts["log"]), "--namespace",
+                                settings.namespace, "--rate", "150", "--no-progress"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while _consumed_or_zero(19474) == 0:  # B is up, owns partitions and works on them
+            assert time.monotonic() < deadline, "the second worker never consumed"
+            time.sleep(0.2)
+        b.send_signal(signal.SIGKILL)
+        b.wait(timeout=30)
+        assert pub.wait(timeout=90) == 0
+        got = published_alerts(settings, want, a, timeout=240)
+        wait_drained(settings, timeout=180)
+    finally:
+        out = stop(a)
+        stop(b)
+    assert a.returncode == 0, out.decode()[-3000:]
     ids = [x["alert_id"] for x in got]
     assert set(ids) == want
     by_id: dict[str, dict] = {}
