@@ -186,12 +186,14 @@ def score(events: Path, model: Path | None, no_model: bool, out: Path | None,
               help="idle time before a caught-up input stops holding the watermark [default 2000]")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="serve Prometheus metrics on 127.0.0.1:PORT (0 = off)")
+@click.option("--http-addr", default=None, metavar="HOST:PORT",
+              help="serve /livez, /readyz and /metrics there [env RISKSTREAM_HTTP_ADDR; off by default]")
 @click.option("--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def worker(bootstrap: str | None, redis_url: str | None, namespace: str | None, model: Path | None,
            no_model: bool, policy_config: Path | None, batch_size: int | None, batch_wait_s: float | None,
            consumer_group: str | None, lateness_ms: int | None, idle_ms: int | None,
-           metrics_port: int | None, loglevel: str) -> None:
+           metrics_port: int | None, http_addr: str | None, loglevel: str) -> None:
     """Run the streaming worker (Faust agent, Redis windows, alerts and DLQ on Kafka)."""
     import json
     import logging
@@ -200,7 +202,7 @@ def worker(bootstrap: str | None, redis_url: str | None, namespace: str | None, 
 
     s = settings_from(bootstrap, redis_url, namespace, model_path=model, policy_config=policy_config,
                       batch_size=batch_size, batch_wait_s=batch_wait_s, consumer_group=consumer_group,
-                      lateness_ms=lateness_ms, idle_ms=idle_ms, metrics_port=metrics_port)
+                      lateness_ms=lateness_ms, idle_ms=idle_ms, metrics_port=metrics_port, http_addr=http_addr)
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     scorer = None if no_model else _load_scorer(s.model_path, required=False)
     click.echo("riskstream worker: " + json.dumps(s.masked(), default=str), err=True)

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     produce_timeout_s: float = Field(default=30.0, gt=0, le=600)
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    http_addr: str | None = None  # host:port of /livez, /readyz, /metrics; off when unset
     detector_process: bool = True  # the pipeline in a child process (both cores), else in a thread
 
     @field_validator("namespace")
@@ -54,6 +55,15 @@ class Settings(BaseSettings):
         if v and not _NS_RE.match(v):
             raise ValueError("namespace must be 1-64 of [A-Za-z0-9_-], starting alphanumeric")
         return v
+
+    @field_validator("http_addr")
+    @classmethod
+    def _http_addr(cls, v: str | None) -> str | None:
+        if v:
+            host, sep, port = v.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port, got {v!r}")
+        return v or None
 
     @field_validator("kafka_bootstrap")
     @classmethod

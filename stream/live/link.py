@@ -162,6 +162,10 @@ class PipelineLink:
     def close(self) -> None:
         raise NotImplementedError
 
+    def alive(self) -> bool:
+        """Whether the pipeline can still answer calls."""
+        return True
+
 
 class ThreadLink(PipelineLink):
     def __init__(self, settings: Settings, model_path: Path | None) -> None:
@@ -238,6 +242,9 @@ class ProcessLink(PipelineLink):
                     fut.set_exception(self._dead)
             if self._on_death is not None:
                 self._on_death(self._dead)
+
+    def alive(self) -> bool:
+        return self._dead is None and self.proc.is_alive()
 
     def close(self) -> None:
         if self._reader_task is not None:

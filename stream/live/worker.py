@@ -104,6 +104,8 @@ class Engine:
         self._admin: Any = None
         self._kafka_ok_at = time.monotonic()
         self._kafka_probe: asyncio.Future[None] | None = None
+        self._redis: Any = None
+        self.redis_ok_at = -float("inf")  # the Faust side pings Redis too, for readiness only
         self.fatal: BaseException | None = None
 
     # -- consuming ----------------------------------------------------------------------------------
@@ -219,7 +221,41 @@ class Engine:
             self._die(BrokerUnavailableError(
                 f"Kafka at {self.s.kafka_bootstrap} has not answered for {now - self._kafka_ok_at:.0f} s"))
         if self._kafka_probe is None or self._kafka_probe.done():
-            self._kafka_probe = asyncio.get_running_loop().run_in_executor(None, self._probe_kafka)
+            self._kafka_probe = asyncio.get_running_loop().run_in_executor(None, self._probe_services)
+
+    def _probe_services(self) -> None:
+        self._probe_kafka()
+        if self.s.http_addr:
+            self._probe_redis()
+
+    def _probe_redis(self) -> None:
+        import redis
+
+        from stream.state import redis_client
+
+        try:
+            if self._redis is None:
+                self._redis = redis_client(self.s)
+            self._redis.ping()
+        except redis.RedisError as e:
+            log.warning("Redis ping failed (%s)", e)
+            return
+        self.redis_ok_at = time.monotonic()
+
+    @property
+    def kafka_ok_at(self) -> float:
+        """Monotonic time of Kafka's last answer to the worker's metadata probe."""
+        return self._kafka_ok_at
+
+    def assigned(self) -> tuple[bool, str]:
+        """Readiness: the worker is in its group and holds input partitions."""
+        if getattr(self.app, "rebalancing", False):
+            return False, "rebalancing"
+        try:
+            n = len([tp for tp in self.app.consumer.assignment() if tp.topic in self.inputs])
+        except Exception as e:  # noqa: BLE001 - no consumer yet
+            return False, f"not joined yet ({type(e).__name__})"
+        return n > 0, f"{n} input partition(s) assigned"
 
     def _probe_kafka(self) -> None:
         from stream.topics import admin_client
@@ -417,6 +453,23 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
     @app.timer(interval=KAFKA_PROBE_S, name="riskstream.kafka_watch")  # type: ignore[untyped-decorator]
     async def kafka_watch() -> None:
         engine.watch_kafka()
+
+    if settings.http_addr:
+        from stream.live.http import HealthServer, parse_addr, recent
+
+        host, port = parse_addr(settings.http_addr)
+        within = 3 * KAFKA_PROBE_S
+        server = HealthServer(host, port, metrics.registry, alive=lambda: engine.link.alive(), checks={
+            "partitions": engine.assigned,
+            "kafka": recent(lambda: engine.kafka_ok_at, within, "Kafka"),
+            "redis": recent(lambda: engine.redis_ok_at, within, "Redis"),
+            "pipeline": lambda: (engine.link.alive(), "running" if engine.link.alive() else "dead"),
+        })
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def serve_http() -> None:
+            await server.start()
+            log.info("HTTP endpoints on http://%s:%d (/livez, /readyz, /metrics)", host, port)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
