@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,41 @@ class _Meta:
     msg: _Msg
     tp: str
     position: int
+    applied: bool = False  # handed to the detector (released or late): its fence has the position
+
+
+@dataclass(slots=True)
+class _Unapplied:
+    """A topic-partition's positions in arrival order, to know the lowest one not yet applied: every
+    position below it is applied (or not received by anyone: never this pipeline's), so the users'
+    offset fences may settle it (DESIGN §4). Applied entries leave from the front, and in a
+    compaction once they are most of the queue, so it holds about twice the unapplied ones."""
+
+    queue: deque[_Meta] = field(default_factory=deque)
+    applied: int = 0
+    last: int = -1
+    low: int | None = None  # lowest position that arrived out of order (a seek back): a floor above it is unsafe
+
+    def add(self, meta: _Meta) -> None:
+        if meta.position <= self.last:
+            self.low = meta.position if self.low is None else min(self.low, meta.position)
+        self.last = max(self.last, meta.position)
+        self.queue.append(meta)
+
+    def settle(self, meta: _Meta) -> None:
+        meta.applied = True
+        self.applied += 1
+
+    def floor(self) -> int:
+        q = self.queue
+        while q and q[0].applied:
+            q.popleft()
+            self.applied -= 1
+        if self.applied > 1024 and self.applied * 2 > len(q):
+            self.queue = q = deque(m for m in q if not m.applied)
+            self.applied = 0
+        f = q[0].position if q else self.last + 1
+        return f if self.low is None else min(f, self.low)
 
 
 @dataclass(slots=True)
@@ -73,6 +109,7 @@ class _Partition:
     buffer: ReorderBuffer[_Meta]
     held: list[tuple[int, _Meta]] = field(default_factory=list)  # (tick end, meta): applied, undecided
     watermark: int = -(2**62)
+    unapplied: dict[str, _Unapplied] = field(default_factory=dict)  # "topic:partition" -> positions
 
 
 def _position(meta: _Meta) -> tuple[str, int]:
@@ -125,11 +162,14 @@ class Pipeline:
                 dlq.append((r, topic, p, off, m))
             if not events:
                 continue
-            buffer = self._partition(p).buffer
+            part = self._partition(p)
+            buffer = part.buffer
             tp = f"{topic}:{p}"
+            track = part.unapplied.get(tp) or part.unapplied.setdefault(tp, _Unapplied())
             base = off * POSITION_STRIDE
             for i, ev in enumerate(events):
                 meta = _Meta(m, tp, base + i)
+                track.add(meta)
                 if not buffer.push(kind or "click", ev, meta):
                     late.setdefault(p, []).append((ev, meta))
         moved: set[int] = set()
@@ -145,11 +185,18 @@ class Pipeline:
             part = self.parts.get(p)
             if part is None:
                 continue
+            floor = dict(step.floor)  # the fence may settle up to the lowest position not yet applied
+            for tp, track in part.unapplied.items():
+                floor[tp] = max(floor.get(tp, -1), track.floor())
             released, wm = part.buffer.release()
             part.watermark = max(part.watermark, wm)
-            releases.append(Release(released, part.watermark, late.get(p, ()), step.floor, group=p))
+            releases.append(Release(released, part.watermark, late.get(p, ()), floor, group=p))
             rep.buffers[p] = (part.buffer.full, part.buffer.behind(), len(part.buffer))
         outcome = self._detect_publish_persist(releases, dlq, step.received_at)
+        for rel in releases:
+            unapplied = self.parts[rel.group].unapplied  # type: ignore[index]
+            for _, meta in (*rel.released, *rel.late):
+                unapplied[meta.tp].settle(meta)
         self._account(releases, outcome, dlq)
         rep.done = self._done
         rep.applied, rep.late, rep.duplicates = outcome.applied, outcome.late, outcome.duplicates
