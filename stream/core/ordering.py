@@ -10,6 +10,14 @@ holds the watermark at "nothing released" unless it is marked idle; an idle inpu
 When every input is idle (caught up, nothing new for the configured time; or end of file offline)
 the watermark moves to the end of the tick that holds the newest event seen, so the tail is decided
 exactly as the offline scorer decides it at end of file.
+
+The buffer is bounded (``max_events``). When it is over its cap, the live worker pauses the input
+that runs ahead (the one not holding the watermark back), which lets the watermark catch up. When
+no input runs ahead (one input idle, or all at the same event time) pausing cannot help, and
+pausing everything would stall with the watermark stuck: then ``release`` forces the oldest events
+out, advancing the buffer's watermark just past the newest of them (``forced`` counts them). The
+same happens, whatever runs ahead, once the buffer holds twice its cap (the pause did not hold it).
+Events that then arrive behind the forced watermark are late (docs/contracts.md, semantics).
 """
 
 from __future__ import annotations
@@ -86,6 +94,7 @@ class ReorderBuffer(Generic[M]):
         self._heap: list[tuple[int, str, str, int, Event, M | None]] = []
         self._seq = 0
         self.released_to = NO_WATERMARK  # everything with ts < released_to has been released
+        self.forced = 0  # events released ahead of the watermark because the buffer was over its cap
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -132,8 +141,17 @@ class ReorderBuffer(Generic[M]):
         low = min(active.values())
         return [n for n, t in active.items() if t == low]
 
+    def runs_ahead(self) -> bool:
+        """Whether some input runs ahead of one that holds the watermark back (pausing it helps)."""
+        active = [i.max_ts for i in self._inputs.values() if not i.idle]
+        return bool(active) and min(active) != max(active)
+
     def release(self) -> tuple[list[tuple[Event, M | None]], int]:
-        """Pop every buffered event below the watermark, in canonical order; return them and it."""
+        """Pop every buffered event below the watermark, in canonical order; return them and it.
+
+        Over the cap with no input running ahead (or at twice the cap), the oldest events are
+        forced out too, and the watermark moves just past the newest of them (module docstring).
+        """
         wm = self.watermark()
         out: list[tuple[Event, M | None]] = []
         heap = self._heap
@@ -143,6 +161,18 @@ class ReorderBuffer(Generic[M]):
             out.append((e[4], e[5]))
         if wm > self.released_to:
             self.released_to = wm
+        over = len(heap) - self.max_events
+        if over > 0 and (over >= self.max_events or not self.runs_ahead()):
+            n = len(out)
+            while len(heap) > self.max_events:
+                e = pop(heap)
+                out.append((e[4], e[5]))
+            last = out[-1][0].ts_ms
+            while heap and heap[0][0] == last:  # the rest of that millisecond: released_to is a time
+                e = pop(heap)
+                out.append((e[4], e[5]))
+            self.released_to = max(self.released_to, last + 1)
+            self.forced += len(out) - n
         return out, max(wm, self.released_to)
 
     def drain(self) -> tuple[list[tuple[Event, M | None]], int]:

@@ -188,7 +188,9 @@ class Pipeline:
             floor = dict(step.floor)  # the fence may settle up to the lowest position not yet applied
             for tp, track in part.unapplied.items():
                 floor[tp] = max(floor.get(tp, -1), track.floor())
+            forced = part.buffer.forced
             released, wm = part.buffer.release()
+            rep.forced_releases += part.buffer.forced - forced
             part.watermark = max(part.watermark, wm)
             releases.append(Release(released, part.watermark, late.get(p, ()), floor, group=p))
             rep.buffers[p] = (part.buffer.full, part.buffer.behind(), len(part.buffer))

@@ -61,3 +61,34 @@ def test_the_fence_settles_up_to_the_lowest_unapplied_position():
     store = p.detector.store
     frontier, kept = store._fence[store._slot["w"]][f"{p.s.views_topic}:0"]  # type: ignore[attr-defined]
     assert len(kept) <= 100 and frontier >= 58 * 1024
+
+
+# -- item 4: the reorder buffer cap ----------------------------------------------------------------
+def click(p: Pipeline, user: str, ts: int, offset: int) -> tuple:
+    return (p.s.clicks_topic, 0, offset, user.encode(), encode_event(ev(user, ts, "click")))
+
+
+def test_a_buffer_over_its_cap_with_nothing_to_pause_forces_its_oldest_events_out():
+    """D6: views idle, 300 clicks inside one lateness window against a cap of 100: nothing runs
+    ahead, so the pipeline forces the oldest 200 out (applied, counted) and the buffer holds 100."""
+    p = pipeline(buffer_max_events=100)
+    t0 = at(1, 9)
+    r = run(p, [click(p, f"u{i % 7}", t0 + i * 10, i) for i in range(300)], {(0, "view"): True})
+    full, behind, size = r.buffers[0]
+    assert size == 100 and full and behind == ["click"]
+    assert r.forced_releases == 200 and r.applied == 200
+    r = run(p, [click(p, "x", t0 + 5, 300)])  # behind the forced watermark: late, not lost
+    assert r.late == 1 and r.applied == 1
+
+
+def test_the_worker_counts_forced_releases():
+    from prometheus_client import CollectorRegistry
+
+    from stream.live.protocol import Report
+    from stream.live.worker import Engine
+    from stream.metrics import Metrics
+
+    e = Engine.__new__(Engine)  # only what applying a report needs
+    e.s, e.metrics, e.inflight = load_settings(), Metrics(CollectorRegistry()), {}
+    e._apply(Report(forced_releases=42))
+    assert e.metrics.registry.get_sample_value("riskstream_buffer_forced_releases_total") == 42

@@ -1,0 +1,56 @@
+"""The reorder buffer's bounds (DESIGN §8; issue #12 items 4 and 5): the cap holds when no input
+runs ahead, and the watermark never runs ahead of the wall clock (plus a small slack)."""
+
+from __future__ import annotations
+
+from stream.core.events import Event
+from stream.core.ordering import ReorderBuffer, canonical_key
+
+T = 1_767_225_600_000  # 2026-01-01
+L_MS = 120_000
+
+
+def e(u: str, ts: int, i: int, t: str = "click") -> Event:
+    return Event(u, ts, t, f"e{i:07d}", "other", 0, None, None, None, None)
+
+
+# -- item 4: the cap ---------------------------------------------------------------------------------
+def test_with_one_input_idle_the_cap_holds_by_forcing_the_oldest_events_out():
+    """The audit's D6 reproduction (scaled down): views idle, a burst of clicks inside one lateness
+    window; nothing runs ahead, so nothing can be paused."""
+    rb: ReorderBuffer[None] = ReorderBuffer(("click", "view"), lateness_ms=L_MS, max_events=1000)
+    rb.set_idle("view", True)
+    evs = [e(f"u{i % 50}", T + (i * 7919) % 3000, i) for i in range(3000)]
+    for x in evs:
+        assert rb.push("click", x)
+    out, wm = rb.release()
+    assert len(rb) <= 1000 and rb.forced == len(out) >= 2000
+    released = [x for x, _ in out]
+    assert released == sorted(released, key=canonical_key)  # the oldest, in canonical order
+    assert max(x.ts_ms for x in released) < wm <= min(k[0] for k in rb._heap)
+    assert sorted(released + [k[4] for k in rb._heap], key=canonical_key) == sorted(evs, key=canonical_key)
+    assert not rb.push("click", e("late", wm - 1, 10**6))  # behind the forced watermark: late
+
+
+def test_with_both_inputs_at_the_same_time_the_cap_holds():
+    rb: ReorderBuffer[None] = ReorderBuffer(("click", "view"), lateness_ms=L_MS, max_events=1000)
+    for i in range(1500):
+        rb.push("click", e("a", T + i % 100, i))
+        rb.push("view", e("b", T + i % 100, i, "view"))
+    assert rb.behind() == ["click", "view"]  # nothing runs ahead
+    out, _ = rb.release()
+    assert len(rb) <= 1000 and rb.forced == len(out) >= 2000
+
+
+def test_an_input_running_ahead_is_paused_not_forced_until_twice_the_cap():
+    rb: ReorderBuffer[None] = ReorderBuffer(("click", "view"), lateness_ms=L_MS, max_events=1000)
+    rb.push("view", e("v", T, 0, "view"))
+    for i in range(1500):
+        rb.push("click", e("c", T + 10 * i, i))  # clicks run ahead: pausing them lets views catch up
+    assert rb.behind() == ["view"]
+    out, _ = rb.release()
+    assert out == [] and rb.forced == 0 and len(rb) == 1501  # over the cap: the worker pauses clicks
+    for i in range(1500, 2500):
+        rb.push("click", e("c", T + 10 * i, i))
+    out, _ = rb.release()
+    assert len(rb) == 1000 and rb.forced == len(out) == 1501  # the pause did not hold it
