@@ -18,6 +18,13 @@ pausing everything would stall with the watermark stuck: then ``release`` forces
 out, advancing the buffer's watermark just past the newest of them (``forced`` counts them). The
 same happens, whatever runs ahead, once the buffer holds twice its cap (the pause did not hold it).
 Events that then arrive behind the forced watermark are late (docs/contracts.md, semantics).
+
+Live, the watermark never runs ahead of the wall clock: the caller sets ``now_ms`` (the worker's
+clock; nothing here reads a clock), and an input's newest event time counts only up to
+``now_ms + FUTURE_SLACK_MS``. A producer whose clock runs ahead (events up to 5 min ahead are valid)
+then cannot make every other user's on-time events late; its own future events wait in the buffer
+until the watermark reaches them, and are applied then. Offline and in replays of history
+(``now_ms`` None, or event times in the past) nothing changes.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from stream.core.events import Event
 from stream.core.layout import TICK_MS
 
 DEFAULT_LATENESS_MS = 120_000
+FUTURE_SLACK_MS = 5_000
+"""How far past the wall clock an input's newest event time still moves the watermark (live)."""
 NO_WATERMARK = -(2**62)
 
 M = TypeVar("M")
@@ -95,6 +104,7 @@ class ReorderBuffer(Generic[M]):
         self._seq = 0
         self.released_to = NO_WATERMARK  # everything with ts < released_to has been released
         self.forced = 0  # events released ahead of the watermark because the buffer was over its cap
+        self.now_ms: int | None = None  # the wall clock, live (set by the caller); None: no clamp
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -124,18 +134,28 @@ class ReorderBuffer(Generic[M]):
     def max_seen(self) -> int:
         return max(i.max_ts for i in self._inputs.values())
 
+    def _reached(self, inp: _Input) -> int:
+        """How far an input moves the watermark: its newest event time, live at most the wall clock
+        plus ``FUTURE_SLACK_MS``."""
+        if self.now_ms is None:
+            return inp.max_ts
+        return min(inp.max_ts, self.now_ms + FUTURE_SLACK_MS)
+
     def watermark(self) -> int:
         """Everything strictly below this event time may be released."""
-        active = [i.max_ts for i in self._inputs.values() if not i.idle]
+        active = [self._reached(i) for i in self._inputs.values() if not i.idle]
         if not active:
-            top = self.max_seen()
-            return NO_WATERMARK if top == NO_WATERMARK else tick_ceil(top)
+            top = max(self._reached(i) for i in self._inputs.values())
+            if top == NO_WATERMARK:
+                return NO_WATERMARK
+            end = tick_ceil(top)
+            return end if self.now_ms is None else min(end, self.now_ms + FUTURE_SLACK_MS)
         low = min(active)
         return NO_WATERMARK if low == NO_WATERMARK else low - self.lateness_ms
 
     def behind(self) -> list[str]:
         """Inputs that hold the watermark back (the others run ahead and may be paused)."""
-        active = {n: i.max_ts for n, i in self._inputs.items() if not i.idle}
+        active = {n: self._reached(i) for n, i in self._inputs.items() if not i.idle}
         if not active:
             return []
         low = min(active.values())
@@ -143,7 +163,7 @@ class ReorderBuffer(Generic[M]):
 
     def runs_ahead(self) -> bool:
         """Whether some input runs ahead of one that holds the watermark back (pausing it helps)."""
-        active = [i.max_ts for i in self._inputs.values() if not i.idle]
+        active = [self._reached(i) for i in self._inputs.values() if not i.idle]
         return bool(active) and min(active) != max(active)
 
     def release(self) -> tuple[list[tuple[Event, M | None]], int]:

@@ -173,6 +173,8 @@ class Pipeline:
                 if not buffer.push(kind or "click", ev, meta):
                     late.setdefault(p, []).append((ev, meta))
         moved: set[int] = set()
+        for part in self.parts.values():
+            part.buffer.now_ms = step.now_ms  # the watermark runs no further ahead than the wall clock
         for (p, kind), idle in step.idle.items():
             part = self.parts.get(p)
             if part is not None:
@@ -180,6 +182,9 @@ class Pipeline:
                 part.buffer.set_idle(kind, idle)
                 if part.buffer.watermark() != before:
                     moved.add(p)
+        for p, part in self.parts.items():  # the clock moved a watermark held back by a future event
+            if (len(part.buffer) or part.held) and part.buffer.watermark() > part.watermark:
+                moved.add(p)
         releases: list[Release] = []
         for p in sorted(set(step.partitions) | set(late) | moved):
             part = self.parts.get(p)

@@ -54,3 +54,61 @@ def test_an_input_running_ahead_is_paused_not_forced_until_twice_the_cap():
         rb.push("click", e("c", T + 10 * i, i))
     out, _ = rb.release()
     assert len(rb) == 1000 and rb.forced == len(out) == 1501  # the pause did not hold it
+
+
+# -- item 5: producer clocks ahead of the wall clock --------------------------------------------------
+def test_an_event_ahead_of_the_wall_clock_does_not_make_other_users_late():
+    """The audit's G3 probe: one producer 4 min ahead (valid input). Live, the watermark counts an
+    input's newest event time only up to the wall clock plus FUTURE_SLACK_MS (5 s)."""
+    now = T
+    rb: ReorderBuffer[None] = ReorderBuffer(("click", "view"), lateness_ms=L_MS)
+    rb.now_ms = now
+    rb.push("view", e("normal", now - 1000, 0, "view"))
+    rb.push("click", e("skewed", now + 4 * 60_000, 1))
+    rb.push("view", e("skewed", now + 4 * 60_000, 2, "view"))
+    _, wm = rb.release()
+    assert wm <= now + 5_000
+    late = 0
+    for i in range(60):  # the next minute of other users' on-time events, as the clock moves
+        rb.now_ms = now + i * 1000
+        late += not rb.push("click", e(f"user{i}", now + i * 1000, 10 + i))
+        rb.push("view", e(f"user{i}", now + i * 1000, 100 + i, "view"))
+        rb.release()
+    assert late == 0
+
+
+def test_a_future_event_is_applied_when_the_watermark_reaches_it():
+    now = T
+    rb: ReorderBuffer[None] = ReorderBuffer(("click", "view"), lateness_ms=L_MS)
+    rb.now_ms = now
+    future = e("skewed", now + 4 * 60_000, 1)
+    rb.push("click", future)
+    rb.set_idle("view")
+    out, _ = rb.release()
+    assert out == [] and len(rb) == 1  # not dropped, not released: it waits
+    rb.set_idle("click")  # both idle: the watermark goes to the wall clock (+ slack), no further
+    rb.now_ms = now + 60_000
+    out, wm = rb.release()
+    assert out == [] and wm <= now + 65_000
+    rb.now_ms = now + 4 * 60_000
+    out, wm = rb.release()
+    assert [x for x, _ in out] == [future] and wm > future.ts_ms
+
+
+def test_a_replay_of_history_is_unaffected_by_the_wall_clock():
+    import random
+
+    rng = random.Random(5)
+    evs = [(rng.choice(("click", "view")), e(f"u{i % 13}", T + rng.randrange(600_000), i)) for i in range(2000)]
+    runs = []
+    for now in (None, T + 86_400_000 * 365):
+        rb: ReorderBuffer[None] = ReorderBuffer(("click", "view"), lateness_ms=L_MS, max_events=10**6)
+        rb.now_ms = now
+        seen = []
+        for k in range(0, len(evs), 100):
+            late = [x for name, x in evs[k:k + 100] if not rb.push(name, x)]
+            out, wm = rb.release()
+            seen.append(([x for x, _ in out], late, wm))
+        seen.append(rb.drain())
+        runs.append(seen)
+    assert runs[0] == runs[1]

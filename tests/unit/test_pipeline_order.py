@@ -92,3 +92,24 @@ def test_the_worker_counts_forced_releases():
     e.s, e.metrics, e.inflight = load_settings(), Metrics(CollectorRegistry()), {}
     e._apply(Report(forced_releases=42))
     assert e.metrics.registry.get_sample_value("riskstream_buffer_forced_releases_total") == 42
+
+
+# -- item 5: a producer clock ahead of the wall clock ----------------------------------------------
+def test_a_producer_clock_ahead_does_not_make_other_users_late_and_its_event_is_applied():
+    p = pipeline()
+    now = at(30, 12)
+    skewed = [click(p, "skewed", now + 4 * 60_000, 0)]  # 4 min ahead: valid (limit 5 min)
+    skewed.append((p.s.views_topic, 0, 0, b"skewed", encode_event(ev("skewed", now + 4 * 60_000, "view"))))
+    r = run(p, skewed, now_ms=now)
+    assert not r.dlq and r.applied == 0
+    late = applied = 0
+    for i in range(60):  # a minute of other users' on-time clicks and views, one step a second
+        t = now + i * 1000
+        r = run(p, [click(p, f"user{i}", t, 1 + i), (p.s.views_topic, 0, 1 + i, f"user{i}".encode(),
+                                                    encode_event(ev(f"user{i}", t, "view")))], now_ms=t)
+        late, applied = late + r.late, applied + r.applied
+    assert late == 0
+    for k in range(1, 8):  # the clock moves on; inputs idle: the future events are applied, not dropped
+        r = run(p, [], BOTH_IDLE, now_ms=now + k * 60_000)
+        late, applied = late + r.late, applied + r.applied
+    assert late == 0 and applied == 122 and len(p.parts[0].buffer) == 0
