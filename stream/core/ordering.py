@@ -166,11 +166,12 @@ class ReorderBuffer(Generic[M]):
         active = [self._reached(i) for i in self._inputs.values() if not i.idle]
         return bool(active) and min(active) != max(active)
 
-    def release(self) -> tuple[list[tuple[Event, M | None]], int]:
+    def release(self, force_to: int | None = None) -> tuple[list[tuple[Event, M | None]], int]:
         """Pop every buffered event below the watermark, in canonical order; return them and it.
 
         Over the cap with no input running ahead (or at twice the cap), the oldest events are
         forced out too, and the watermark moves just past the newest of them (module docstring).
+        ``force_to``: force out everything up to that event time as well (the caller's overload).
         """
         wm = self.watermark()
         out: list[tuple[Event, M | None]] = []
@@ -181,6 +182,13 @@ class ReorderBuffer(Generic[M]):
             out.append((e[4], e[5]))
         if wm > self.released_to:
             self.released_to = wm
+        if force_to is not None and force_to >= self.released_to:
+            n = len(out)
+            while heap and heap[0][0] <= force_to:
+                e = pop(heap)
+                out.append((e[4], e[5]))
+            self.released_to = force_to + 1
+            self.forced += len(out) - n
         over = len(heap) - self.max_events
         if over > 0 and (over >= self.max_events or not self.runs_ahead()):
             n = len(out)

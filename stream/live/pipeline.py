@@ -75,33 +75,46 @@ class _Unapplied:
     """A topic-partition's positions in arrival order, to know the lowest one not yet applied: every
     position below it is applied (or not received by anyone: never this pipeline's), so the users'
     offset fences may settle it (DESIGN §4). Applied entries leave from the front, and in a
-    compaction once they are most of the queue, so it holds about twice the unapplied ones."""
+    compaction once they are most of the queue, so it holds about twice the unapplied ones.
 
-    queue: deque[_Meta] = field(default_factory=deque)
-    applied: int = 0
+    ``overtaken()`` counts the positions applied above that lowest one: a bound on what any user's
+    fence holds above its frontier. The pipeline keeps it below ``buffer_max_events`` by forcing the
+    lowest one out of the reorder buffer (an overload, counted like the buffer cap's)."""
+
+    queue: deque[tuple[int, int, _Meta]] = field(default_factory=deque)  # (arrival number, event time, meta)
+    added: int = 0
+    unapplied: int = 0
+    applied: int = 0  # applied entries still in the queue
     last: int = -1
     low: int | None = None  # lowest position that arrived out of order (a seek back): a floor above it is unsafe
 
-    def add(self, meta: _Meta) -> None:
+    def add(self, meta: _Meta, ts_ms: int) -> None:
         if meta.position <= self.last:
             self.low = meta.position if self.low is None else min(self.low, meta.position)
         self.last = max(self.last, meta.position)
-        self.queue.append(meta)
+        self.queue.append((self.added, ts_ms, meta))
+        self.added += 1
+        self.unapplied += 1
 
     def settle(self, meta: _Meta) -> None:
         meta.applied = True
         self.applied += 1
+        self.unapplied -= 1
 
     def floor(self) -> int:
         q = self.queue
-        while q and q[0].applied:
+        while q and q[0][2].applied:
             q.popleft()
             self.applied -= 1
         if self.applied > 1024 and self.applied * 2 > len(q):
-            self.queue = q = deque(m for m in q if not m.applied)
+            self.queue = q = deque(e for e in q if not e[2].applied)
             self.applied = 0
-        f = q[0].position if q else self.last + 1
+        f = q[0][2].position if q else self.last + 1
         return f if self.low is None else min(f, self.low)
+
+    def overtaken(self) -> int:
+        """Positions applied above the lowest one not yet applied (call after ``floor``)."""
+        return self.added - self.queue[0][0] - self.unapplied if self.queue else 0
 
 
 @dataclass(slots=True)
@@ -169,7 +182,7 @@ class Pipeline:
             base = off * POSITION_STRIDE
             for i, ev in enumerate(events):
                 meta = _Meta(m, tp, base + i)
-                track.add(meta)
+                track.add(meta, ev.ts_ms)
                 if not buffer.push(kind or "click", ev, meta):
                     late.setdefault(p, []).append((ev, meta))
         moved: set[int] = set()
@@ -191,10 +204,13 @@ class Pipeline:
             if part is None:
                 continue
             floor = dict(step.floor)  # the fence may settle up to the lowest position not yet applied
+            force_to = None  # bound the fences: too much applied above a waiting position forces it out
             for tp, track in part.unapplied.items():
                 floor[tp] = max(floor.get(tp, -1), track.floor())
+                if track.overtaken() > self.s.buffer_max_events:
+                    force_to = max(force_to or track.queue[0][1], track.queue[0][1])
             forced = part.buffer.forced
-            released, wm = part.buffer.release()
+            released, wm = part.buffer.release(force_to)
             rep.forced_releases += part.buffer.forced - forced
             part.watermark = max(part.watermark, wm)
             releases.append(Release(released, part.watermark, late.get(p, ()), floor, group=p))

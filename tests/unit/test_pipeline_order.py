@@ -63,6 +63,26 @@ def test_the_fence_settles_up_to_the_lowest_unapplied_position():
     assert len(kept) <= 100 and frontier >= 58 * 1024
 
 
+def test_a_position_waiting_while_too_much_is_applied_above_it_is_forced_out():
+    """The fence's hard bound: a partition never has more than buffer_max_events positions applied
+    above one still waiting; past that, the waiting one is forced out (counted), so no user's fence
+    holds more than that plus one step above its frontier."""
+    p = pipeline(buffer_max_events=100, lateness_ms=10_000)
+    t0 = at(1, 9)
+    view = p.s.views_topic
+    msgs = [(view, 0, 0, b"v", encode_event(ev("v", t0 + 100_000, "view")))]  # waits: 100 s ahead of the rest
+    msgs += [(view, 0, i, b"v", encode_event(ev("v", t0 + i * 200, "view"))) for i in range(1, 500)]
+    r1 = run(p, msgs, {(0, "click"): True})
+    assert r1.forced_releases == 0 and r1.applied > 400  # the watermark (99.8 s - L) passed them
+    r2 = run(p, [(view, 0, 500, b"v", encode_event(ev("v", t0 + 100_100, "view")))])
+    assert r2.forced_releases > 0 and len(p.parts[0].buffer) == 1  # offset 0 (and what precedes it) forced
+    r3 = run(p, [(view, 0, 501, b"v", encode_event(ev("v", t0 + 100_200, "view")))], BOTH_IDLE)
+    assert r1.applied + r2.applied + r3.applied == 502 and r1.duplicates + r2.duplicates + r3.duplicates == 0
+    store = p.detector.store
+    frontier, kept = store._fence[store._slot["v"]][f"{view}:0"]  # type: ignore[attr-defined]
+    assert frontier == 500 * 1024 - 1 and kept == {500 * 1024, 501 * 1024}
+
+
 # -- item 4: the reorder buffer cap ----------------------------------------------------------------
 def click(p: Pipeline, user: str, ts: int, offset: int) -> tuple:
     return (p.s.clicks_topic, 0, offset, user.encode(), encode_event(ev(user, ts, "click")))
