@@ -175,10 +175,10 @@ class Pipeline:
                 dlq.append((r, topic, p, off, m))
             if not events:
                 continue
-            part = self._partition(p)
-            buffer = part.buffer
+            owner = self._partition(p)
+            buffer = owner.buffer
             tp = f"{topic}:{p}"
-            track = part.unapplied.get(tp) or part.unapplied.setdefault(tp, _Unapplied())
+            track = owner.unapplied.get(tp) or owner.unapplied.setdefault(tp, _Unapplied())
             base = off * POSITION_STRIDE
             for i, ev in enumerate(events):
                 meta = _Meta(m, tp, base + i)
@@ -186,8 +186,8 @@ class Pipeline:
                 if not buffer.push(kind or "click", ev, meta):
                     late.setdefault(p, []).append((ev, meta))
         moved: set[int] = set()
-        for part in self.parts.values():
-            part.buffer.now_ms = step.now_ms  # the watermark runs no further ahead than the wall clock
+        for owner in self.parts.values():
+            owner.buffer.now_ms = step.now_ms  # the watermark runs no further ahead than the wall clock
         for (p, kind), idle in step.idle.items():
             part = self.parts.get(p)
             if part is not None:
@@ -195,8 +195,8 @@ class Pipeline:
                 part.buffer.set_idle(kind, idle)
                 if part.buffer.watermark() != before:
                     moved.add(p)
-        for p, part in self.parts.items():  # the clock moved a watermark held back by a future event
-            if (len(part.buffer) or part.held) and part.buffer.watermark() > part.watermark:
+        for p, owner in self.parts.items():  # the clock moved a watermark held back by a future event
+            if (len(owner.buffer) or owner.held) and owner.buffer.watermark() > owner.watermark:
                 moved.add(p)
         releases: list[Release] = []
         for p in sorted(set(step.partitions) | set(late) | moved):
@@ -208,13 +208,16 @@ class Pipeline:
             for tp, track in part.unapplied.items():
                 floor[tp] = max(floor.get(tp, -1), track.floor())
                 if track.overtaken() > self.s.buffer_max_events:
-                    force_to = max(force_to or track.queue[0][1], track.queue[0][1])
+                    head_ts = track.queue[0][1]
+                    force_to = head_ts if force_to is None else max(force_to, head_ts)
             forced = part.buffer.forced
             released, wm = part.buffer.release(force_to)
             rep.forced_releases += part.buffer.forced - forced
             part.watermark = max(part.watermark, wm)
             releases.append(Release(released, part.watermark, late.get(p, ()), floor, group=p))
-            rep.buffers[p] = (part.buffer.full, part.buffer.behind(), len(part.buffer))
+            # "full" asks flow control to pause the inputs not behind: only when one runs ahead (an
+            # idle input holds nothing back; pausing it would hide its new data from the idle check)
+            rep.buffers[p] = (part.buffer.full and part.buffer.runs_ahead(), part.buffer.behind(), len(part.buffer))
         outcome = self._detect_publish_persist(releases, dlq, step.received_at)
         for rel in releases:
             unapplied = self.parts[rel.group].unapplied  # type: ignore[index]
