@@ -23,6 +23,9 @@ class Metrics:
         self.redis_retries = Counter("riskstream_redis_retries", "Redis calls retried", registry=r)
         self.paused = Counter("riskstream_partition_pauses", "Input partitions paused (buffer full)",
                               registry=r)
+        self.forced_releases = Counter(
+            "riskstream_buffer_forced_releases",
+            "Events a full reorder buffer released ahead of the watermark (nothing to pause)", registry=r)
         self.batch_seconds = Histogram("riskstream_batch_seconds", "Pipeline time of one step (micro-batch)",
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.decidable_to_ack = Histogram(

@@ -10,6 +10,21 @@ holds the watermark at "nothing released" unless it is marked idle; an idle inpu
 When every input is idle (caught up, nothing new for the configured time; or end of file offline)
 the watermark moves to the end of the tick that holds the newest event seen, so the tail is decided
 exactly as the offline scorer decides it at end of file.
+
+The buffer is bounded (``max_events``). When it is over its cap, the live worker pauses the input
+that runs ahead (the one not holding the watermark back), which lets the watermark catch up. When
+no input runs ahead (one input idle, or all at the same event time) pausing cannot help, and
+pausing everything would stall with the watermark stuck: then ``release`` forces the oldest events
+out, advancing the buffer's watermark just past the newest of them (``forced`` counts them). The
+same happens, whatever runs ahead, once the buffer holds twice its cap (the pause did not hold it).
+Events that then arrive behind the forced watermark are late (docs/contracts.md, semantics).
+
+Live, the watermark never runs ahead of the wall clock: the caller sets ``now_ms`` (the worker's
+clock; nothing here reads a clock), and an input's newest event time counts only up to
+``now_ms + FUTURE_SLACK_MS``. A producer whose clock runs ahead (events up to 5 min ahead are valid)
+then cannot make every other user's on-time events late; its own future events wait in the buffer
+until the watermark reaches them, and are applied then. Offline and in replays of history
+(``now_ms`` None, or event times in the past) nothing changes.
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ from stream.core.layout import TICK_MS
 
 __all__ = [
     "DEFAULT_LATENESS_MS",
+    "FUTURE_SLACK_MS",
     "NO_WATERMARK",
     "ReorderBuffer",
     "canonical_key",
@@ -35,6 +51,8 @@ __all__ = [
 ]
 
 DEFAULT_LATENESS_MS = 120_000
+FUTURE_SLACK_MS = 5_000
+"""How far past the wall clock an input's newest event time still moves the watermark (live)."""
 NO_WATERMARK = -(2**62)
 
 M = TypeVar("M")
@@ -95,6 +113,8 @@ class ReorderBuffer(Generic[M]):
         self._heap: list[tuple[int, str, str, int, Event, M]] = []
         self._seq = 0
         self.released_to = NO_WATERMARK  # everything with ts < released_to has been released
+        self.forced = 0  # events released ahead of the watermark because the buffer was over its cap
+        self.now_ms: int | None = None  # the wall clock, live (set by the caller); None: no clamp
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -124,25 +144,45 @@ class ReorderBuffer(Generic[M]):
     def max_seen(self) -> int:
         return max(i.max_ts for i in self._inputs.values())
 
+    def _reached(self, inp: _Input) -> int:
+        """How far an input moves the watermark: its newest event time, live at most the wall clock
+        plus ``FUTURE_SLACK_MS``."""
+        if self.now_ms is None:
+            return inp.max_ts
+        return min(inp.max_ts, self.now_ms + FUTURE_SLACK_MS)
+
     def watermark(self) -> int:
         """Everything strictly below this event time may be released."""
-        active = [i.max_ts for i in self._inputs.values() if not i.idle]
+        active = [self._reached(i) for i in self._inputs.values() if not i.idle]
         if not active:
-            top = self.max_seen()
-            return NO_WATERMARK if top == NO_WATERMARK else tick_ceil(top)
+            top = max(self._reached(i) for i in self._inputs.values())
+            if top == NO_WATERMARK:
+                return NO_WATERMARK
+            end = tick_ceil(top)
+            return end if self.now_ms is None else min(end, self.now_ms + FUTURE_SLACK_MS)
         low = min(active)
         return NO_WATERMARK if low == NO_WATERMARK else low - self.lateness_ms
 
     def behind(self) -> list[str]:
         """Inputs that hold the watermark back (the others run ahead and may be paused)."""
-        active = {n: i.max_ts for n, i in self._inputs.items() if not i.idle}
+        active = {n: self._reached(i) for n, i in self._inputs.items() if not i.idle}
         if not active:
             return []
         low = min(active.values())
         return [n for n, t in active.items() if t == low]
 
-    def release(self) -> tuple[list[tuple[Event, M]], int]:
-        """Pop every buffered event below the watermark, in canonical order; return them and it."""
+    def runs_ahead(self) -> bool:
+        """Whether some input runs ahead of one that holds the watermark back (pausing it helps)."""
+        active = [self._reached(i) for i in self._inputs.values() if not i.idle]
+        return bool(active) and min(active) != max(active)
+
+    def release(self, force_to: int | None = None) -> tuple[list[tuple[Event, M]], int]:
+        """Pop every buffered event below the watermark, in canonical order; return them and it.
+
+        Over the cap with no input running ahead (or at twice the cap), the oldest events are
+        forced out too, and the watermark moves just past the newest of them (module docstring).
+        ``force_to``: force out everything up to that event time as well (the caller's overload).
+        """
         wm = self.watermark()
         out: list[tuple[Event, M]] = []
         heap = self._heap
@@ -152,6 +192,25 @@ class ReorderBuffer(Generic[M]):
             out.append((e[4], e[5]))
         if wm > self.released_to:
             self.released_to = wm
+        if force_to is not None and force_to >= self.released_to:
+            n = len(out)
+            while heap and heap[0][0] <= force_to:
+                e = pop(heap)
+                out.append((e[4], e[5]))
+            self.released_to = force_to + 1
+            self.forced += len(out) - n
+        over = len(heap) - self.max_events
+        if over > 0 and (over >= self.max_events or not self.runs_ahead()):
+            n = len(out)
+            while len(heap) > self.max_events:
+                e = pop(heap)
+                out.append((e[4], e[5]))
+            last = out[-1][0].ts_ms
+            while heap and heap[0][0] == last:  # the rest of that millisecond: released_to is a time
+                e = pop(heap)
+                out.append((e[4], e[5]))
+            self.released_to = max(self.released_to, last + 1)
+            self.forced += len(out) - n
         return out, max(wm, self.released_to)
 
     def drain(self) -> tuple[list[tuple[Event, M]], int]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,54 @@ class _Meta:
     msg: _Msg
     tp: str
     position: int
+    applied: bool = False  # handed to the detector (released or late): its fence has the position
+
+
+@dataclass(slots=True)
+class _Unapplied:
+    """A topic-partition's positions in arrival order, to know the lowest one not yet applied: every
+    position below it is applied (or not received by anyone: never this pipeline's), so the users'
+    offset fences may settle it (DESIGN §4). Applied entries leave from the front, and in a
+    compaction once they are most of the queue, so it holds about twice the unapplied ones.
+
+    ``overtaken()`` counts the positions applied above that lowest one: a bound on what any user's
+    fence holds above its frontier. The pipeline keeps it below ``buffer_max_events`` by forcing the
+    lowest one out of the reorder buffer (an overload, counted like the buffer cap's)."""
+
+    queue: deque[tuple[int, int, _Meta]] = field(default_factory=deque)  # (arrival number, event time, meta)
+    added: int = 0
+    unapplied: int = 0
+    applied: int = 0  # applied entries still in the queue
+    last: int = -1
+    low: int | None = None  # lowest position that arrived out of order (a seek back): a floor above it is unsafe
+
+    def add(self, meta: _Meta, ts_ms: int) -> None:
+        if meta.position <= self.last:
+            self.low = meta.position if self.low is None else min(self.low, meta.position)
+        self.last = max(self.last, meta.position)
+        self.queue.append((self.added, ts_ms, meta))
+        self.added += 1
+        self.unapplied += 1
+
+    def settle(self, meta: _Meta) -> None:
+        meta.applied = True
+        self.applied += 1
+        self.unapplied -= 1
+
+    def floor(self) -> int:
+        q = self.queue
+        while q and q[0][2].applied:
+            q.popleft()
+            self.applied -= 1
+        if self.applied > 1024 and self.applied * 2 > len(q):
+            self.queue = q = deque(e for e in q if not e[2].applied)
+            self.applied = 0
+        f = q[0][2].position if q else self.last + 1
+        return f if self.low is None else min(f, self.low)
+
+    def overtaken(self) -> int:
+        """Positions applied above the lowest one not yet applied (call after ``floor``)."""
+        return self.added - self.queue[0][0] - self.unapplied if self.queue else 0
 
 
 @dataclass(slots=True)
@@ -84,6 +133,7 @@ class _Partition:
     buffer: ReorderBuffer[_Meta]
     held: list[tuple[int, _Meta]] = field(default_factory=list)  # (tick end, meta): applied, undecided
     watermark: int = NO_WATERMARK
+    unapplied: dict[str, _Unapplied] = field(default_factory=dict)  # fence key -> positions
 
 
 _Bad = tuple[Rejection, _Msg]  # an element the decoder refused, and its message
@@ -139,13 +189,18 @@ class Pipeline:
                 dlq.append((r, m))
             if not events:
                 continue
-            buffer = self._partition(p).buffer
+            owner = self._partition(p)
+            buffer = owner.buffer
             tp = TopicPartition(topic, p).fence_key
+            track = owner.unapplied.get(tp) or owner.unapplied.setdefault(tp, _Unapplied())
             for i, ev in enumerate(events):
                 meta = _Meta(m, tp, encode_position(off, i))
+                track.add(meta, ev.ts_ms)
                 if not buffer.push(kind or "click", ev, meta):
                     late.setdefault(p, []).append((ev, meta))
         moved: set[int] = set()
+        for owner in self.parts.values():
+            owner.buffer.now_ms = step.now_ms  # the watermark runs no further ahead than the wall clock
         for (p, kind), idle in step.idle.items():
             part = self.parts.get(p)
             if part is not None:
@@ -153,17 +208,36 @@ class Pipeline:
                 part.buffer.set_idle(kind, idle)
                 if part.buffer.watermark() != before:
                     moved.add(p)
-        floor = {tp.fence_key: encode_position(off) for tp, off in step.floor.items()}
+        for p, owner in self.parts.items():  # the clock moved a watermark held back by a future event
+            if (len(owner.buffer) or owner.held) and owner.buffer.watermark() > owner.watermark:
+                moved.add(p)
+        committed = {tp.fence_key: encode_position(off) for tp, off in step.floor.items()}
         releases: list[Release[_Meta]] = []
         for p in sorted(set(step.partitions) | set(late) | moved):
             part = self.parts.get(p)
             if part is None:
                 continue
-            released, wm = part.buffer.release()
+            floor = dict(committed)  # the fence may settle up to the lowest position not yet applied
+            force_to = None  # bound the fences: too much applied above a waiting position forces it out
+            for tp, track in part.unapplied.items():
+                floor[tp] = max(floor.get(tp, -1), track.floor())
+                if track.overtaken() > self.s.buffer_max_events:
+                    head_ts = track.queue[0][1]
+                    force_to = head_ts if force_to is None else max(force_to, head_ts)
+            forced = part.buffer.forced
+            released, wm = part.buffer.release(force_to)
+            rep.forced_releases += part.buffer.forced - forced
             part.watermark = max(part.watermark, wm)
             releases.append(Release(released, part.watermark, late.get(p, ()), floor, group=p))
-            rep.buffers[p] = BufferState(part.buffer.full, part.buffer.behind(), len(part.buffer))
+            # "full" asks flow control to pause the inputs not behind: only when one runs ahead (an
+            # idle input holds nothing back; pausing it would hide its new data from the idle check)
+            rep.buffers[p] = BufferState(part.buffer.full and part.buffer.runs_ahead(), part.buffer.behind(),
+                                         len(part.buffer))
         outcome = self._detect_publish_persist(releases, dlq, step.received_at)
+        for rel in releases:
+            unapplied = self.parts[rel.group].unapplied
+            for _, meta in (*rel.released, *rel.late):
+                unapplied[meta.tp].settle(meta)
         self._account(releases, outcome, dlq)
         rep.done = self._done
         rep.applied, rep.late, rep.duplicates = outcome.applied, outcome.late, outcome.duplicates

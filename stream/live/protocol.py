@@ -114,3 +114,4 @@ class Report:
     latencies: list[float] = field(default_factory=list)  # decidable→acknowledged, seconds, per alert
     seconds: float = 0.0
     redis_retries: int = 0
+    forced_releases: int = 0  # events a reorder buffer over its cap released ahead of the watermark

@@ -17,7 +17,8 @@ buffered events are never acked. Faust commits the contiguous acked offsets.
 A timer marks caught-up, idle topic-partitions idle (docs/semantics.md §3, KIP-695's idea): when both inputs of
 a partition are idle the watermark moves to the end of the newest event's tick and the tail is
 decided as the offline scorer decides it at end of file. When a reorder buffer is full, the input
-running ahead is paused until it half drains.
+running ahead is paused until it half drains (with nothing running ahead, the pipeline forces the
+oldest events out instead: :mod:`stream.core.ordering`).
 
 Failures: a bad event never stops the agent. Redis and Kafka errors are retried with bounded
 backoff; past the bound the process exits non-zero (``EXIT_UNAVAILABLE``) instead of idling alive;
@@ -367,6 +368,8 @@ class Engine:
             m.decidable_to_ack.observe(seconds)
         if rep.redis_retries:
             m.redis_retries.inc(rep.redis_retries)
+        if rep.forced_releases:
+            m.forced_releases.inc(rep.forced_releases)
         m.batch_seconds.observe(rep.seconds)
         now = time.time()
         for p, wm in rep.watermarks.items():
