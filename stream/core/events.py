@@ -101,9 +101,6 @@ class Event:
     item_id: str | None
     session_id: str | None
 
-    def sort_key(self) -> tuple[int, str, str]:
-        """Canonical per-user order (docs/semantics.md §3): event time, then type, then event_id."""
-        return (self.ts_ms, self.type, self.event_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,7 @@ class _Meta:
 class _Unapplied:
     """A topic-partition's positions in arrival order, to know the lowest one not yet applied: every
     position below it is applied (or not received by anyone: never this pipeline's), so the users'
-    offset fences may settle it (DESIGN §4). Applied entries leave from the front, and in a
+    offset fences may settle it (docs/semantics.md §7). Applied entries leave from the front, and in a
     compaction once they are most of the queue, so it holds about twice the unapplied ones.
 
     ``overtaken()`` counts the positions applied above that lowest one: a bound on what any user's

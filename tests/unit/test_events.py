@@ -236,14 +236,6 @@ def test_boundaries_are_accepted() -> None:
     assert accepted(click(item_id="", session_id="", age_band="")).item_id == ""
 
 
-def test_sort_key_is_time_type_event_id() -> None:
-    a = accepted(view(event_id="b"))
-    b = accepted(click(event_id="z"))
-    c = accepted(click(event_id="a", ts=TS_MS + 1))
-    assert a.sort_key() == (TS_MS, "view", "b")
-    assert sorted([c, a, b], key=Event.sort_key) == [b, a, c]
-
-
 def test_decoded_event_is_a_real_frozen_event() -> None:
     # Pins the fast construction path in _decode_event against the dataclass constructor.
     ev = accepted(click(category="games", item_id="i", session_id="s", tz_offset_min=60, age_band="u13"))

@@ -1,4 +1,4 @@
-"""The offset fence (DESIGN §4): a position is reported applied iff it was applied, at and past
+"""The offset fence (docs/semantics.md §7): a position is reported applied iff it was applied, at and past
 ``MAX_FENCE_OFFSETS`` remembered positions, whatever the order of application (issue #12, item 3)."""
 
 from __future__ import annotations

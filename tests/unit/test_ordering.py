@@ -1,5 +1,5 @@
-"""The reorder buffer's bounds (DESIGN §8; issue #12 items 4 and 5): the cap holds when no input
-runs ahead, and the watermark never runs ahead of the wall clock (plus a small slack)."""
+"""Canonical order and the reorder buffer (docs/semantics.md §3, §4): the per-user order, the cap that
+holds when no input runs ahead, and a watermark that never runs ahead of the wall clock (plus a slack)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ L_MS = 120_000
 
 def e(u: str, ts: int, i: int, t: str = "click") -> Event:
     return Event(u, ts, t, f"e{i:07d}", "other", 0, None, None, None, None)
+
+
+def test_canonical_key_is_time_type_event_id() -> None:
+    a = Event("u", T, "view", "b", "other", 0, None, None, None, None)
+    b = Event("u", T, "click", "z", "other", 0, None, None, None, None)
+    c = Event("u", T + 1, "click", "a", "other", 0, None, None, None, None)
+    assert canonical_key(a) == (T, "view", "b")
+    assert sorted([c, a, b], key=canonical_key) == [b, a, c]
 
 
 # -- item 4: the cap ---------------------------------------------------------------------------------
