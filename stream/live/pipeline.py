@@ -131,6 +131,8 @@ class Pipeline:
         scorer = self.detector.scorer
         if scorer is not None:
             scorer.maybe_reload()
+        if self.store is not None:
+            self.store.set_generation(step.generation)  # fences the writes of users loaded from now on
         dlq: list[_Bad] = []
         late: dict[int, list[tuple[Event, _Meta]]] = {}
         for topic, p, off, key, raw in step.messages:
