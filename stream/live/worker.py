@@ -382,7 +382,10 @@ class Engine:
         """Take the generation of the new assignment: the steps sent from now on carry it."""
         mine = {tp.partition for tp in assigned if tp.topic in self.inputs}
         self.revoked = self.revoked - mine
-        self.generation = faust_compat.assignment_generation(self.app)
+        # 0: reset by a failed heartbeat meanwhile (a new join follows). Keeping the previous one is
+        # safe: a copy labelled with a generation at or below the one it was loaded under never
+        # replaces anything its owner's commits depend on; it may only be refused.
+        self.generation = faust_compat.assignment_generation(self.app) or self.generation
         log.info("assigned partitions %s in generation %d", sorted(mine), self.generation)
 
     def _die(self, e: BaseException) -> None:

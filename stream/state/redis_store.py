@@ -358,8 +358,8 @@ class RedisWindowStore:
             self._table.forget(stale)
             raise StaleStateError(
                 f"{len(stale)} user(s) were written by another worker since this one loaded them, or "
-                f"under a newer consumer group generation than {self._generation} (e.g. {stale[0]!r}): "
-                "this worker no longer owns their partition")
+                f"under a newer consumer group generation than they were loaded under (this worker's is "
+                f"now {self._generation}; e.g. {stale[0]!r}): this worker no longer owns their partition")
 
     def _write_args(self, users: list[str]) -> list[list[Any]]:
         rows = self._table.rows(users)

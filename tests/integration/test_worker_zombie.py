@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +43,12 @@ def _worker(settings, art, port: int, log: Path) -> subprocess.Popen:
         stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _consumed(port: int) -> float:
     try:
         return _messages_consumed(port)
@@ -64,23 +71,24 @@ def test_a_worker_paused_past_the_session_timeout_does_not_stop_the_new_owner(se
     expected, mem = offline(artifacts)
     want = {a.alert_id for a in expected}
     logs = tmp_path / "a.log", tmp_path / "b.log"
-    a = _worker(settings, artifacts, 19481, logs[0])
+    port_a, port_b = _free_port(), _free_port()
+    a = _worker(settings, artifacts, port_a, logs[0])
     b = None
     pub = None
     try:
         time.sleep(4)  # A has joined and owns every partition
         pub = subprocess.Popen([sys.executable, "-m", "stream", "replay", str(artifacts["log"]), "--namespace",
-                                settings.namespace, "--rate", "40", "--no-progress"], cwd=ROOT,
+                                settings.namespace, "--rate", "30", "--no-progress"], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
-        b = _worker(settings, artifacts, 19482, logs[1])
+        b = _worker(settings, artifacts, port_b, logs[1])
         deadline = time.monotonic() + 60
-        while _consumed(19482) == 0 or _consumed(19481) == 0:  # both own partitions
+        while _consumed(port_b) == 0 or _consumed(port_a) == 0:  # both own partitions
             assert time.monotonic() < deadline, "B never consumed"
-            assert a.poll() is None and b.poll() is None
+            assert a.poll() is None and b.poll() is None, logs[0].read_text() + logs[1].read_text()
             time.sleep(0.5)
         time.sleep(2)
-        consumed_a = _consumed(19481)
+        consumed_a = _consumed(port_a)
         assert pub.poll() is None, "the pause must come mid-stream"
         os.killpg(a.pid, signal.SIGSTOP)
         time.sleep(PAUSE_S)

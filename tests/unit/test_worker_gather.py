@@ -146,7 +146,10 @@ def test_steps_carry_the_generation_of_the_assignment_and_skip_revoked_partition
         e.app.consumer_generation_id = 9
         e.on_assigned({TP(e.s.clicks_topic, 1)})
         await e.submit([fe(1, 5)])
+        e.app.consumer_generation_id = -1  # reset by a failed heartbeat: the last known one stays
+        e.on_assigned({TP(e.s.clicks_topic, 1)})
+        await e.submit([fe(1, 6)])
 
     asyncio.run(run())
     got = [(s.generation, [(m.partition, m.offset) for m in s.messages]) for s in e.link.steps]
-    assert got == [(0, [(0, 1)]), (7, [(0, 2)]), (7, [(0, 4)]), (9, [(1, 5)])]
+    assert got == [(0, [(0, 1)]), (7, [(0, 2)]), (7, [(0, 4)]), (9, [(1, 5)]), (9, [(1, 6)])]
