@@ -5,6 +5,11 @@ process: a GC, SIGSTOP or VM pause) is stopped past the 10 s session timeout, so
 partitions to B under a newer generation, then continued. Whatever A writes to Redis after that is
 either replaced by B (a newer generation) or refused (A exits 75); B never exits
 (docs/state-layout.md §2, issue #12 item 7). The alerts and the Redis state equal the offline run's.
+
+Whether a paused worker's resumed write lands between the new owner's load and write of a user (the
+interleaving that made the owner fail under the last-writer fence) is a race there; the second test
+makes such a write deterministically, and tests/integration/test_redis_fencing.py pins every
+interleaving at the store level.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from stream.state import user_key
@@ -121,3 +127,53 @@ def test_a_worker_paused_past_the_session_timeout_does_not_stop_the_new_owner(se
     gens = {int(client.hget(user_key(settings.key_prefix, u), "g") or 0) for u in mem.users()}
     client.close()
     assert min(gens) >= 1 and max(gens) >= 2, f"states written under the generations of the group: {gens}"
+
+
+def test_a_zombie_write_of_a_user_the_owner_is_working_on_is_refused_and_the_owner_carries_on(settings, artifacts,  # noqa: F811
+                                                                                               tmp_path):
+    """Deterministic: mid-stream, this test writes, as a zombie of the previous generation would, a
+    user the running worker owns, from a copy of its current state (so the version compare-and-set
+    alone would accept it, and the owner's next write of the user would then be refused: exit 75,
+    the restart ping-pong of the last-writer fence). Refused by generation; the owner carries on."""
+    from stream.errors import StaleStateError
+    from stream.state import RedisWindowStore
+
+    expected, mem = offline(artifacts)
+    want = {a.alert_id for a in expected}
+    log = tmp_path / "b.log"
+    b = _worker(settings, artifacts, _free_port(), log)
+    pub = None
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    try:
+        time.sleep(4)
+        pub = subprocess.Popen([sys.executable, "-m", "stream", "replay", str(artifacts["log"]), "--namespace",
+                                settings.namespace, "--rate", "100", "--no-progress"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        users = sorted(mem.users())
+        deadline = time.monotonic() + 60
+        while True:  # a user the worker has written under its generation
+            stored = {u: client.hget(user_key(settings.key_prefix, u), "g") for u in users}
+            written = [u for u, g in stored.items() if g]
+            if written:
+                break
+            assert time.monotonic() < deadline and b.poll() is None, log.read_text()
+            time.sleep(0.2)
+        u, gen = written[0], int(stored[written[0]])
+        zombie = RedisWindowStore(client, key_prefix=settings.key_prefix, ttl_s=settings.state_ttl_s)
+        zombie.set_generation(gen - 1)
+        zombie.load_policy([u])  # its copy: the current state, current version
+        with pytest.raises(StaleStateError):
+            zombie.confirm({u: (0, {})})
+        assert pub.poll() is None, "the zombie must write mid-stream"
+        assert pub.wait(timeout=120) == 0
+        got = published_alerts(settings, want, b, timeout=240)
+        wait_drained(settings, timeout=180)
+        assert b.poll() is None, "the owner must not exit"
+    finally:
+        _stop(b)
+        if pub is not None and pub.poll() is None:
+            pub.kill()
+        client.close()
+    assert b.returncode == 0, log.read_text()[-3000:]
+    assert {x["alert_id"] for x in got} == want
+    assert_same_state(settings, mem)
