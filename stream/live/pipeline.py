@@ -179,6 +179,8 @@ class Pipeline:
         self._done = []
         rep = self._report = Report()
         self.detector.refresh_model()
+        if self.store is not None:
+            self.store.set_generation(step.generation)  # fences the writes of users loaded from now on
         dlq: list[_Bad] = []
         late: dict[int, list[tuple[Event, _Meta]]] = {}
         for topic, p, off, key, raw in step.messages:

@@ -86,6 +86,9 @@ class Step:
     floor: dict[TopicPartition, int]  # committed offset per input: the fence below it is settled
     received_at: float  # monotonic arrival of the batch's first message (decidable→ack latency)
     now_ms: int
+    # the consumer group generation of the assignment the messages belong to (0: none known): fences
+    # the state writes of users loaded in this step (docs/state-layout.md §2)
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

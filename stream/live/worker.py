@@ -46,6 +46,7 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from stream.errors import BrokerUnavailableError, StoreUnavailableError
+from stream.live import faust_compat
 from stream.live.app import create_app
 from stream.live.link import PipelineLink, open_link
 from stream.live.protocol import (
@@ -91,6 +92,13 @@ class InputProgress:
 class Engine:
     """The Faust side of a worker: cuts batches, hands them to the pipeline, acks what is done."""
 
+    # The consumer group generation of the current assignment (0 before the first one): every step
+    # carries it, and the pipeline fences the state writes of users it loads with it
+    # (docs/state-layout.md §2). Revoked partitions not assigned again since: their messages (one the
+    # agent held across the rebalance, a batch being gathered) are never handed to the pipeline.
+    generation: int = 0
+    revoked: frozenset[int] = frozenset()
+
     def __init__(self, settings: Settings, app: faust.App, metrics: Metrics, link: PipelineLink) -> None:
         self.s = settings
         self.app = app
@@ -122,8 +130,11 @@ class Engine:
         messages: list[RawMessage] = []
         partitions: set[int] = set()
         inflight, tps = self.inflight, self.tps
+        revoked = self.revoked
         for fe in batch:
             msg = fe.message
+            if msg.partition in revoked:
+                continue  # not ours any more: redelivered to the owner
             t_in = getattr(msg, "time_in", None)
             if t_in is not None and t_in < received_at:
                 received_at = t_in
@@ -279,11 +290,14 @@ class Engine:
         on the broker. aiokafka records when a fetch for the partition last succeeded; Faust
         long-polls every 1.5 s, so a healthy caught-up input is always fresh.
         """
-        ensure = getattr(getattr(self.app.consumer, "_thread", None), "_ensure_consumer", None)
-        if ensure is None:  # not Faust's aiokafka driver: no such signal, as before
+        try:
+            consumer = faust_compat.aiokafka_consumer(self.app)
+        except Exception:  # noqa: BLE001 - not started (any more)
+            return False
+        if consumer is None:  # not Faust's aiokafka driver: no such signal, as before
             return True
         try:
-            ts = ensure().last_poll_timestamp(TP(topic, p))
+            ts = consumer.last_poll_timestamp(TP(topic, p))
         except Exception:  # noqa: BLE001 - not assigned (any more): not ours to call idle
             return False
         return ts is not None and now_ms - ts <= FETCH_FRESH_MS
@@ -325,7 +339,7 @@ class Engine:
         return flags
 
     def _commit_floor(self) -> dict[TopicPartition, int]:
-        committed = getattr(self.app.consumer, "_committed_offset", {})  # Faust 0.15 bookkeeping
+        committed = faust_compat.committed_offsets(self.app)
         return {TopicPartition(tp.topic, tp.partition): off for tp, off in list(committed.items())
                 if off is not None}
 
@@ -335,7 +349,7 @@ class Engine:
         """Send one step now (the link answers in order); the future gets its report."""
         step = Step(messages, partitions, idle if idle is not None else self._unidle(partitions),
                     self._commit_floor(), received_at if received_at is not None else time.monotonic(),
-                    int(time.time() * 1000))
+                    int(time.time() * 1000), self.generation)
         return self.link.step(step)
 
     async def _finish(self, sent: asyncio.Future[Report]) -> None:
@@ -394,6 +408,7 @@ class Engine:
     async def on_revoked(self, revoked: set[Any]) -> None:
         """Drop everything of revoked partitions: it is not acked, so the new owner gets it again."""
         gone = sorted({tp.partition for tp in revoked if tp.topic in self.inputs})
+        self.revoked = self.revoked | set(gone)
         for p in gone:
             for topic in self.inputs:
                 self.tps.pop((topic, p), None)
@@ -401,6 +416,16 @@ class Engine:
             del self.inflight[mid]
         await self.link.connect()
         await self.link.drop(gone)  # after the steps sent before it: their reports came first
+
+    def on_assigned(self, assigned: set[Any]) -> None:
+        """Take the generation of the new assignment: the steps sent from now on carry it."""
+        mine = {tp.partition for tp in assigned if tp.topic in self.inputs}
+        self.revoked = self.revoked - mine
+        # 0: reset by a failed heartbeat meanwhile (a new join follows). Keeping the previous one is
+        # safe: a copy labelled with a generation at or below the one it was loaded under never
+        # replaces anything its owner's commits depend on; it may only be refused.
+        self.generation = faust_compat.assignment_generation(self.app) or self.generation
+        log.info("assigned partitions %s in generation %d", sorted(mine), self.generation)
 
     def _die(self, e: BaseException) -> None:
         log.critical("giving up: %s: %s; exiting with %d so a supervisor restarts the worker",
@@ -477,6 +502,10 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
         await engine.on_revoked(revoked)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
+        engine.on_assigned(assigned)
 
     return app, engine
 

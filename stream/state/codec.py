@@ -17,6 +17,7 @@ STATE_SUFFIX: Final = ":u"
 SCALARS_DTYPE: Final = np.dtype(">i8")
 
 _F_VERSION, _F_RINGS, _F_STATE, _F_POLICY = b"v", b"r", b"st", b"pol"
+_F_GENERATION: Final = b"g"  # the writer's consumer group generation (absent: 0)
 _SCALAR_BYTES: Final = 8 * len(L.SCALARS)
 _BAND_NONE: Final = 0xFFFF
 _NO_BAND: Final = _BAND_NONE.to_bytes(2, "big")

@@ -9,10 +9,11 @@ same compiled update rule, the same results — and keeps Redis as its durable, 
   partition (nothing in a worker is authoritative: it can be dropped at any time and reloaded).
 * **Fenced write per user per batch.** :meth:`confirm` — called after the batch's alerts were
   acknowledged by Kafka — writes every user changed since the last confirm with one ``EVALSHA`` of
-  ``stream/lua/state.lua``, all in one pipeline: a compare-and-set on the user's version, so only
-  the owner of the current state can replace it. A stale owner (a zombie after a rebalance) gets
-  :class:`StaleStateError` and must stop; the offsets it did not commit are redelivered to the
-  owner.
+  ``stream/lua/state.lua``, all in one pipeline, fenced by the consumer group generation under which
+  the user's copy was loaded (:meth:`set_generation`): a newer generation replaces the state, an
+  older one is refused, and within one generation the write is a compare-and-set on the user's
+  version. A stale owner (a zombie after a rebalance) gets :class:`StaleStateError` and must stop;
+  the offsets it did not commit are redelivered to the owner, whose writes a zombie cannot block.
 * **Nothing unconfirmed is persisted.** A user whose decided ticks are not all confirmed yet is
   written by a later confirm. So Redis always holds a state whose decisions were published: after
   a crash, redelivery re-applies the same events to it and re-decides the same ticks, with the
@@ -107,6 +108,8 @@ class RedisWindowStore:
         self._max_cached = max_cached_users
         self._writer = writer_id or uuid.uuid4().hex
         self._version: dict[str, int] = {}  # user -> version of the stored state our copy derives from
+        self._generation = 0  # the caller's ownership epoch: labels the copies loaded from now on
+        self._gen_of: dict[str, int] = {}  # user -> generation under which our copy was loaded
         self._dirty: set[str] = set()  # changed since the last write
         self._decided: dict[str, int] = {}  # newest tick end decided and not yet confirmed, per user
         self._recent: OrderedDict[str, None] = OrderedDict()  # cached users, least recently touched first
@@ -202,6 +205,22 @@ class RedisWindowStore:
         scalars, band, _ = unpack_state(blob)
         return tuple(scalars.tolist()), band, rings
 
+    def set_generation(self, generation: int) -> None:
+        """The consumer group generation under which the caller owns its partitions from now on.
+
+        Copies loaded afterwards are written with it (docs/state-layout.md §2): a copy loaded under
+        generation ``g`` replaces a state written under an older one and is refused over a newer one.
+        A copy keeps the generation it was loaded under — a copy loaded before a rebalance must never
+        override what a newer owner wrote — so call this before the apply that follows an assignment.
+        Call it only with a generation under which the caller was assigned its partitions; 0 (the
+        default, also for negative values: no generation known) fences by version alone.
+        """
+        self._generation = max(0, int(generation))
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
     def invalidate(self) -> None:
         """Drop every cached user at the next point where all changes are written (a rebalance).
 
@@ -223,6 +242,7 @@ class RedisWindowStore:
     def _drop_cache(self) -> None:
         self._table.forget(list(self._table.users()))
         self._version.clear()
+        self._gen_of.clear()
         self._decided.clear()
         self._recent.clear()
         self._invalidate_requested = False
@@ -240,6 +260,7 @@ class RedisWindowStore:
         for u in victims:
             del self._recent[u]
             self._version.pop(u, None)
+            self._gen_of.pop(u, None)
             self._decided.pop(u, None)
         self._table.forget(victims)
 
@@ -251,8 +272,10 @@ class RedisWindowStore:
         rows = self._hgetall_all([self.key_of(u) for u in missing])
         table = self._table
         table.slots(missing)  # a row for each, also for users Redis has nothing of
+        gen = self._generation
         for u, row in zip(missing, rows, strict=True):
             self._version[u] = int(row.get(_F_VERSION, b"0"))
+            self._gen_of[u] = gen
             rings, blob = row.get(_F_RINGS), row.get(_F_STATE)
             if rings is not None and blob is not None:
                 try:
@@ -330,11 +353,13 @@ class RedisWindowStore:
                 self._dirty.discard(u)
                 self._recent.pop(u, None)
                 self._version.pop(u, None)
+                self._gen_of.pop(u, None)
                 self._decided.pop(u, None)
             self._table.forget(stale)
             raise StaleStateError(
-                f"{len(stale)} user(s) were written by another worker since this one loaded them "
-                f"(e.g. {stale[0]!r}): this worker no longer owns their partition")
+                f"{len(stale)} user(s) were written by another worker since this one loaded them, or "
+                f"under a newer consumer group generation than they were loaded under (this worker's is "
+                f"now {self._generation}; e.g. {stale[0]!r}): this worker no longer owns their partition")
 
     def _write_args(self, users: list[str]) -> list[list[Any]]:
         rows = self._table.rows(users)
@@ -342,9 +367,9 @@ class RedisWindowStore:
         scalars = rows.scalars.astype(SCALARS_DTYPE)
         has_state = scalars[:, L.S_MX] != L.NONE
         calls: list[list[Any]] = []
-        version, writer, ttl = self._version, self._writer, self._ttl_ms
+        version, writer, ttl, gen_of = self._version, self._writer, self._ttl_ms, self._gen_of
         for i, u in enumerate(users):
-            args: list[Any] = [self.key_of(u), version.get(u, 0), writer, ttl]
+            args: list[Any] = [self.key_of(u), version.get(u, 0), writer, ttl, gen_of.get(u, 0)]
             if has_state[i]:
                 args += [_F_RINGS, rings[i].tobytes(),
                          _F_STATE, scalars[i].tobytes() + _pack_tail(rows.bands[i], rows.fences[i])]

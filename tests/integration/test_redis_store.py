@@ -329,11 +329,11 @@ def test_a_stale_writer_is_refused_and_forgets_the_user(client, prefix):
 def test_a_retried_write_is_accepted_and_another_writers_is_not(client, prefix):
     key = user_key(prefix, "retry")
     script = client.register_script(STATE_LUA)
-    assert script(keys=[key], args=[0, "w1", 60_000, "pol:a", "1"]) == 1
-    assert script(keys=[key], args=[0, "w1", 60_000, "pol:a", "1"]) == 1  # its reply was lost: same write
-    assert script(keys=[key], args=[0, "w2", 60_000, "pol:a", "2"]) == -1
-    assert script(keys=[key], args=[1, "w2", 60_000, "pol:a", "2"]) == 2
-    assert script(keys=[key], args=[1, "w1", 60_000, "pol:a", "3"]) == -1
+    assert script(keys=[key], args=[0, "w1", 60_000, 0, "pol:a", "1"]) == 1
+    assert script(keys=[key], args=[0, "w1", 60_000, 0, "pol:a", "1"]) == 1  # its reply was lost: same write
+    assert script(keys=[key], args=[0, "w2", 60_000, 0, "pol:a", "2"]) == -1
+    assert script(keys=[key], args=[1, "w2", 60_000, 0, "pol:a", "2"]) == 2
+    assert script(keys=[key], args=[1, "w1", 60_000, 0, "pol:a", "3"]) == -1
     assert client.hgetall(key) == {b"v": b"2", b"w": b"w2", b"pol:a": b"2"}  # the script sets what it is given
     assert 0 < client.pttl(key) <= 60_000
 

@@ -110,3 +110,46 @@ def test_an_input_whose_leader_stopped_answering_fetches_is_never_idle():
     asyncio.run(e.on_timer())
     (step,) = e.link.steps
     assert step.idle == {(0, "click"): True, (0, "view"): False}
+
+
+def test_steps_carry_the_generation_of_the_assignment_and_skip_revoked_partitions():
+    """The generation fences the pipeline's state writes (docs/state-layout.md §2); a message of a
+    partition revoked in the meantime (the agent held it across the rebalance) is not handed over."""
+    import asyncio
+    from collections import defaultdict
+
+    from faust.types import TP
+    from prometheus_client import CollectorRegistry
+
+    from stream.live.worker import InputProgress
+    from stream.metrics import Metrics
+
+    e = engine(backlog=0)
+    e.inputs = {e.s.clicks_topic: "click", e.s.views_topic: "view"}
+    e.app = type("App", (), {"consumer_generation_id": 7})()
+    e.link, e.metrics, e.inflight, e.tps = _Link(), Metrics(CollectorRegistry()), {}, defaultdict(InputProgress)
+    e._unidle = lambda partitions: {}  # type: ignore[method-assign]
+    e._commit_floor = dict  # type: ignore[method-assign]
+
+    def fe(p: int, off: int) -> object:
+        msg = type("M", (), {"topic": e.s.clicks_topic, "partition": p, "offset": off, "key": b"u",
+                             "value": b"{}", "time_in": None})()
+        return type("E", (), {"message": msg})()
+
+    async def run() -> None:
+        await e.submit([fe(0, 1)])
+        e.on_assigned({TP(e.s.clicks_topic, 0), TP(e.s.views_topic, 0), TP("other", 1)})
+        await e.submit([fe(0, 2)])
+        e.link.drop = lambda parts: asyncio.sleep(0)  # type: ignore[attr-defined]
+        await e.on_revoked({TP(e.s.clicks_topic, 1), TP(e.s.views_topic, 1)})
+        await e.submit([fe(1, 3), fe(0, 4)])  # partition 1 was revoked: its message stays out
+        e.app.consumer_generation_id = 9
+        e.on_assigned({TP(e.s.clicks_topic, 1)})
+        await e.submit([fe(1, 5)])
+        e.app.consumer_generation_id = -1  # reset by a failed heartbeat: the last known one stays
+        e.on_assigned({TP(e.s.clicks_topic, 1)})
+        await e.submit([fe(1, 6)])
+
+    asyncio.run(run())
+    got = [(s.generation, [(m.partition, m.offset) for m in s.messages]) for s in e.link.steps]
+    assert got == [(0, [(0, 1)]), (7, [(0, 2)]), (7, [(0, 4)]), (9, [(1, 5)]), (9, [(1, 6)])]

@@ -59,3 +59,8 @@ class DeferredWriteStore(WindowStore, Protocol):
     def invalidate(self) -> None:
         """Drop the cached users at the next point where all changes are written (a rebalance)."""
         ...
+
+    def set_generation(self, generation: int) -> None:
+        """The ownership epoch (consumer group generation) that fences the writes of users loaded
+        from now on (docs/state-layout.md §2)."""
+        ...
