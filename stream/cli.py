@@ -110,6 +110,39 @@ def namespace_delete(bootstrap: str | None, redis_url: str | None, namespace: st
     click.echo(f"deleted {len(topics)} topic(s) and {keys} Redis key(s) of namespace {s.namespace}")
 
 
+# -- users ---------------------------------------------------------------------------------------
+@main.group()
+def user() -> None:
+    """Look at one user's state (read-only)."""
+
+
+@user.command("show")
+@click.argument("user_id")
+@common_options
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="score with this model [default: the shipped one]")
+@click.option("--no-model", is_flag=True, help="do not score")
+@click.option("--policy-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="RISKSTREAM_POLICY_CONFIG", help="alert policy TOML (for the rule profile) [default: packaged]")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of text")
+def user_show(user_id: str, bootstrap: str | None, redis_url: str | None, namespace: str | None,
+              model: Path | None, no_model: bool, policy_config: Path | None, as_json: bool) -> None:
+    """A user's windows, current score and policy state, from Redis, in words."""
+    import orjson
+
+    from stream.core.policy import load_policy_config
+    from stream.tools.user import format_report, user_report
+
+    s = settings_from(bootstrap, redis_url, namespace)
+    scorer = None if no_model else _load_scorer(model, required=False)
+    report = user_report(s, user_id, scorer=scorer, policy_config=load_policy_config(policy_config))
+    if report is None:
+        click.echo(f"riskstream: no window state for user {user_id!r} under {s.key_prefix!r} "
+                   "(unknown user, another namespace, or expired)", err=True)
+        sys.exit(1)
+    click.echo(orjson.dumps(report.to_json()).decode() if as_json else format_report(report))
+
+
 # -- models --------------------------------------------------------------------------------------
 def _load_scorer(model: Path | None, *, required: bool) -> Any:
     from stream.core.scoring import load_scorer
