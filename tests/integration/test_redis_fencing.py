@@ -28,28 +28,7 @@ from stream.state import STATE_LUA, user_key
 from tests.contract.conftest import delete_prefix, redis_client
 from tests.eventgen import at, ev
 from tests.integration.test_redis_store import FAR, KINDS, new_store
-
-
-@pytest.fixture(scope="module")
-def clients() -> Iterator[dict[str, Any]]:
-    made: dict[str, Any] = {}
-    yield made
-    for c in made.values():
-        c.close()
-
-
-@pytest.fixture(params=KINDS)
-def client(request: pytest.FixtureRequest, clients: dict[str, Any]) -> redis.Redis | redis.RedisCluster:
-    if request.param not in clients:
-        clients[request.param] = redis_client(request.param)
-    return clients[request.param]  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def prefix(client: redis.Redis | redis.RedisCluster) -> Iterator[str]:
-    p = f"it{uuid.uuid4().hex[:12]}:rs:"
-    yield p
-    delete_prefix(client, p)
+from tests.integration.test_redis_store import client, clients, prefix  # noqa: F401 - the same fixtures
 
 
 U = "owned"

@@ -143,6 +143,15 @@ def assert_same_state(settings, mem) -> None:
     client.close()
 
 
+def assert_same_alerts(got: list[dict], want: set[str]) -> None:
+    """The offline alert ids, all of them; a duplicate (after a crash or a rebalance) only as the same alert."""
+    assert {a["alert_id"] for a in got} == want
+    by_id: dict[str, dict] = {}
+    for a in got:
+        a = {k: v for k, v in a.items() if k != "emitted_at"}
+        assert by_id.setdefault(a["alert_id"], a) == a
+
+
 def check_parity(settings, art, *, worker_args: tuple[str, ...] = (), replay_args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None,
                  backlog: bool = True):
@@ -238,12 +247,7 @@ def test_sigkill_mid_stream_and_restart_gives_the_same_state_and_alerts(settings
         wait_drained(settings)
     finally:
         stop(proc)
-    ids = [a["alert_id"] for a in got]
-    assert set(ids) == want
-    by_id: dict[str, dict] = {}
-    for a in got:  # duplicates are allowed only as the same alert
-        a = {k: v for k, v in a.items() if k != "emitted_at"}
-        assert by_id.setdefault(a["alert_id"], a) == a
+    assert_same_alerts(got, want)
     assert_same_state(settings, mem)
 
 
@@ -284,12 +288,7 @@ def test_a_second_worker_joining_mid_stream_gives_the_same_alerts_and_state(sett
         outs = stop(a), (stop(b) if b is not None else b"")
     assert (a.returncode, b.returncode) == (0, 0), outs[0].decode()[-2000:] + outs[1].decode()[-2000:]
     assert all(n > 0 for n in consumed), f"both workers must have consumed (messages: {consumed})"
-    ids = [x["alert_id"] for x in got]
-    assert set(ids) == want
-    by_id: dict[str, dict] = {}
-    for x in got:
-        x = {k: v for k, v in x.items() if k != "emitted_at"}
-        assert by_id.setdefault(x["alert_id"], x) == x
+    assert_same_alerts(got, want)
     assert_same_state(settings, mem)
 
 
@@ -320,12 +319,7 @@ def test_two_workers_one_sigkilled_mid_stream_the_survivor_takes_over(settings, 
         out = stop(a)
         stop(b)
     assert a.returncode == 0, out.decode()[-3000:]
-    ids = [x["alert_id"] for x in got]
-    assert set(ids) == want
-    by_id: dict[str, dict] = {}
-    for x in got:
-        x = {k: v for k, v in x.items() if k != "emitted_at"}
-        assert by_id.setdefault(x["alert_id"], x) == x
+    assert_same_alerts(got, want)
     assert_same_state(settings, mem)
 
 
@@ -391,12 +385,7 @@ def test_redis_sigkilled_mid_stream_and_restarted_from_its_aof_loses_nothing(set
     finally:
         stop(proc)
     try:
-        ids = [x["alert_id"] for x in got]
-        assert set(ids) == want
-        by_id: dict[str, dict] = {}
-        for x in got:
-            x = {k: v for k, v in x.items() if k != "emitted_at"}
-            assert by_id.setdefault(x["alert_id"], x) == x
+        assert_same_alerts(got, want)
         assert_same_state(on_own, mem)
     finally:
         rs.terminate()

@@ -29,6 +29,7 @@ from stream.state import user_key
 from tests.integration.test_worker_parity import (  # noqa: F401 - artifacts is a fixture
     _messages_consumed,
     artifacts,
+    assert_same_alerts,
     assert_same_state,
     offline,
     published_alerts,
@@ -116,12 +117,7 @@ def test_a_worker_paused_past_the_session_timeout_does_not_stop_the_new_owner(se
           f"{consumed_a:.0f}\n--- A ---\n{out_a}\n--- B ---\n{out_b}")
     assert b.returncode == 0, out_b
     assert a_code in (None, 75), out_a
-    ids = [x["alert_id"] for x in got]
-    assert set(ids) == want
-    by_id: dict[str, dict] = {}
-    for x in got:  # duplicates (the zombie's, and redelivery's) only as the same alert
-        x = {k: v for k, v in x.items() if k != "emitted_at"}
-        assert by_id.setdefault(x["alert_id"], x) == x
+    assert_same_alerts(got, want)
     assert_same_state(settings, mem)
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     gens = {int(client.hget(user_key(settings.key_prefix, u), "g") or 0) for u in mem.users()}
