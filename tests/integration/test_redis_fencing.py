@@ -15,19 +15,14 @@ wrote and the owner replaced is uncommitted, and the owner applies it itself (re
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import redis
 
 from stream.core.windows import Item, MemoryWindowStore, UserBatch
 from stream.errors import StaleStateError
 from stream.state import STATE_LUA, user_key
-from tests.contract.conftest import delete_prefix, redis_client
 from tests.eventgen import at, ev
-from tests.integration.test_redis_store import FAR, KINDS, new_store
+from tests.integration.test_redis_store import FAR, new_store
 from tests.integration.test_redis_store import client, clients, prefix  # noqa: F401 - the same fixtures
 
 
