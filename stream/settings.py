@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
+    state_key_secret: SecretStr | None = None  # pseudonymise user ids in Redis keys (HMAC-SHA-256)
     namespace: str = ""
     partitions: int = Field(default=6, ge=1, le=1024)
     replication_factor: int | None = Field(default=None, ge=1, le=16)  # None: 3 on >= 3 brokers, else 1
@@ -55,6 +56,18 @@ class Settings(BaseSettings):
         if v and not _NS_RE.match(v):
             raise ValueError("namespace must be 1-64 of [A-Za-z0-9_-], starting alphanumeric")
         return v
+
+    @field_validator("state_key_secret")
+    @classmethod
+    def _key_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value().encode()) < 16:
+            raise ValueError("must be at least 16 bytes (e.g. `openssl rand -hex 32`)")
+        return v
+
+    @property
+    def key_secret(self) -> bytes | None:
+        """The pseudonymisation key of Redis user keys, or None (user ids in keys as they are)."""
+        return None if self.state_key_secret is None else self.state_key_secret.get_secret_value().encode()
 
     @field_validator("http_addr")
     @classmethod

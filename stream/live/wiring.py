@@ -34,7 +34,8 @@ def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer |
     store = retry("redis", lambda: RedisWindowStore(client, key_prefix=settings.key_prefix,
                                                     ttl_s=settings.state_ttl_s,
                                                     max_cached_users=settings.state_cache_users,
-                                                    keep_outbox=False, defer_writes=defer_writes),
+                                                    keep_outbox=False, defer_writes=defer_writes,
+                                                    key_secret=settings.key_secret),
                   attempts=START_ATTEMPTS, base_s=0.25, retriable=(StoreUnavailableError,))
     policy = AlertPolicy(load_policy_config(settings.policy_config),
                          model_thresholds=None if scorer is None else scorer.info.thresholds)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Mapping
 from typing import Final
 
@@ -11,7 +13,7 @@ from numpy.typing import NDArray
 
 from stream.core import layout as L
 
-__all__ = ["SCALARS_DTYPE", "STATE_SUFFIX", "pack_state", "unpack_state", "user_key", "user_tag"]
+__all__ = ["SCALARS_DTYPE", "STATE_SUFFIX", "pack_state", "pseudonym", "unpack_state", "user_key", "user_tag"]
 
 STATE_SUFFIX: Final = ":u"
 SCALARS_DTYPE: Final = np.dtype(">i8")
@@ -30,9 +32,20 @@ def user_tag(user_id: str) -> str:
     return user_id
 
 
-def user_key(key_prefix: str, user_id: str) -> bytes:
-    """The user's state hash key, UTF-8 encoded: ``<prefix>{<tag>}:u``."""
-    return f"{key_prefix}{{{user_tag(user_id)}}}{STATE_SUFFIX}".encode()
+def user_key(key_prefix: str, user_id: str, secret: bytes | None = None) -> bytes:
+    """The user's state hash key, UTF-8 encoded: ``<prefix>{<tag>}:u``.
+
+    With a ``secret`` (``RISKSTREAM_STATE_KEY_SECRET``) the tag is a keyed pseudonym instead of the
+    id: the first 32 hex digits of HMAC-SHA-256(secret, id), so a Redis dump names no platform id
+    and ids cannot be confirmed by hashing guesses without the secret.
+    """
+    tag = user_tag(user_id) if secret is None else pseudonym(secret, user_id)
+    return f"{key_prefix}{{{tag}}}{STATE_SUFFIX}".encode()
+
+
+def pseudonym(secret: bytes, user_id: str) -> str:
+    """The keyed pseudonym of a user id (128 bits of HMAC-SHA-256, hex)."""
+    return hmac.new(secret, user_id.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:32]
 
 
 def pack_state(scalars: NDArray[np.int64], band: str | None,

@@ -79,8 +79,10 @@ class RedisWindowStore:
 
     def __init__(self, client: Client, *, key_prefix: str, ttl_s: int,
                  max_cached_users: int = DEFAULT_CACHE_USERS, writer_id: str | None = None,
-                 keep_outbox: bool = True, defer_writes: bool = False) -> None:
+                 keep_outbox: bool = True, defer_writes: bool = False, key_secret: bytes | None = None) -> None:
         """Load the script (on every primary of a cluster) and keep its SHA.
+
+        ``key_secret``: name users' keys by a keyed pseudonym of their id (see ``codec.user_key``).
 
         ``defer_writes`` (the worker's pipeline process; standalone Redis only): ``confirm`` sends
         its write pipeline and returns; the replies are read by :meth:`finish_write`, which the next
@@ -104,6 +106,7 @@ class RedisWindowStore:
         self._table = StateTable(keep_outbox=keep_outbox)  # this worker's copy of its users
         self._client = client
         self._prefix = key_prefix
+        self._key_secret = key_secret
         self._ttl_ms = ttl_s * 1000
         self._max_cached = max_cached_users
         self._writer = writer_id or uuid.uuid4().hex
@@ -125,7 +128,7 @@ class RedisWindowStore:
         return self._prefix
 
     def key_of(self, user_id: str) -> bytes:
-        return user_key(self._prefix, user_id)
+        return user_key(self._prefix, user_id, self._key_secret)
 
     @property
     def cached_users(self) -> int:

@@ -62,7 +62,8 @@ def user_report(settings: Settings, user_id: str, *, scorer: Scorer | None,
     """The user's report, or None when Redis holds no window state for them."""
     client = redis_client(settings)
     try:
-        store = RedisWindowStore(client, key_prefix=settings.key_prefix, ttl_s=settings.state_ttl_s)
+        store = RedisWindowStore(client, key_prefix=settings.key_prefix, ttl_s=settings.state_ttl_s,
+                                 key_secret=settings.key_secret)
         state = store.stored_state_of(user_id)
         if state is None:
             return None

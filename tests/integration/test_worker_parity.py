@@ -135,7 +135,8 @@ def wait_drained(settings, timeout: float = 90) -> None:
 
 def assert_same_state(settings, mem) -> None:
     client = redis_client(settings)
-    store = RedisWindowStore(client, key_prefix=settings.key_prefix, ttl_s=settings.state_ttl_s)
+    store = RedisWindowStore(client, key_prefix=settings.key_prefix, ttl_s=settings.state_ttl_s,
+                             key_secret=settings.key_secret)
     users = sorted(mem.users())
     assert users
     for u in users:
@@ -203,6 +204,19 @@ def test_replayed_log_gives_the_offline_alerts_with_redis_cluster_as_the_store(s
         client = redis_client(on_cluster)
         delete_keys(client, f"{settings.namespace}:")
         client.close()
+
+
+def test_pseudonymised_keys_give_the_offline_alerts_and_name_no_user(settings, artifacts):
+    secret = "parity-test-secret-0123456789"
+    with_secret = settings.model_copy(update={"state_key_secret": SecretStr(secret)})
+    check_parity(with_secret, artifacts, worker_args=("--batch-size", "50"),
+                 env={"RISKSTREAM_STATE_KEY_SECRET": secret})
+    _, mem = offline(artifacts)
+    client = redis_client(settings)
+    keys = [k.decode() for k in client.scan_iter(match=f"{settings.namespace}:*", count=1000)]
+    client.close()
+    assert len(keys) >= len(list(mem.users()))
+    assert not [k for k in keys for u in mem.users() if u in k], "a Redis key names a user id"
 
 
 def test_views_published_before_clicks_give_the_offline_alerts_pipeline_in_a_thread(settings, artifacts):
