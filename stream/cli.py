@@ -223,24 +223,29 @@ def score(events: Path, model: Path | None, no_model: bool, out: Path | None,
               help="serve /livez, /readyz and /metrics there [env RISKSTREAM_HTTP_ADDR; off by default]")
 @click.option("--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="text or JSON lines, for every process of the worker [env RISKSTREAM_LOG_FORMAT, default text]")
 def worker(bootstrap: str | None, redis_url: str | None, namespace: str | None, model: Path | None,
            no_model: bool, policy_config: Path | None, batch_size: int | None, batch_wait_s: float | None,
            consumer_group: str | None, lateness_ms: int | None, idle_ms: int | None,
-           metrics_port: int | None, http_addr: str | None, loglevel: str) -> None:
+           metrics_port: int | None, http_addr: str | None, loglevel: str, log_format: str | None) -> None:
     """Run the streaming worker (Faust agent, Redis windows, alerts and DLQ on Kafka)."""
     import json
     import logging
 
     from stream.live.worker import run_worker
+    from stream.logconfig import configure
 
     s = settings_from(bootstrap, redis_url, namespace, model_path=model, policy_config=policy_config,
                       batch_size=batch_size, batch_wait_s=batch_wait_s, consumer_group=consumer_group,
-                      lateness_ms=lateness_ms, idle_ms=idle_ms, metrics_port=metrics_port, http_addr=http_addr)
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                      lateness_ms=lateness_ms, idle_ms=idle_ms, metrics_port=metrics_port, http_addr=http_addr,
+                      log_format=log_format)
+    configure(loglevel.upper(), s.log_format)
     scorer = None if no_model else _load_scorer(s.model_path, required=False)
-    click.echo("riskstream worker: " + json.dumps(s.masked(), default=str), err=True)
+    log = logging.getLogger("riskstream.worker")
+    log.warning("settings %s", json.dumps(s.masked(), default=str))  # what runs, whatever the level
     if scorer is not None:
-        click.echo(f"riskstream worker: model {scorer.info.path} version {scorer.info.model_version}", err=True)
+        log.warning("model %s version %s", scorer.info.path, scorer.info.model_version)
     run_worker(s, None if scorer is None else Path(scorer.info.path), loglevel=loglevel.upper())
 
 

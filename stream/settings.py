@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     produce_timeout_s: float = Field(default=30.0, gt=0, le=600)
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    log_format: Literal["text", "json"] = "text"
     http_addr: str | None = None  # host:port of /livez, /readyz, /metrics; off when unset
     detector_process: bool = True  # the pipeline in a child process (both cores), else in a thread
 

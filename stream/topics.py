@@ -16,6 +16,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from stream.errors import BrokerUnavailableError, ConfigError
+from stream.logconfig import kafka_logger
 from stream.settings import Settings
 
 __all__ = [
@@ -52,7 +53,9 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
 
 
 def admin_client(s: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": s.kafka_bootstrap, "socket.timeout.ms": 10_000})
+    conf: dict[str, Any] = {"bootstrap.servers": s.kafka_bootstrap, "socket.timeout.ms": 10_000,
+                            "logger": kafka_logger()}
+    return AdminClient(conf)
 
 
 def _metadata(admin: AdminClient, bootstrap: str) -> Any:

@@ -23,6 +23,7 @@ from stream.errors import (
 from stream.live.pipeline import Pipeline
 from stream.live.protocol import Call, Drop, Report, Step
 from stream.live.wiring import build_pipeline
+from stream.logconfig import configure
 from stream.settings import Settings
 
 __all__ = [
@@ -91,7 +92,7 @@ def serve(sock: socket.socket, settings: Settings, model_path: Path | None, logl
     is waiting. So Redis executes a step's writes while the next step is computed.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the Faust side's to handle
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(loglevel, settings.log_format)
     global _PIPELINE
     try:
         _PIPELINE = pipeline = build_pipeline(settings, model_path, defer_writes=True)

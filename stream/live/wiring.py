@@ -15,6 +15,7 @@ from stream.errors import (
     StoreUnavailableError,
 )
 from stream.live.pipeline import Pipeline
+from stream.logconfig import kafka_logger
 from stream.retry import START_ATTEMPTS, retry
 from stream.settings import Settings
 from stream.state import RedisWindowStore, redis_client
@@ -42,6 +43,7 @@ def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer |
     detector = Detector(store, policy, scorer)
     pipeline: Pipeline
     producer = Producer({
+        "logger": kafka_logger(),
         "bootstrap.servers": settings.kafka_bootstrap,
         "enable.idempotence": True,
         "acks": "all",

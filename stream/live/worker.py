@@ -515,18 +515,24 @@ def run_worker(settings: Settings, model_path: Path | None, *, loglevel: str = "
     import mode.loop
     from faust import Worker
 
+    from stream.logconfig import log_config
+
     mode.loop.use("uvloop")  # the one Faust setting that measurably lowers per-message cost (docs/runtime-notes.md §1)
     try:
         _check_topics(settings)
         app, engine = create_worker_app(settings, model_path)
     except (StoreUnavailableError, BrokerUnavailableError) as e:
-        print(f"riskstream: error: {e}", file=sys.stderr)
+        if settings.log_format == "json":
+            log.critical("giving up: %s; exiting with %d", e, EXIT_UNAVAILABLE)
+        else:
+            print(f"riskstream: error: {e}", file=sys.stderr)
         sys.exit(EXIT_UNAVAILABLE)
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=engine.metrics.registry)
-    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
+                    logging_config=log_config(loglevel, settings.log_format))
     gc.freeze()  # what exists now lives as long as the worker: full collections need not walk it
     try:
         worker.execute_from_commandline()

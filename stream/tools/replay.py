@@ -20,6 +20,7 @@ from confluent_kafka import KafkaException, Producer
 from tqdm import tqdm
 
 from stream.core.events import Event, decode_message, encode_event
+from stream.logconfig import kafka_logger
 from stream.errors import BrokerUnavailableError, ConfigError
 from stream.logs import iter_lines, open_log
 from stream.settings import Settings
@@ -147,6 +148,7 @@ def replay(path: str | Path, settings: Settings, *, rate: float | None = None, s
             errors.append(str(err))
 
     producer = Producer({
+        "logger": kafka_logger(),
         "bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all",
         "linger.ms": 20, "batch.num.messages": 10_000, "compression.type": "lz4",
         "queue.buffering.max.messages": 500_000, "on_delivery": on_delivery,

@@ -16,6 +16,7 @@ from confluent_kafka import (
 
 from stream.core.alerts import Alert, Reason, alert_from_json
 from stream.errors import BrokerUnavailableError
+from stream.logconfig import kafka_logger
 from stream.settings import Settings
 
 __all__ = ["format_alert", "tail"]
@@ -41,7 +42,7 @@ def tail(settings: Settings, emit: Callable[[str], None], *, from_beginning: boo
          user: str | None = None, as_json: bool = False, max_alerts: int | None = None,
          idle_timeout_s: float | None = None) -> int:
     """Print alerts until interrupted, ``max_alerts`` shown, or ``idle_timeout_s`` without one."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "logger": kafka_logger(),
                   "group.id": f"riskstream-tail-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
     try:
         try:
