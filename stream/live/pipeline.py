@@ -178,9 +178,16 @@ class Pipeline:
     def _detect_publish_persist(self, releases: list[Release[_Meta]], dlq: list[_Bad],
                                 t_release: float) -> Outcome[_Meta]:
         if releases:
-            outcome = retry("redis", lambda: self.detector.process(releases, _position),
-                            attempts=self.retry_attempts, base_s=0.1,
-                            retriable=(StoreUnavailableError,), on_retry=self._retried)
+            # Only the loads are retried: they change nothing but the cache. ``process`` itself pops
+            # due users and applies release after release, so a retry of it after a partial failure
+            # would lose decisions; it does no I/O once its users are loaded, and if it fails anyway
+            # the step fails (the worker exits 75 and the batch is redelivered).
+            store = self.store
+            if store is not None:
+                users = self.detector.users_of(releases)
+                retry("redis", lambda: store.prefetch(users), attempts=self.retry_attempts, base_s=0.1,
+                      retriable=(StoreUnavailableError,), on_retry=self._retried)
+            outcome = self.detector.process(releases, _position)
         else:
             outcome = Outcome[_Meta]()
         now_ms = int(time.time() * 1000)

@@ -59,3 +59,7 @@ class DeferredWriteStore(WindowStore, Protocol):
     def invalidate(self) -> None:
         """Drop the cached users at the next point where all changes are written (a rebalance)."""
         ...
+
+    def prefetch(self, user_ids: Sequence[str]) -> None:
+        """Load the users not cached yet (the I/O of an ``apply``), changing nothing else; safe to retry."""
+        ...
