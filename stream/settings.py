@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
     metrics_port: int = Field(default=0, ge=0, le=65535)
     detector_process: bool = True  # the pipeline in a child process (both cores), else in a thread
+    dlq_max_original_bytes: int = Field(default=4096, ge=0, le=256 * 1024)  # of a bad message, in its DLQ record
 
     @field_validator("namespace")
     @classmethod

@@ -27,6 +27,7 @@ side, which exits non-zero.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from stream.core.alerts import alert_to_json
 from stream.core.detector import Detector, Outcome, Release
@@ -87,6 +88,14 @@ class _Partition:
 
 
 _Bad = tuple[Rejection, _Msg]  # an element the decoder refused, and its message
+
+# Kafka refusals of a DLQ record that no retry or restart can cure: logged, counted, skipped (an
+# alert is never skipped: any error of an alert fails the step)
+_PERMANENT = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG,
+    KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError._INVALID_ARG,
+    KafkaError._BAD_MSG,
+})
 
 
 def _position(meta: _Meta) -> tuple[str, int]:
@@ -192,15 +201,24 @@ class Pipeline:
             outcome = Outcome[_Meta]()
         now_ms = int(time.time() * 1000)
         for a in outcome.alerts:
-            self.producer.produce(self.s.alerts_topic, key=a.user_id.encode(),
-                                  value=alert_to_json(a.stamped(now_ms)))
+            self._produce(self.s.alerts_topic, a.user_id.encode(), alert_to_json(a.stamped(now_ms)))
+        # one record per message, listing its rejected elements (not one copy of it per element)
+        bad: dict[int, tuple[_Msg, list[dict[str, Any]]]] = {}
         for rej, m in dlq:
-            self._produce_dlq(m.raw, rej.reason, rej.detail, rej.index, *m.id, m.key)
-        for _ev, meta, reason in outcome.rejected:
-            topic, p, off = meta.msg.id
+            bad.setdefault(id(m), (m, []))[1].append(
+                {"index": rej.index, "reason": str(rej.reason), "detail": rej.detail, "event_id": rej.event_id})
+        envelope: dict[int, bool] = {}
+        for ev, meta, reason in outcome.rejected:
+            m = meta.msg
+            if id(m) not in envelope:
+                envelope[id(m)] = _is_envelope(m.raw)
             _, index = decode_position(meta.position)
-            self._produce_dlq(meta.msg.raw, reason, "older than the user's newest event minus the longest window",
-                              index, topic, p, off, meta.msg.key)
+            bad.setdefault(id(m), (m, []))[1].append(
+                {"index": index if envelope[id(m)] else None, "reason": str(reason),
+                 "detail": "older than the user's newest event minus the longest window",
+                 "event_id": ev.event_id})
+        for m, rejections in bad.values():
+            self._produce_dlq(m, rejections)
         self._flush()
         t_acked = time.monotonic()  # CLOCK_MONOTONIC: comparable with the Faust process's arrival times
         rep = self._report
@@ -220,16 +238,55 @@ class Pipeline:
             retry("redis write", self.store.finish_write, attempts=self.retry_attempts, base_s=0.1,
                   retriable=(StoreUnavailableError,), on_retry=self._retried)
 
-    def _produce_dlq(self, raw: bytes, reason: str, detail: str, index: int | None, topic: str, p: int,
-                     off: int, key: bytes | None) -> None:
+    def _produce_dlq(self, m: _Msg, rejections: list[dict[str, Any]]) -> None:
+        """One DLQ record for a message (docs/contracts.md §4): its rejections, its place, and its
+        first ``dlq_max_original_bytes`` bytes with the size and SHA-256 of the whole value."""
+        raw, cap = m.raw, self.s.dlq_max_original_bytes
+        first = rejections[0]
         rec: dict[str, Any] = {
-            "v": 1, "reason": str(reason), "detail": detail, "index": index,
-            "topic": topic, "partition": p, "offset": off,
-            "original_b64": base64.b64encode(raw).decode(),
+            "v": 2, "reason": first["reason"], "detail": first["detail"], "index": first["index"],
+            "rejections": rejections,
+            "topic": m.id.topic, "partition": m.id.partition, "offset": m.id.offset,
+            "original_b64": base64.b64encode(raw[:cap]).decode(),
+            "original_size": len(raw),
+            "original_sha256": hashlib.sha256(raw).hexdigest(),
+            "original_truncated": len(raw) > cap,
             "failed_at": int(time.time() * 1000),
         }
-        self.producer.produce(self.s.dlq_topic, key=key, value=orjson.dumps(rec))
-        self._report.dlq[str(reason)] += 1
+        counts = self._report.dlq
+        for r in rejections:
+            counts[r["reason"]] += 1
+        try:
+            self._produce(self.s.dlq_topic, m.key, orjson.dumps(rec))
+        except KafkaException as e:
+            err = e.args[0] if e.args else None
+            if not isinstance(err, KafkaError) or err.code() not in _PERMANENT:
+                raise
+            self._dlq_refused(err, m.id)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Produce with back-pressure: a full local queue is drained (delivery reports served)
+        until it takes the record; ``BrokerUnavailableError`` if it stays full past the timeout."""
+        producer = self.producer
+        deadline = 0.0
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self.s.produce_timeout_s
+                elif now > deadline:
+                    raise BrokerUnavailableError(
+                        f"the producer queue stayed full for {self.s.produce_timeout_s} s") from None
+                producer.poll(0.05)
+        producer.poll(0)
+
+    def _dlq_refused(self, err: Any, where: Any) -> None:
+        log.error("Kafka refused a DLQ record for %s (%s): counted in riskstream_dlq_failed_total, skipped",
+                  where, err)
+        self._report.dlq_failed += 1
 
     def _flush(self) -> None:
         remaining = self.producer.flush(self.s.produce_timeout_s)
@@ -240,9 +297,13 @@ class Pipeline:
             err, self._delivery_error = self._delivery_error, None
             raise BrokerUnavailableError(f"Kafka refused an alert/DLQ record: {err}")
 
-    def on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._delivery_error = err
+    def on_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            return
+        if msg is not None and msg.topic() == self.s.dlq_topic and err.code() in _PERMANENT:
+            self._dlq_refused(err, f"{msg.topic()} record of key {msg.key()!r}")
+            return
+        self._delivery_error = err
 
     def _account(self, releases: list[Release[_Meta]], outcome: Outcome[_Meta], dlq: list[_Bad]) -> None:
         """Count events done; a message is done when all of its events are."""
@@ -284,3 +345,12 @@ class Pipeline:
             self.detector.drop_group(p)
         if self.store is not None:
             self.store.invalidate()
+
+
+def _is_envelope(raw: bytes) -> bool:
+    """Whether a (valid) message is a batch envelope: its events have an index."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return type(obj) is dict and "events" in obj

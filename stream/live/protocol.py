@@ -114,3 +114,4 @@ class Report:
     latencies: list[float] = field(default_factory=list)  # decidable→acknowledged, seconds, per alert
     seconds: float = 0.0
     redis_retries: int = 0
+    dlq_failed: int = 0  # DLQ records Kafka refused for good (too large, invalid): logged and skipped

@@ -331,6 +331,8 @@ class Engine:
             m.decidable_to_ack.observe(seconds)
         if rep.redis_retries:
             m.redis_retries.inc(rep.redis_retries)
+        if rep.dlq_failed:
+            m.dlq_failed.inc(rep.dlq_failed)
         m.batch_seconds.observe(rep.seconds)
         now = time.time()
         for p, wm in rep.watermarks.items():
