@@ -84,6 +84,8 @@ class Reason(StrEnum):
     FUTURE_TS = "future_ts"
     INVALID_BATCH = "invalid_batch"
     TOO_LATE = "too_late"  # assigned by the window stage, never by the decoder
+    MISSING_KEY = "missing_key"  # assigned by the live worker (offline lines have no key), never by the decoder
+    POISON = "poison"  # assigned by the live worker: the message failed processing too often
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from stream.core.alerts import alert_to_json
 from stream.core.detector import Detector, Outcome, Release
-from stream.core.events import Event, Rejection, decode_message
+from stream.core.events import Event, Reason, Rejection, decode_message
 from stream.core.ordering import NO_WATERMARK, ReorderBuffer, tick_ceil
 from stream.core.windows import DeferredWriteStore
 from stream.errors import (
@@ -88,6 +88,8 @@ class _Partition:
 
 
 _Bad = tuple[Rejection, _Msg]  # an element the decoder refused, and its message
+_NO_KEY = Rejection(Reason.MISSING_KEY, "the message has no key (input messages are keyed by user_id)",
+                    None, None, None)
 
 # Kafka refusals of a DLQ record that no retry or restart can cure: logged, counted, skipped (an
 # alert is never skipped: any error of an alert fails the step)
@@ -144,7 +146,10 @@ class Pipeline:
         late: dict[int, list[tuple[Event, _Meta]]] = {}
         for topic, p, off, key, raw in step.messages:
             kind = self.inputs.get(topic)
-            events, bad = decode_message(raw, topic_type=kind, key=key, now_ms=step.now_ms)
+            if key is None:  # the contract keys every input message by its user id (docs/contracts.md §1)
+                events, bad = [], [_NO_KEY]
+            else:
+                events, bad = decode_message(raw, topic_type=kind, key=key, now_ms=step.now_ms)
             m = _Msg(MsgId(topic, p, off), len(events) + len(bad), raw, key)
             for r in bad:
                 dlq.append((r, m))

@@ -126,3 +126,12 @@ def test_too_late_records_of_single_events_carry_no_index():
     rec = _dlq(p, producer)[-1]
     assert (rec["reason"], rec["index"], rec["offset"]) == ("too_late", None, 1)
     assert rec["rejections"][0]["index"] is None
+
+
+def test_a_message_without_a_key_goes_to_the_dlq_as_missing_key():
+    p, producer = pipeline()
+    valid = click(p, "u1", at(0, 12), 0, 0)[4]
+    r = step(p, [(p.s.clicks_topic, 0, 0, None, valid)], {(0, "click"): True, (0, "view"): True})
+    (rec,) = _dlq(p, producer)
+    assert (rec["reason"], rec["index"], rec["offset"]) == ("missing_key", None, 0)
+    assert r.done == [(p.s.clicks_topic, 0, 0)] and r.applied == 0 and producer.records[0][1] is None

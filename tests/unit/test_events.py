@@ -94,6 +94,8 @@ def test_reason_values_are_the_contract_strings() -> None:
         "future_ts",
         "invalid_batch",
         "too_late",
+        "missing_key",
+        "poison",
     }
     # StrEnum: usable directly as the DLQ string, and parsed back from it
     assert f"{Reason.TOO_LATE}" == "too_late" and orjson.dumps(Reason.OUT_OF_RANGE) == b'"out_of_range"'
