@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     detector_process: bool = True  # the pipeline in a child process (both cores), else in a thread
     dlq_max_original_bytes: int = Field(default=4096, ge=0, le=256 * 1024)  # of a bad message, in its DLQ record
+    poison_max_attempts: int = Field(default=3, ge=1, le=100)  # a suspect message alone, before quarantine
 
     @field_validator("namespace")
     @classmethod

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -44,11 +44,13 @@ from stream.core.ordering import NO_WATERMARK, ReorderBuffer, tick_ceil
 from stream.core.windows import DeferredWriteStore
 from stream.errors import (
     BrokerUnavailableError,
+    StaleStateError,
     StoreUnavailableError,
 )
 from stream.live.protocol import (
     BufferState,
     MsgId,
+    RawMessage,
     Report,
     Step,
     TopicPartition,
@@ -57,6 +59,9 @@ from stream.live.protocol import (
 )
 from stream.retry import retry
 from stream.settings import Settings
+
+if TYPE_CHECKING:
+    from stream.state.poison import PoisonLedger
 
 __all__ = ["Pipeline"]
 
@@ -108,8 +113,13 @@ class Pipeline:
     """Reorder buffers, detector and producer of the partitions a worker owns."""
 
     def __init__(self, settings: Settings, detector: Detector, producer: Producer, *,
-                 store: DeferredWriteStore | None = None, retry_attempts: int = 8) -> None:
-        """``store``: the detector's store when it writes asynchronously and caches users (live)."""
+                 store: DeferredWriteStore | None = None, retry_attempts: int = 8,
+                 ledger: PoisonLedger | None = None) -> None:
+        """``store``: the detector's store when it writes asynchronously and caches users (live);
+        ``ledger``: attempt counts of suspect messages (poison quarantine), none: no quarantine."""
+        self.ledger = ledger
+        self._suspects: dict[tuple[str, int], dict[int, int]] = {}  # per input topic-partition, loaded once
+        self._involved: set[MsgId] = set()  # messages of the current run, and those it released events of
         self.s = settings
         self.detector = detector
         self.store = store
@@ -136,15 +146,93 @@ class Pipeline:
 
     # -- one step -----------------------------------------------------------------------------------
     def step(self, step: Step) -> Report:
+        """Process a step: its messages in one run, except suspects of an earlier failure
+        (poison quarantine, see :mod:`stream.state.poison`), which run alone, in order."""
         t0 = time.perf_counter()
         self._done = []
         rep = self._report = Report()
         scorer = self.detector.scorer
         if scorer is not None:
             scorer.maybe_reload()
+        if self.ledger is None:
+            self._run(step, step.messages, last=True)
+        else:
+            pending: list[RawMessage] = []
+            for msg in step.messages:
+                if not self._is_suspect(msg):
+                    pending.append(msg)
+                    continue
+                if pending:
+                    self._guarded(step, pending, last=False)
+                    pending = []
+                self._isolated(step, msg)
+            self._guarded(step, pending, last=True)
+        rep.done = self._done
+        rep.seconds = time.perf_counter() - t0
+        return rep
+
+    # -- poison quarantine ----------------------------------------------------------------------------
+    def _is_suspect(self, msg: RawMessage) -> bool:
+        topic, p, off, _, _ = msg
+        known = self._suspects.get((topic, p))
+        if known is None:
+            ledger = self.ledger
+            assert ledger is not None
+            known = self._suspects[(topic, p)] = self._retry(lambda: ledger.attempts(topic, p))
+        return off in known
+
+    def _isolated(self, step: Step, msg: RawMessage) -> None:
+        """A suspect: one more attempt counted before it runs alone, or quarantined past the limit."""
+        ledger = self.ledger
+        assert ledger is not None
+        topic, p, off, key, raw = msg
+        mid = MsgId(topic, p, off)
+        n = self._retry(lambda: ledger.attempt(mid))
+        self._suspects[(topic, p)][off] = n
+        if n > self.s.poison_max_attempts:
+            err = self._retry(lambda: ledger.last_error(topic, p))
+            log.error("quarantined %s:%d@%d: processing failed %d times (last error: %s); sent to the DLQ",
+                      *mid, n - 1, err)
+            m = _Msg(mid, 1, raw, key)
+            self._produce_dlq(m, [{"index": None, "reason": str(Reason.POISON), "event_id": None,
+                                   "detail": f"processing failed {n - 1} times; last error: {err}"[:500]}])
+            self._flush()
+            self._finish(m)
+            return
+        self._guarded(step, [msg], last=False)
+        if mid in self._done:  # it went through: innocent after all
+            self._retry(lambda: ledger.clear([mid]))
+            self._suspects[(topic, p)].pop(off, None)
+
+    def _guarded(self, step: Step, messages: list[RawMessage], *, last: bool) -> None:
+        """Run messages; if that fails for a reason other than an unavailable service or a stale
+        owner, mark every message involved (its own and those whose events it released) suspect."""
+        self._involved = {MsgId(t, p, off) for t, p, off, _, _ in messages}
+        try:
+            self._run(step, messages, last=last)
+        except (StoreUnavailableError, BrokerUnavailableError, StaleStateError):
+            raise
+        except Exception as e:
+            ledger = self.ledger
+            assert ledger is not None
+            log.error("a step failed (%s: %s); its %d message(s) are suspect and run alone next time",
+                      type(e).__name__, e, len(self._involved))
+            try:
+                ledger.suspect(self._involved, f"{type(e).__name__}: {e}")
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                log.exception("could not record the suspect messages")
+            raise
+
+    def _retry(self, fn: Any) -> Any:
+        return retry("redis", fn, attempts=self.retry_attempts, base_s=0.1,
+                     retriable=(StoreUnavailableError,), on_retry=self._retried)
+
+    # -- one run of messages --------------------------------------------------------------------------
+    def _run(self, step: Step, messages: list[RawMessage], *, last: bool) -> None:
+        rep = self._report
         dlq: list[_Bad] = []
         late: dict[int, list[tuple[Event, _Meta]]] = {}
-        for topic, p, off, key, raw in step.messages:
+        for topic, p, off, key, raw in messages:
             kind = self.inputs.get(topic)
             if key is None:  # the contract keys every input message by its user id (docs/contracts.md §1)
                 events, bad = [], [_NO_KEY]
@@ -171,7 +259,8 @@ class Pipeline:
                     moved.add(p)
         floor = {tp.fence_key: encode_position(off) for tp, off in step.floor.items()}
         releases: list[Release[_Meta]] = []
-        for p in sorted(set(step.partitions) | set(late) | moved):
+        partitions = {m[1] for m in messages} | (set(step.partitions) if last else set())
+        for p in sorted(partitions | set(late) | moved):
             part = self.parts.get(p)
             if part is None:
                 continue
@@ -179,12 +268,13 @@ class Pipeline:
             part.watermark = max(part.watermark, wm)
             releases.append(Release(released, part.watermark, late.get(p, ()), floor, group=p))
             rep.buffers[p] = BufferState(part.buffer.full, part.buffer.behind(), len(part.buffer))
+            if self.ledger is not None:
+                self._involved.update(meta.msg.id for _, meta in released)
         outcome = self._detect_publish_persist(releases, dlq, step.received_at)
         self._account(releases, outcome, dlq)
-        rep.done = self._done
-        rep.applied, rep.late, rep.duplicates = outcome.applied, outcome.late, outcome.duplicates
-        rep.seconds = time.perf_counter() - t0
-        return rep
+        rep.applied += outcome.applied
+        rep.late += outcome.late
+        rep.duplicates += outcome.duplicates
 
     def _retried(self) -> None:
         self._report.redis_retries += 1
@@ -348,6 +438,8 @@ class Pipeline:
         for p in partitions:
             self.parts.pop(p, None)
             self.detector.drop_group(p)
+        gone = set(partitions)
+        self._suspects = {tp: v for tp, v in self._suspects.items() if tp[1] not in gone}
         if self.store is not None:
             self.store.invalidate()
 

@@ -150,3 +150,54 @@ def test_a_retried_deferred_write_is_sent_again_and_settled(monkeypatch):
     retry("redis write", st.finish_write, attempts=8, base_s=0.0, retriable=(StoreUnavailableError,))
     assert resent == [[[b"rs:{u}:u", 4, "w", 1000]]] * 2  # the same write, by the same writer
     assert st._version["u"] == 5 and not st.write_in_flight()
+
+
+# -- poison quarantine ----------------------------------------------------------------------------------
+class PoisonDetector(Detector):
+    """A detector that fails on the events of one user, as a bug triggered by one message would."""
+
+    def process(self, releases: Any, position: Any = None) -> Any:
+        for rel in releases:
+            if any(e.user_id == "poison" for e, _ in rel.released):
+                raise ValueError("kernel blew up on this user's events")
+        return super().process(releases, position)
+
+
+def test_a_message_that_keeps_failing_the_pipeline_is_quarantined_and_the_loop_ends():
+    from stream.state.poison import MemoryPoisonLedger
+
+    ledger = MemoryPoisonLedger()  # survives the "restarts": in Redis live
+    s = load_settings(namespace="t", lateness_ms=0, poison_max_attempts=3)
+    msgs = [(s.clicks_topic, 0, off, u.encode(), encode_event(ev(u, at(0, 12, off), "click")))
+            for off, u in enumerate(("a", "poison", "b"))]
+    idle = {(0, "click"): True, (0, "view"): True}
+    crashes = 0
+    for _restart in range(10):
+        prod = FakeProducer()
+        det = PoisonDetector(MemoryWindowStore(keep_outbox=False), AlertPolicy(load_policy_config(None)))
+        p = Pipeline(s, det, prod, ledger=ledger)  # type: ignore[arg-type]
+        try:
+            rep = p.step(Step(msgs, [0], idle, {}, 0.0, at(30)))
+            break
+        except ValueError:
+            crashes += 1
+    assert crashes == 1 + 3  # the batch once, then the suspect alone three times
+    assert sorted(off for _, _, off in rep.done) == [0, 1, 2] and rep.applied == 2
+    (rec,) = [orjson.loads(v) for t, _, v in prod.records if t == s.dlq_topic]
+    assert (rec["reason"], rec["offset"], rec["index"]) == ("poison", 1, None)
+    assert "ValueError: kernel blew up" in rec["detail"]
+    assert ledger.attempts(s.clicks_topic, 0) == {1: 4}  # the innocent ones were cleared
+
+
+def test_an_unavailable_service_does_not_make_messages_suspect():
+    from stream.state.poison import MemoryPoisonLedger
+
+    ledger = MemoryPoisonLedger()
+    store = FlakyStore(set(), fail_apply_on=1)
+    s = load_settings(namespace="t", lateness_ms=0)
+    p = Pipeline(s, Detector(store, AlertPolicy(load_policy_config(None))), FakeProducer(),  # type: ignore[arg-type]
+                 store=store, ledger=ledger)
+    msg = (s.clicks_topic, 0, 0, b"a", encode_event(ev("a", at(0, 12), "click")))
+    with pytest.raises(StoreUnavailableError):
+        p.step(Step([msg], [0], {(0, "click"): True, (0, "view"): True}, {}, 0.0, at(30)))
+    assert ledger.attempts(s.clicks_topic, 0) == {}
