@@ -219,7 +219,7 @@ class Pipeline:
                       type(e).__name__, e, len(self._involved))
             try:
                 ledger.suspect(self._involved, f"{type(e).__name__}: {e}")
-            except Exception:  # noqa: BLE001 - the original error is the one to report
+            except Exception:  # the original error is the one to report
                 log.exception("could not record the suspect messages")
             raise
 
@@ -234,6 +234,8 @@ class Pipeline:
         late: dict[int, list[tuple[Event, _Meta]]] = {}
         for topic, p, off, key, raw in messages:
             kind = self.inputs.get(topic)
+            events: list[Event]
+            bad: list[Rejection]
             if key is None:  # the contract keys every input message by its user id (docs/contracts.md §1)
                 events, bad = [], [_NO_KEY]
             else:

@@ -18,7 +18,13 @@ from confluent_kafka import Producer
 
 from stream.core.events import encode_event
 from tests.eventgen import at, ev
-from tests.integration.test_worker_failures import ENV, ROOT, _committed_total, _pipeline_of, _read_all
+from tests.integration.test_worker_failures import (
+    ENV,
+    ROOT,
+    _committed_total,
+    _pipeline_of,
+    _read_all,
+)
 
 
 def _worker(*args: str) -> subprocess.Popen:

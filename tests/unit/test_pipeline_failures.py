@@ -102,7 +102,7 @@ def test_a_retried_redis_error_does_not_forget_a_due_user():
 
 def test_a_store_error_after_a_partial_apply_fails_the_step_instead_of_being_retried():
     store = FlakyStore(set(), fail_apply_on=2)  # the second partition's apply
-    p, prod = _pipeline(store)
+    p, _ = _pipeline(store)
     msgs = [(p.s.clicks_topic, part, 0, u.encode(), encode_event(ev(u, at(0, 12), "click")))
             for part, u in ((0, "a"), (1, "b"))]
     idle = {(q, k): True for q in (0, 1) for k in ("click", "view")}
