@@ -20,8 +20,11 @@ time; a step is:
    event whose tick is not yet decided keeps its message un-acked (redelivered after a crash, and
    decided by whoever owns the partition then); buffered events are never done.
 
-Redis errors are retried with bounded backoff here; what stays unavailable is raised to the Faust
-side, which exits non-zero.
+Redis errors while loading a step's users or writing state are retried with bounded backoff here
+(never a half-applied ``Detector.process``); what stays unavailable is raised to the Faust side,
+which exits non-zero. Any other error marks the step's messages suspect: after a restart they run
+alone and one that keeps failing is quarantined to the DLQ (reason ``poison``). A DLQ record Kafka
+refuses for good is counted and skipped; a full producer queue is drained, not an error.
 """
 
 from __future__ import annotations
