@@ -20,6 +20,8 @@ class Metrics:
         self.events = Counter("riskstream_events", "Events by outcome", ["outcome"], registry=r)
         self.dlq = Counter("riskstream_dlq", "Records sent to the DLQ by reason", ["reason"], registry=r)
         self.alerts = Counter("riskstream_alerts", "Alerts published", ["kind", "level"], registry=r)
+        self.dlq_failed = Counter("riskstream_dlq_failed", "DLQ records Kafka refused for good (skipped)",
+                                  registry=r)
         self.redis_retries = Counter("riskstream_redis_retries", "Redis calls retried", registry=r)
         self.paused = Counter("riskstream_partition_pauses", "Input partitions paused (buffer full)",
                               registry=r)

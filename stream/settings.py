@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream.core.layout import DAY_MS, LONGEST_WINDOW_MS
 from stream.core.ordering import DEFAULT_LATENESS_MS
 from stream.errors import ConfigError
 
@@ -17,6 +18,9 @@ __all__ = ["ALERTS_TOPIC", "DLQ_TOPIC", "Settings", "load_settings", "mask_url"]
 
 _NS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
+# Redis state must outlive the longest window plus a margin (an idle user's next event still sees
+# its whole history): 28 d + 1 d
+MIN_STATE_TTL_S = (LONGEST_WINDOW_MS + DAY_MS) // 1000
 ALERTS_TOPIC = "risk.alerts"
 DLQ_TOPIC = "risk.dlq"
 
@@ -40,7 +44,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     batch_wait_s: float = Field(default=0.2, gt=0, le=60)
     idle_ms: int = Field(default=2000, ge=0)
-    state_ttl_s: int = Field(default=30 * 86_400, ge=3600)
+    state_ttl_s: int = 30 * 86_400
     state_cache_users: int = Field(default=100_000, ge=100)
     consumer_group: str = "riskstream"
     buffer_max_events: int = Field(default=100_000, ge=100)
@@ -50,6 +54,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     http_addr: str | None = None  # host:port of /livez, /readyz, /metrics; off when unset
     detector_process: bool = True  # the pipeline in a child process (both cores), else in a thread
+    dlq_max_original_bytes: int = Field(default=4096, ge=0, le=256 * 1024)  # of a bad message, in its DLQ record
+    poison_max_attempts: int = Field(default=3, ge=1, le=100)  # a suspect message alone, before quarantine
 
     @field_validator("namespace")
     @classmethod
@@ -78,6 +84,14 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"expected host:port, got {v!r}")
         return v or None
+
+    @field_validator("state_ttl_s")
+    @classmethod
+    def _ttl(cls, v: int) -> int:
+        if v < MIN_STATE_TTL_S:
+            raise ValueError(f"must be at least {MIN_STATE_TTL_S} s (the longest window, "
+                             f"{LONGEST_WINDOW_MS // DAY_MS} days, plus 1 day), got {v}")
+        return v
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -129,15 +143,24 @@ class Settings(BaseSettings):
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
 
+_QUERY_PASSWORD = re.compile(r"(^|&)(password=)[^&]*", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
+    """The URL with its password hidden: in the user info and in a ``?password=`` parameter
+    (redis-py honours both)."""
     parts = urlsplit(url)
+    query = _QUERY_PASSWORD.sub(r"\1\2***", parts.query)
     if parts.password is None:
-        return url
+        if query == parts.query:
+            return url
+        head, _, tail = url.partition("?")  # not urlunsplit: it would drop the // of unix:///path
+        return f"{head}?{query}" + tail[len(parts.query):]
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, query, parts.fragment))
 
 
 def load_settings(**overrides: Any) -> Settings:

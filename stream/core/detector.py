@@ -179,6 +179,33 @@ class Detector:
                 due.append(user)
         return due
 
+    def users_of(self, releases: Release[M] | Sequence[Release[M]]) -> list[str]:
+        """Every user that :meth:`process` of these releases would touch, without changing anything:
+        the users of their events and the users whose pending tick the watermark passed.
+
+        A live caller loads them first (the only step that can fail on I/O), so that ``process``
+        itself never fails half-way and never needs a retry (which would not be idempotent: due
+        users are popped and earlier releases applied before a later load).
+        """
+        users: dict[str, None] = {}
+        for rel in (releases,) if isinstance(releases, Release) else releases:
+            for events in (rel.released, rel.late):
+                for ev, _ in events:
+                    users[ev.user_id] = None
+            heap = self._pending_heap.get(rel.group)
+            if not heap:
+                continue
+            pending = self._pending[rel.group]
+            todo = [0]  # heap order: a node's children are never due before it
+            while todo:
+                i = todo.pop()
+                if i < len(heap) and (heap[i][0] + 1) * TICK_MS <= rel.watermark_ms:
+                    tick, user = heap[i]
+                    if pending.get(user) == tick:
+                        users[user] = None
+                    todo += (2 * i + 1, 2 * i + 2)
+        return list(users)
+
     # -- releases -----------------------------------------------------------------------------------
     def process(self, releases: Release[M] | Sequence[Release[M]],
                 position: Position[M] | None = None) -> Outcome[M]:

@@ -12,6 +12,9 @@ Decisions where the contract is silent (also pinned by tests/unit/test_events.py
   (``:60``), is ``wrong_type``. Fractions finer than a millisecond are floored.
 * Length limits count characters (code points), not bytes. Required strings must be non-empty;
   optional strings may be empty and are kept as given. ``category`` is at most 64 characters.
+  ``session_id`` has no length limit (the contract sets none; the 64 KiB message limit bounds it,
+  and it is never stored); ``age_band`` is at most 32 characters (it is kept in the user's state:
+  docs/contracts.md §2 says why).
 * A click's ``dwell_ms``, when present, is validated like a view's and then set to 0.
 * A top-level object with an ``events`` key is a batch envelope (the key is reserved); its other
   fields except ``v`` are ignored, and an element may carry its own ``v`` (checked too).
@@ -62,7 +65,7 @@ MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z; earlier is out of range
 MAX_DWELL_MS = 24 * 3600 * 1000
 MAX_BATCH_EVENTS = 1_000
 
-MAX_ID_CHARS = 128  # event_id, user_id, session_id
+MAX_ID_CHARS = 128  # event_id, user_id
 MAX_ITEM_ID_CHARS = 256
 MAX_CATEGORY_CHARS = 64
 MAX_AGE_BAND_CHARS = 32
@@ -84,6 +87,8 @@ class Reason(StrEnum):
     FUTURE_TS = "future_ts"
     INVALID_BATCH = "invalid_batch"
     TOO_LATE = "too_late"  # assigned by the window stage, never by the decoder
+    MISSING_KEY = "missing_key"  # assigned by the live worker (offline lines have no key), never by the decoder
+    POISON = "poison"  # assigned by the live worker: the message failed processing too often
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,9 +318,8 @@ def _decode_event(
         allowed = f"at most {MAX_ITEM_ID_CHARS} characters"
         return _field_rejection(obj, index, "item_id", item_id, str, allowed)
     session_id = get("session_id")
-    if session_id is not None and (type(session_id) is not str or len(session_id) > MAX_ID_CHARS):
-        allowed = f"at most {MAX_ID_CHARS} characters"
-        return _field_rejection(obj, index, "session_id", session_id, str, allowed)
+    if session_id is not None and type(session_id) is not str:  # no length limit (the contract sets none)
+        return _field_rejection(obj, index, "session_id", session_id, str, "")
     tz_offset_min = get("tz_offset_min")
     if tz_offset_min is not None and (
         type(tz_offset_min) is not int or not -MAX_TZ_OFFSET_MIN <= tz_offset_min <= MAX_TZ_OFFSET_MIN

@@ -91,7 +91,11 @@ def serve(sock: socket.socket, settings: Settings, model_path: Path | None, logl
     is settled — in the next step, after that one published its alerts, or at once when no call
     is waiting. So Redis executes a step's writes while the next step is computed.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the Faust side's to handle
+    # Ctrl-C and SIGTERM are the Faust side's to handle, also when they reach the whole process
+    # group (systemd's KillMode=control-group, kill -TERM -PGID): dying first here would look like a
+    # crash to the worker (exit 75). The worker closes the link when it stops; this process exits then.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure(loglevel, settings.log_format)
     global _PIPELINE
     try:

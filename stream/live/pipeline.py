@@ -20,35 +20,41 @@ time; a step is:
    event whose tick is not yet decided keeps its message un-acked (redelivered after a crash, and
    decided by whoever owns the partition then); buffered events are never done.
 
-Redis errors are retried with bounded backoff here; what stays unavailable is raised to the Faust
-side, which exits non-zero.
+Redis errors while loading a step's users or writing state are retried with bounded backoff here
+(never a half-applied ``Detector.process``); what stays unavailable is raised to the Faust side,
+which exits non-zero. Any other error marks the step's messages suspect: after a restart they run
+alone and one that keeps failing is quarantined to the DLQ (reason ``poison``). A DLQ record Kafka
+refuses for good is counted and skipped; a full producer queue is drained, not an error.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from stream.core.alerts import alert_to_json
 from stream.core.detector import Detector, Outcome, Release
-from stream.core.events import Event, Rejection, decode_message
+from stream.core.events import Event, Reason, Rejection, decode_message
 from stream.core.ordering import NO_WATERMARK, ReorderBuffer, tick_ceil
 from stream.core.windows import DeferredWriteStore
 from stream.errors import (
     BrokerUnavailableError,
+    StaleStateError,
     StoreUnavailableError,
 )
 from stream.live.protocol import (
     BufferState,
     MsgId,
+    RawMessage,
     Report,
     Step,
     TopicPartition,
@@ -57,6 +63,9 @@ from stream.live.protocol import (
 )
 from stream.retry import retry
 from stream.settings import Settings
+
+if TYPE_CHECKING:
+    from stream.state.poison import PoisonLedger
 
 __all__ = ["Pipeline"]
 
@@ -137,6 +146,16 @@ class _Partition:
 
 
 _Bad = tuple[Rejection, _Msg]  # an element the decoder refused, and its message
+_NO_KEY = Rejection(Reason.MISSING_KEY, "the message has no key (input messages are keyed by user_id)",
+                    None, None, None)
+
+# Kafka refusals of a DLQ record that no retry or restart can cure: logged, counted, skipped (an
+# alert is never skipped: any error of an alert fails the step)
+_PERMANENT = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG,
+    KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError._INVALID_ARG,
+    KafkaError._BAD_MSG,
+})
 
 
 def _position(meta: _Meta) -> tuple[str, int]:
@@ -147,8 +166,13 @@ class Pipeline:
     """Reorder buffers, detector and producer of the partitions a worker owns."""
 
     def __init__(self, settings: Settings, detector: Detector, producer: Producer, *,
-                 store: DeferredWriteStore | None = None, retry_attempts: int = 8) -> None:
-        """``store``: the detector's store when it writes asynchronously and caches users (live)."""
+                 store: DeferredWriteStore | None = None, retry_attempts: int = 8,
+                 ledger: PoisonLedger | None = None) -> None:
+        """``store``: the detector's store when it writes asynchronously and caches users (live);
+        ``ledger``: attempt counts of suspect messages (poison quarantine), none: no quarantine."""
+        self.ledger = ledger
+        self._suspects: dict[tuple[str, int], dict[int, int]] = {}  # per input topic-partition, loaded once
+        self._involved: set[MsgId] = set()  # messages of the current run, and those it released events of
         self.s = settings
         self.detector = detector
         self.store = store
@@ -175,17 +199,100 @@ class Pipeline:
 
     # -- one step -----------------------------------------------------------------------------------
     def step(self, step: Step) -> Report:
+        """Process a step: its messages in one run, except suspects of an earlier failure
+        (poison quarantine, see :mod:`stream.state.poison`), which run alone, in order."""
         t0 = time.perf_counter()
         self._done = []
         rep = self._report = Report()
         self.detector.refresh_model()
         if self.store is not None:
             self.store.set_generation(step.generation)  # fences the writes of users loaded from now on
+        if self.ledger is None:
+            self._run(step, step.messages, last=True)
+        else:
+            pending: list[RawMessage] = []
+            for msg in step.messages:
+                if not self._is_suspect(msg):
+                    pending.append(msg)
+                    continue
+                if pending:
+                    self._guarded(step, pending, last=False)
+                    pending = []
+                self._isolated(step, msg)
+            self._guarded(step, pending, last=True)
+        rep.done = self._done
+        rep.seconds = time.perf_counter() - t0
+        return rep
+
+    # -- poison quarantine ----------------------------------------------------------------------------
+    def _is_suspect(self, msg: RawMessage) -> bool:
+        topic, p, off, _, _ = msg
+        known = self._suspects.get((topic, p))
+        if known is None:
+            ledger = self.ledger
+            assert ledger is not None
+            known = self._suspects[(topic, p)] = self._retry(lambda: ledger.attempts(topic, p))
+        return off in known
+
+    def _isolated(self, step: Step, msg: RawMessage) -> None:
+        """A suspect: one more attempt counted before it runs alone, or quarantined past the limit."""
+        ledger = self.ledger
+        assert ledger is not None
+        topic, p, off, key, raw = msg
+        mid = MsgId(topic, p, off)
+        n = self._retry(lambda: ledger.attempt(mid))
+        self._suspects[(topic, p)][off] = n
+        if n > self.s.poison_max_attempts:
+            err = self._retry(lambda: ledger.last_error(topic, p))
+            log.error("quarantined %s:%d@%d: processing failed %d times (last error: %s); sent to the DLQ",
+                      *mid, n - 1, err)
+            m = _Msg(mid, 1, raw, key)
+            self._produce_dlq(m, [{"index": None, "reason": str(Reason.POISON), "event_id": None,
+                                   "detail": f"processing failed {n - 1} times; last error: {err}"[:500]}])
+            self._flush()
+            self._finish(m)
+            return
+        self._guarded(step, [msg], last=False)
+        if mid in self._done:  # it went through: innocent after all
+            self._retry(lambda: ledger.clear([mid]))
+            self._suspects[(topic, p)].pop(off, None)
+
+    def _guarded(self, step: Step, messages: list[RawMessage], *, last: bool) -> None:
+        """Run messages; if that fails for a reason other than an unavailable service or a stale
+        owner, mark every message involved (its own and those whose events it released) suspect."""
+        self._involved = {MsgId(t, p, off) for t, p, off, _, _ in messages}
+        try:
+            self._run(step, messages, last=last)
+        except (StoreUnavailableError, BrokerUnavailableError, StaleStateError):
+            raise
+        except Exception as e:
+            ledger = self.ledger
+            assert ledger is not None
+            log.error("a step failed (%s: %s); its %d message(s) are suspect and run alone next time",
+                      type(e).__name__, e, len(self._involved))
+            try:
+                ledger.suspect(self._involved, f"{type(e).__name__}: {e}")
+            except Exception:  # the original error is the one to report
+                log.exception("could not record the suspect messages")
+            raise
+
+    def _retry(self, fn: Any) -> Any:
+        return retry("redis", fn, attempts=self.retry_attempts, base_s=0.1,
+                     retriable=(StoreUnavailableError,), on_retry=self._retried)
+
+    # -- one run of messages --------------------------------------------------------------------------
+    def _run(self, step: Step, messages: list[RawMessage], *, last: bool) -> None:
+        rep = self._report
         dlq: list[_Bad] = []
         late: dict[int, list[tuple[Event, _Meta]]] = {}
-        for topic, p, off, key, raw in step.messages:
+        for topic, p, off, key, raw in messages:
             kind = self.inputs.get(topic)
-            events, bad = decode_message(raw, topic_type=kind, key=key, now_ms=step.now_ms)
+            events: list[Event]
+            bad: list[Rejection]
+            if key is None:  # the contract keys every input message by its user id (docs/contracts.md §1)
+                events, bad = [], [_NO_KEY]
+            else:
+                events, bad = decode_message(raw, topic_type=kind, key=key, now_ms=step.now_ms)
             m = _Msg(MsgId(topic, p, off), len(events) + len(bad), raw, key)
             for r in bad:
                 dlq.append((r, m))
@@ -215,7 +322,8 @@ class Pipeline:
                 moved.add(p)
         committed = {tp.fence_key: encode_position(off) for tp, off in step.floor.items()}
         releases: list[Release[_Meta]] = []
-        for p in sorted(set(step.partitions) | set(late) | moved):
+        partitions = {m[1] for m in messages} | (set(step.partitions) if last else set())
+        for p in sorted(partitions | set(late) | moved):
             part = self.parts.get(p)
             if part is None:
                 continue
@@ -235,16 +343,17 @@ class Pipeline:
             # idle input holds nothing back; pausing it would hide its new data from the idle check)
             rep.buffers[p] = BufferState(part.buffer.full and part.buffer.runs_ahead(), part.buffer.behind(),
                                          len(part.buffer))
+            if self.ledger is not None:
+                self._involved.update(meta.msg.id for _, meta in released)
         outcome = self._detect_publish_persist(releases, dlq, step.received_at)
         for rel in releases:
             unapplied = self.parts[rel.group].unapplied
             for _, meta in (*rel.released, *rel.late):
                 unapplied[meta.tp].settle(meta)
         self._account(releases, outcome, dlq)
-        rep.done = self._done
-        rep.applied, rep.late, rep.duplicates = outcome.applied, outcome.late, outcome.duplicates
-        rep.seconds = time.perf_counter() - t0
-        return rep
+        rep.applied += outcome.applied
+        rep.late += outcome.late
+        rep.duplicates += outcome.duplicates
 
     def _retried(self) -> None:
         self._report.redis_retries += 1
@@ -252,22 +361,38 @@ class Pipeline:
     def _detect_publish_persist(self, releases: list[Release[_Meta]], dlq: list[_Bad],
                                 t_release: float) -> Outcome[_Meta]:
         if releases:
-            outcome = retry("redis", lambda: self.detector.process(releases, _position),
-                            attempts=self.retry_attempts, base_s=0.1,
-                            retriable=(StoreUnavailableError,), on_retry=self._retried)
+            # Only the loads are retried: they change nothing but the cache. ``process`` itself pops
+            # due users and applies release after release, so a retry of it after a partial failure
+            # would lose decisions; it does no I/O once its users are loaded, and if it fails anyway
+            # the step fails (the worker exits 75 and the batch is redelivered).
+            store = self.store
+            if store is not None:
+                users = self.detector.users_of(releases)
+                retry("redis", lambda: store.prefetch(users), attempts=self.retry_attempts, base_s=0.1,
+                      retriable=(StoreUnavailableError,), on_retry=self._retried)
+            outcome = self.detector.process(releases, _position)
         else:
             outcome = Outcome[_Meta]()
         now_ms = int(time.time() * 1000)
         for a in outcome.alerts:
-            self.producer.produce(self.s.alerts_topic, key=a.user_id.encode(),
-                                  value=alert_to_json(a.stamped(now_ms)))
+            self._produce(self.s.alerts_topic, a.user_id.encode(), alert_to_json(a.stamped(now_ms)))
+        # one record per message, listing its rejected elements (not one copy of it per element)
+        bad: dict[int, tuple[_Msg, list[dict[str, Any]]]] = {}
         for rej, m in dlq:
-            self._produce_dlq(m.raw, rej.reason, rej.detail, rej.index, *m.id, m.key)
-        for _ev, meta, reason in outcome.rejected:
-            topic, p, off = meta.msg.id
+            bad.setdefault(id(m), (m, []))[1].append(
+                {"index": rej.index, "reason": str(rej.reason), "detail": rej.detail, "event_id": rej.event_id})
+        envelope: dict[int, bool] = {}
+        for ev, meta, reason in outcome.rejected:
+            m = meta.msg
+            if id(m) not in envelope:
+                envelope[id(m)] = _is_envelope(m.raw)
             _, index = decode_position(meta.position)
-            self._produce_dlq(meta.msg.raw, reason, "older than the user's newest event minus the longest window",
-                              index, topic, p, off, meta.msg.key)
+            bad.setdefault(id(m), (m, []))[1].append(
+                {"index": index if envelope[id(m)] else None, "reason": str(reason),
+                 "detail": "older than the user's newest event minus the longest window",
+                 "event_id": ev.event_id})
+        for m, rejections in bad.values():
+            self._produce_dlq(m, rejections)
         self._flush()
         t_acked = time.monotonic()  # CLOCK_MONOTONIC: comparable with the Faust process's arrival times
         rep = self._report
@@ -287,16 +412,55 @@ class Pipeline:
             retry("redis write", self.store.finish_write, attempts=self.retry_attempts, base_s=0.1,
                   retriable=(StoreUnavailableError,), on_retry=self._retried)
 
-    def _produce_dlq(self, raw: bytes, reason: str, detail: str, index: int | None, topic: str, p: int,
-                     off: int, key: bytes | None) -> None:
+    def _produce_dlq(self, m: _Msg, rejections: list[dict[str, Any]]) -> None:
+        """One DLQ record for a message (docs/contracts.md §4): its rejections, its place, and its
+        first ``dlq_max_original_bytes`` bytes with the size and SHA-256 of the whole value."""
+        raw, cap = m.raw, self.s.dlq_max_original_bytes
+        first = rejections[0]
         rec: dict[str, Any] = {
-            "v": 1, "reason": str(reason), "detail": detail, "index": index,
-            "topic": topic, "partition": p, "offset": off,
-            "original_b64": base64.b64encode(raw).decode(),
+            "v": 2, "reason": first["reason"], "detail": first["detail"], "index": first["index"],
+            "rejections": rejections,
+            "topic": m.id.topic, "partition": m.id.partition, "offset": m.id.offset,
+            "original_b64": base64.b64encode(raw[:cap]).decode(),
+            "original_size": len(raw),
+            "original_sha256": hashlib.sha256(raw).hexdigest(),
+            "original_truncated": len(raw) > cap,
             "failed_at": int(time.time() * 1000),
         }
-        self.producer.produce(self.s.dlq_topic, key=key, value=orjson.dumps(rec))
-        self._report.dlq[str(reason)] += 1
+        counts = self._report.dlq
+        for r in rejections:
+            counts[r["reason"]] += 1
+        try:
+            self._produce(self.s.dlq_topic, m.key, orjson.dumps(rec))
+        except KafkaException as e:
+            err = e.args[0] if e.args else None
+            if not isinstance(err, KafkaError) or err.code() not in _PERMANENT:
+                raise
+            self._dlq_refused(err, m.id)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Produce with back-pressure: a full local queue is drained (delivery reports served)
+        until it takes the record; ``BrokerUnavailableError`` if it stays full past the timeout."""
+        producer = self.producer
+        deadline = 0.0
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self.s.produce_timeout_s
+                elif now > deadline:
+                    raise BrokerUnavailableError(
+                        f"the producer queue stayed full for {self.s.produce_timeout_s} s") from None
+                producer.poll(0.05)
+        producer.poll(0)
+
+    def _dlq_refused(self, err: Any, where: Any) -> None:
+        log.error("Kafka refused a DLQ record for %s (%s): counted in riskstream_dlq_failed_total, skipped",
+                  where, err)
+        self._report.dlq_failed += 1
 
     def _flush(self) -> None:
         remaining = self.producer.flush(self.s.produce_timeout_s)
@@ -307,9 +471,13 @@ class Pipeline:
             err, self._delivery_error = self._delivery_error, None
             raise BrokerUnavailableError(f"Kafka refused an alert/DLQ record: {err}")
 
-    def on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._delivery_error = err
+    def on_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            return
+        if msg is not None and msg.topic() == self.s.dlq_topic and err.code() in _PERMANENT:
+            self._dlq_refused(err, f"{msg.topic()} record of key {msg.key()!r}")
+            return
+        self._delivery_error = err
 
     def _account(self, releases: list[Release[_Meta]], outcome: Outcome[_Meta], dlq: list[_Bad]) -> None:
         """Count events done; a message is done when all of its events are."""
@@ -349,5 +517,16 @@ class Pipeline:
         for p in partitions:
             self.parts.pop(p, None)
             self.detector.drop_group(p)
+        gone = set(partitions)
+        self._suspects = {tp: v for tp, v in self._suspects.items() if tp[1] not in gone}
         if self.store is not None:
             self.store.invalidate()
+
+
+def _is_envelope(raw: bytes) -> bool:
+    """Whether a (valid) message is a batch envelope: its events have an index."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return type(obj) is dict and "events" in obj

@@ -118,3 +118,4 @@ class Report:
     seconds: float = 0.0
     redis_retries: int = 0
     forced_releases: int = 0  # events a reorder buffer over its cap released ahead of the watermark
+    dlq_failed: int = 0  # DLQ records Kafka refused for good (too large, invalid): logged and skipped

@@ -19,6 +19,7 @@ from stream.logconfig import kafka_logger
 from stream.retry import START_ATTEMPTS, retry
 from stream.settings import Settings
 from stream.state import RedisWindowStore, redis_client
+from stream.state.poison import RedisPoisonLedger
 
 __all__ = ["build_pipeline"]
 
@@ -52,5 +53,6 @@ def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer |
         "message.timeout.ms": int(settings.produce_timeout_s * 1000),
         "on_delivery": lambda err, msg: pipeline.on_delivery(err, msg),
     })
-    pipeline = Pipeline(settings, detector, producer, store=store)
+    pipeline = Pipeline(settings, detector, producer, store=store,
+                        ledger=RedisPoisonLedger(client, settings.key_prefix))
     return pipeline

@@ -384,6 +384,8 @@ class Engine:
             m.redis_retries.inc(rep.redis_retries)
         if rep.forced_releases:
             m.forced_releases.inc(rep.forced_releases)
+        if rep.dlq_failed:
+            m.dlq_failed.inc(rep.dlq_failed)
         m.batch_seconds.observe(rep.seconds)
         now = time.time()
         for p, wm in rep.watermarks.items():

@@ -63,7 +63,7 @@ from stream.state.wire import Client, _pipelined, _raw_pipeline, _read_raw, _sen
 
 __all__ = ["DEFAULT_CACHE_USERS", "STATE_LUA", "RedisWindowStore"]
 
-DEFAULT_CACHE_USERS: Final = 100_000  # ≈ 2.6 KB each: ≈ 260 MB of window state at most
+DEFAULT_CACHE_USERS: Final = 100_000  # ≈ 4.7 KB each (measured, arrays grow by doubling): ≈ 470 MB at most
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
 
 
@@ -119,6 +119,7 @@ class RedisWindowStore:
         self._invalidate_requested = False
         self.defer_writes = defer_writes
         self._in_flight: tuple[list[str], list[list[Any]], Any] | None = None  # a sent, unread write
+        self._unsettled: tuple[list[str], list[list[Any]]] | None = None  # its reply failed: outcome unknown
         self._sending: set[str] = set()  # its users (never evicted or dropped meanwhile)
         self._sha = hashlib.sha1(STATE_LUA.encode()).hexdigest()
         self._load_script()
@@ -158,6 +159,13 @@ class RedisWindowStore:
         self._dirty.update(users)
         self._touch(users)
         return results
+
+    def prefetch(self, user_ids: Sequence[str]) -> None:
+        """Load the users not cached yet (one pipeline) and nothing else: the only I/O of a
+        following :meth:`apply` of these users, so a caller can retry this and not that."""
+        if self._invalidate_requested and self._all_written():
+            self._drop_cache()
+        self._load(list(user_ids))
 
     def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         users = list(user_ids)
@@ -319,26 +327,40 @@ class RedisWindowStore:
     def finish_write(self) -> None:
         """Read the replies of a deferred write (if one is in flight) and settle it.
 
+        A write whose replies could not be read is not forgotten: the next call sends the very same
+        calls again, synchronously (state.lua accepts a retry of the same write by the same writer),
+        so a retried ``finish_write`` returns only once the write is known to be done.
+
         Raises:
             StaleStateError, StoreUnavailableError: as :meth:`confirm`; after an unavailable Redis
-                the users are still dirty, and the next confirm writes them again (idempotent).
+                the users are still dirty, and the write stays unsettled until a call succeeds.
         """
+        if self._unsettled is not None:
+            todo, calls = self._unsettled
+            replies = self._evalsha_all(calls)  # raises again while Redis is unavailable
+            self._unsettled = None
+            self._written(todo, replies, clean=False)
+            return
         if self._in_flight is None:
             return
         todo, calls, conn = self._in_flight
         self._in_flight, self._sending = None, set()
         try:
             replies = self._settle(calls, self._call(lambda c: _read_raw(c, conn, len(calls))))
+        except StoreUnavailableError:
+            self._dirty.update(todo)  # not known to be written: written again later in any case
+            self._unsettled = (todo, calls)  # and this write is re-sent before anything counts as done
+            raise
         except BaseException:
-            self._dirty.update(todo)  # not known to be written: write them again
+            self._dirty.update(todo)
             raise
         self._written(todo, replies, clean=False)
 
     def write_in_flight(self) -> bool:
-        return self._in_flight is not None
+        return self._in_flight is not None or self._unsettled is not None
 
     def _all_written(self) -> bool:
-        return not self._dirty and not self._sending
+        return not self._dirty and not self._sending and self._unsettled is None
 
     def _written(self, todo: list[str], replies: list[Any], *, clean: bool) -> None:
         """New versions from the write's replies; ``clean``: the users are written now (a

@@ -94,6 +94,8 @@ def test_reason_values_are_the_contract_strings() -> None:
         "future_ts",
         "invalid_batch",
         "too_late",
+        "missing_key",
+        "poison",
     }
     # StrEnum: usable directly as the DLQ string, and parsed back from it
     assert f"{Reason.TOO_LATE}" == "too_late" and orjson.dumps(Reason.OUT_OF_RANGE) == b'"out_of_range"'
@@ -410,7 +412,6 @@ def test_ts_string_that_is_not_rfc3339_is_wrong_type(text: str) -> None:
         ("dwell_ms", MAX_DWELL_MS + 1),
         ("category", "c" * 65),
         ("item_id", "i" * 257),
-        ("session_id", "s" * 129),
         ("tz_offset_min", 841),
         ("tz_offset_min", -841),
         ("age_band", "a" * 33),
@@ -838,3 +839,9 @@ def test_ts_strings_match_a_reference_rfc3339_parser(text: str) -> None:
         assert rejected(click(ts=text), now_ms=far_future).reason is Reason.OUT_OF_RANGE
     else:
         assert accepted(click(ts=text), now_ms=far_future).ts_ms == expected
+
+
+def test_session_id_has_no_length_limit() -> None:
+    """The contract sets none (reliability review D12): only the message's 64 KiB bound it."""
+    assert accepted(click(session_id="s" * 10_000)).session_id == "s" * 10_000
+    assert rejected(click(session_id=5)).reason is Reason.WRONG_TYPE

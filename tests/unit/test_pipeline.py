@@ -31,6 +31,9 @@ class FakeProducer:
     def flush(self, _timeout: float) -> int:
         return 0
 
+    def poll(self, _timeout: float = 0) -> int:
+        return 0
+
 
 def pipeline(**overrides: Any) -> tuple[Pipeline, FakeProducer]:
     s = load_settings(namespace="t", lateness_ms=0, **overrides)

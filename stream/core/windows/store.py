@@ -64,3 +64,7 @@ class DeferredWriteStore(WindowStore, Protocol):
         """The ownership epoch (consumer group generation) that fences the writes of users loaded
         from now on (docs/state-layout.md §2)."""
         ...
+
+    def prefetch(self, user_ids: Sequence[str]) -> None:
+        """Load the users not cached yet (the I/O of an ``apply``), changing nothing else; safe to retry."""
+        ...
