@@ -33,6 +33,7 @@ from hypothesis_jsonschema import from_schema
 from stream.cli import main
 from stream.core.events import MAX_FUTURE_MS, MAX_MESSAGE_BYTES, MIN_TS_MS, Reason, decode_message, encode_event
 from stream.offline import score_log
+from stream.settings import load_settings
 from tests.contracts import NAMES, assert_valid_alert, registry, schema, validator
 from tests.scenarios import feature_scorer, random_log, short_policy
 
@@ -340,3 +341,23 @@ def test_the_boundaries_and_the_known_gaps(field: str, value: Any, outcome: Reas
         assert [r.reason for r in rejections] == [Reason.INVALID_BATCH]
     else:
         assert [r.reason for r in rejections] == ([outcome] if outcome else [])
+
+
+# --- the AsyncAPI document ----------------------------------------------------------------------
+
+ASYNCAPI_TOOL = ROOT / "tools" / "asyncapi"
+
+
+def test_the_asyncapi_document_parses_with_the_official_parser_and_names_every_topic() -> None:
+    node = shutil.which("node")
+    if node is None or not (ASYNCAPI_TOOL / "node_modules" / "@asyncapi" / "parser" / "package.json").is_file():
+        why = "Node.js or the AsyncAPI parser is missing: run `make asyncapi-tools` (npm ci in tools/asyncapi)"
+        if os.environ.get("CI"):
+            pytest.fail(why)  # CI must run the check
+        pytest.skip(why)
+    r = subprocess.run([node, str(ASYNCAPI_TOOL / "validate.mjs"), str(ROOT / "docs" / "asyncapi.yaml")],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = load_settings()
+    addresses = next(line for line in r.stdout.splitlines() if line.startswith("addresses: ")).split()[1:]
+    assert sorted(addresses) == sorted([s.clicks_topic, s.views_topic, s.alerts_topic, s.dlq_topic])
