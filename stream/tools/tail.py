@@ -70,7 +70,7 @@ def matches(kind: object, level: object, kinds: Collection[str] | None, levels: 
 # -- words -----------------------------------------------------------------------------------------
 def minutes_in_words(minutes: float) -> str:
     """``45`` -> ``45 min``, ``120`` -> ``2 h``, ``121`` -> ``2 h 1 min``."""
-    m = int(round(minutes))
+    m = round(minutes)
     if m < 60:
         return f"{m} min"
     h, m = divmod(m, 60)

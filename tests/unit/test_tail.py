@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from stream.cli import main
-from stream.core.alerts import Alert, Reason, alert_id, alert_from_json, alert_to_json
+from stream.core.alerts import Alert, Reason, alert_from_json, alert_id, alert_to_json
 from stream.tools.tail import (
     format_alert,
     matches,
