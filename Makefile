@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack
 
-.PHONY: install run test test-unit stack-up stack-down bench model clean
+.PHONY: install asyncapi-tools run test test-unit stack-up stack-down bench model clean
 
 $(BIN)/riskstream: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "make: $(PY) not found: install Python 3.11+" >&2; exit 1; }
@@ -15,6 +15,17 @@ $(BIN)/riskstream: pyproject.toml
 	@touch $@
 
 install: $(BIN)/riskstream
+
+# The official AsyncAPI parser (npm @asyncapi/parser, pinned by the lockfile) for the check of
+# docs/asyncapi.yaml in tests/unit/test_contracts.py. No install scripts run.
+ASYNCAPI := tools/asyncapi
+$(ASYNCAPI)/node_modules/.package-lock.json: $(ASYNCAPI)/package.json $(ASYNCAPI)/package-lock.json
+	@command -v npm >/dev/null && node -e 'process.exit(parseInt(process.versions.node) < 18 ? 1 : 0)' \
+	  || { echo "make: Node.js 18+ with npm is needed for the AsyncAPI check (apt-get install nodejs npm)" >&2; exit 1; }
+	cd $(ASYNCAPI) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+asyncapi-tools: $(ASYNCAPI)/node_modules/.package-lock.json
 
 stack-up:
 	$(STACK) up
@@ -29,7 +40,7 @@ run: install
 	$(BIN)/python -m stream.tools.demo
 
 # All tests: unit, contract (memory, Redis, Redis Cluster) and integration on the real stack.
-test: install stack-up
+test: install asyncapi-tools stack-up
 	$(BIN)/python -m pytest -q
 
 test-unit: install

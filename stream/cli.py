@@ -280,6 +280,12 @@ def alerts() -> None:
     """Read the alert topic."""
 
 
+def _tail_filter(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> frozenset[str] | None:
+    from stream.tools.tail import parse_kinds, parse_levels
+
+    return parse_kinds(values) if param.name == "kinds" else parse_levels(values)
+
+
 @alerts.command("tail")
 @common_options
 @click.option("--from-beginning", is_flag=True, help="start at the oldest retained alert")
@@ -287,15 +293,23 @@ def alerts() -> None:
 @click.option("--json", "as_json", is_flag=True, help="pass the JSON lines through")
 @click.option("--max", "max_alerts", type=click.IntRange(1), default=None, help="stop after N alerts")
 @click.option("--idle-timeout", type=float, default=None, help="stop after S seconds without an alert")
+@click.option("--kind", "kinds", multiple=True, metavar="KIND[,KIND]", callback=_tail_filter,
+              help="only these kinds: ml_risk, daily_cap, curfew, continuous_use (repeatable)")
+@click.option("--level", "levels", multiple=True, metavar="LEVEL[,LEVEL]", callback=_tail_filter,
+              help="only these levels: elevated, high, cleared (repeatable)")
+@click.option("--color/--no-color", default=None, help="colour levels [default: if stdout is a terminal]")
 def alerts_tail(bootstrap: str | None, redis_url: str | None, namespace: str | None, from_beginning: bool,
-                user: str | None, as_json: bool, max_alerts: int | None, idle_timeout: float | None) -> None:
+                user: str | None, as_json: bool, max_alerts: int | None, idle_timeout: float | None,
+                kinds: frozenset[str] | None, levels: frozenset[str] | None, color: bool | None) -> None:
     """Follow risk.alerts (Ctrl-C stops)."""
     from stream.tools.tail import tail
 
+    use_color = sys.stdout.isatty() if color is None else color
     s = settings_from(bootstrap, redis_url, namespace)
     try:
-        tail(s, lambda line: click.echo(line), from_beginning=from_beginning, user=user, as_json=as_json,
-             max_alerts=max_alerts, idle_timeout_s=idle_timeout)
+        tail(s, lambda line: click.echo(line, color=use_color), from_beginning=from_beginning, user=user,
+             as_json=as_json, max_alerts=max_alerts, idle_timeout_s=idle_timeout, kinds=kinds,
+             levels=levels, color=use_color and not as_json)
     except KeyboardInterrupt:
         pass
 

@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.core.events import encode_event
+from tests.contracts import assert_valid_dlq
 from tests.eventgen import at, ev
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def test_invalid_events_go_to_the_dlq_with_reason_and_bytes_and_the_worker_keeps
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
-    recs = [orjson.loads(m.value()) for m in records]
+    recs = [assert_valid_dlq(m.value()) for m in records]
     reasons = sorted(r["reason"] for r in recs)
     assert reasons == ["malformed_json", "missing_field", "type_topic_mismatch", "user_key_mismatch"]
     broken = next(r for r in recs if r["reason"] == "malformed_json")

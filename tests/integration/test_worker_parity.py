@@ -16,7 +16,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import orjson
 import pytest
 from pydantic import SecretStr
 from confluent_kafka import Consumer, TopicPartition
@@ -27,6 +26,7 @@ from stream.core.policy import load_policy_config
 from stream.core.scoring import OnnxScorer
 from stream.offline import build_detector, decode_log, run_detector, Summary
 from stream.state import RedisWindowStore, delete_keys, redis_client
+from tests.contracts import assert_valid_alert
 from tests.model_factory import build_model
 from tests.scenarios import random_log
 
@@ -110,7 +110,7 @@ def published_alerts(settings, want: set[str], proc: subprocess.Popen, timeout: 
         while time.monotonic() < deadline:
             m = c.poll(0.5)
             if m is not None and not m.error():
-                got.append(orjson.loads(m.value()))
+                got.append(assert_valid_alert(m.value()))
                 quiet_since = time.monotonic()
                 continue
             if want <= {a["alert_id"] for a in got} and time.monotonic() - quiet_since > 4:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 import pytest
 
 from stream.core.events import encode_event
@@ -21,6 +20,7 @@ from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH
 from stream.core.policy import load_policy_config
 from stream.core.scoring import OnnxScorer
 from stream.offline import score_log
+from tests.contracts import assert_valid_alert
 from tests.eventgen import at, ev
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "riskstream.onnx"
@@ -61,7 +61,7 @@ def alerts(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("stories") / "alerts.jsonl"
     with out.open("wb") as f:
         score_log(log, f, policy_config=load_policy_config(None), scorer=scorer, now_ms=at(400))
-    return [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    return [assert_valid_alert(line) for line in out.read_bytes().splitlines()]
 
 
 def test_a_compulsive_checker_and_night_user_gets_ml_risk_alerts_with_sensible_reasons(alerts):
