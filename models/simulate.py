@@ -202,7 +202,8 @@ def generate_chunk(pop: Population, users: NDArray[np.int64], start: date,
     tail_p = pop.tail_prob[users] * np.clip(mean_len / REFERENCE_MEAN_LEN_S, 0.25, 3.0)
     m_user = engaged_median(mean_len, check_w, tail_p)
     m_ud = (m_user[:, None] * np.exp(DAY_SIGMA_LEN * (0.7 * zd + 0.7 * z2))
-            * (WEEK_LEN_NORM * np.where(weekend, WEEKEND_LEN, 1.0))[None, :] * (1 + rate) ** weeks)
+            * (WEEK_LEN_NORM * np.where(weekend, WEEKEND_LEN, 1.0))[None, :] * (1 + rate) ** weeks
+            * np.where(weekend[None, :], pop.weekend_factor[users][:, None], 1.0))
 
     flat = n_sess.ravel()
     m = int(flat.sum())
@@ -277,7 +278,7 @@ def generate_chunk(pop: Population, users: NDArray[np.int64], start: date,
     n_views = np.where(
         checking,
         1 + (rng.random(m) < 0.25),
-        np.clip(rng.poisson(length_s / _DWELL[cat]), 1, 600),
+        np.clip(rng.poisson(length_s / (_DWELL[cat] * pop.dwell_mult[users][s_user])), 1, 600),
     ).astype(np.int64)
     nv = int(n_views.sum())
     v_sess = np.repeat(np.arange(m), n_views)
