@@ -28,7 +28,6 @@ def test_the_generator_is_deterministic_and_spans_the_days() -> None:
     assert len({e.user_id for e in battery_events(2, 3)}) == 2 * len(ARCHETYPES)
 
 
-@pytest.mark.xfail(strict=True, reason="issue #11: the shipped logistic model misses every archetype")
 @pytest.mark.parametrize("archetype", sorted(COMPULSIVE))
 def test_compulsive_archetypes_get_an_ml_risk_alert(battery: dict[str, Tally], archetype: str) -> None:
     t = battery[archetype]
