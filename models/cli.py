@@ -50,7 +50,7 @@ def _workers(n: int | None) -> int:
               help="events JSONL (gzip when it ends in .gz)")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="labels CSV (label, score, latent traits)")
-@click.option("--validate", is_flag=True, help="print simulated statistics beside the DOMAIN targets")
+@click.option("--validate", is_flag=True, help="print simulated statistics beside the docs/research.md §9.3 targets")
 @click.option("--workers", type=click.IntRange(1, 64), default=None, help="processes [default: 2 or #cpus]")
 @click.option("--progress/--no-progress", default=None, help="progress on stderr [default: if a tty]")
 def simulate_cmd(users: int, days: int, seed: int, prevalence: float, start: date, out: Path,

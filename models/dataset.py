@@ -206,8 +206,7 @@ def read_shard(path: str | Path, shard: int, n_shards: int, summary: Summary,
 def run_shard(path: str, shard: int, n_shards: int, *, seed: int, policy: PolicyConfig,
               model_path: str | None) -> ShardResult:
     """Run the detector over one shard of users and return its sampled rows (and alerts)."""
-    from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH
-    from stream.core.scoring import OnnxScorer
+    from stream.core.scoring import load_scorer
 
     t0 = time.perf_counter()
     summary = Summary()
@@ -215,8 +214,7 @@ def run_shard(path: str, shard: int, n_shards: int, *, seed: int, policy: Policy
     n_events = len(events)
     scorer = None
     if model_path is not None:
-        scorer = OnnxScorer(model_path, expected_spec_hash=FEATURE_SPEC_HASH,
-                            expected_feature_names=FEATURE_NAMES)
+        scorer = load_scorer(model_path)
     detector, _ = build_detector(policy, scorer)
     tap = _DayTap(seed, detector.policy.min_history_days())
     detector.tap = tap

@@ -20,6 +20,7 @@ separates the classes in this population.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -34,9 +35,9 @@ from models.dataset import ROW_DAY_END, Extract, extract
 from models.metrics import Scores, f1_at, reliability, score
 from models.population import Labels, read_labels
 from stream.core.alerts import LEVEL_ELEVATED, LEVEL_HIGH
-from stream.core.features import FEATURE_INDEX, FEATURE_NAMES, FEATURE_SPEC_HASH
+from stream.core.features import FEATURE_INDEX
 from stream.core.policy import load_policy_config
-from stream.core.scoring import OnnxScorer
+from stream.core.scoring import load_scorer
 from stream.errors import RiskstreamError
 
 DAY_MS: Final = 86_400_000
@@ -81,6 +82,10 @@ class EvalResult:
     at_high: tuple[float, float, float]
     volume_roc_auc: float
     stream: StreamFigures
+    subtypes: list[dict[str, Any]] = field(default_factory=list)
+    decision_rules: list[dict[str, Any]] = field(default_factory=list)
+    oracle: list[dict[str, Any]] = field(default_factory=list)
+    recalibrated: dict[str, Any] = field(default_factory=dict)
     timing_s: dict[str, float] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -105,7 +110,22 @@ class EvalResult:
             f"{s.false_per_100_user_weeks:.2f} per 100 user-weeks ({s.healthy_users_alerted}/{s.healthy_users} "
             f"healthy users alerted)",
             f"users: {self.users} ({self.positives} positive), day-end rows: {self.rows}, events: {self.events}",
-        ]
+        ] + ([f"ECE after prior-shift recalibration ({self.recalibrated['train_prevalence']:.3f} -> "
+              f"{self.recalibrated['prevalence']:.3f}): {self.recalibrated['ece']:.3f}"]
+             if self.recalibrated.get("train_prevalence") else []) + [
+            f"rule {r['rule']}: {r['detected']}/{r['positives']} ({r['share_detected']:.1%}) detected at "
+            f"{r['false_per_100_user_weeks']:.2f} false / 100 healthy user-weeks (threshold {r['threshold']}), "
+            f"median delay {r['median_delay_days']} days" for r in self.decision_rules] + [
+            f"oracle (latent c) {r['rule']}: {r['detected']}/{r['positives']} ({r['share_detected']:.1%}) at "
+            f"{r['false_per_100_user_weeks']:.2f} false / 100 user-weeks" for r in self.oracle]
+
+
+def _training_prevalence(meta: dict[str, str]) -> float | None:
+    try:
+        summary = json.loads(meta.get("training_summary", "{}"))
+        return float(summary["positives"]) / float(summary["users"])
+    except (ValueError, KeyError, ZeroDivisionError, TypeError):
+        return None
 
 
 def volume_baseline_auc(x: NDArray[np.float32], y: NDArray[np.int64], users: NDArray[np.str_]) -> tuple[
@@ -170,6 +190,131 @@ def stream_figures(ex: Extract, labels: Labels) -> StreamFigures:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Issue #11: sub-types, day-level decision rules at a false-alert budget, oracle ceiling
+
+FALSE_ALERT_BUDGET: Final = 1.0  # per 100 healthy user-weeks
+
+
+def subtype_table(ex: Extract, labels: Labels) -> list[dict[str, Any]]:
+    """Per simulated sub-type: users, positives, positives alerted, healthy users alerted, false alerts."""
+    if not labels.subtype:
+        return []
+    alerted: dict[str, int] = {}
+    for a in ex.alerts:
+        if a.level in (LEVEL_ELEVATED, LEVEL_HIGH):
+            alerted[a.user_id] = alerted.get(a.user_id, 0) + 1
+    eligible = ex.span.first_eligible_ms
+    out: dict[str, dict[str, Any]] = {}
+    for u in eligible:
+        if u not in labels.label:
+            continue
+        st = labels.subtype.get(u, "?")
+        r = out.setdefault(st, {"subtype": st, "users": 0, "positives": 0, "positives_alerted": 0,
+                                "healthy": 0, "healthy_alerted": 0, "false_alerts": 0, "healthy_weeks": 0.0})
+        r["users"] += 1
+        if labels.label[u] == 1:
+            r["positives"] += 1
+            r["positives_alerted"] += int(u in alerted)
+        else:
+            r["healthy"] += 1
+            r["healthy_alerted"] += int(u in alerted)
+            r["false_alerts"] += alerted.get(u, 0)
+            r["healthy_weeks"] += max(0, ex.span.last_tick_ms[u] - eligible[u]) / (7 * DAY_MS)
+    for r in out.values():
+        r["false_per_100_user_weeks"] = 100.0 * r["false_alerts"] / r["healthy_weeks"] if r["healthy_weeks"] else 0.0
+    return sorted(out.values(), key=lambda r: r["subtype"])
+
+
+def _series(user: NDArray[np.str_], day: NDArray[np.int64], s: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
+    order = np.lexsort((day, user))
+    u, v = user[order], s[order]
+    cuts = np.nonzero(u[1:] != u[:-1])[0] + 1
+    return {str(us[0]): vs for us, vs in zip(np.split(u, cuts), np.split(v, cuts)) if len(us)}
+
+
+def _smooth(v: NDArray[np.float64], rule: str) -> NDArray[np.float64]:
+    """The day-level evidence a rule thresholds: the day-end score, a k-day mean, or (for 'k_of_7')
+    the k-th largest of the last 7 day-end scores (score above t on >= k of 7 days <=> that >= t)."""
+    if rule == "day_end":
+        return v
+    kind, k = rule.split(":")
+    n = int(k)
+    out = np.empty_like(v)
+    for i in range(len(v)):
+        w = v[max(0, i - (n if kind == "mean" else 7) + 1): i + 1]
+        if kind == "mean":
+            out[i] = w.mean()
+        else:  # "of7": score above t on >= n of the last 7 days
+            out[i] = np.sort(w)[::-1][n - 1] if len(w) >= n else 0.0
+    return out
+
+
+def rule_entries(series: NDArray[np.float64], enter: float, exit_: float) -> list[int]:
+    """Day indices at which a smoothed series enters (from below exit_ to >= enter)."""
+    on, days = False, []
+    for i, x in enumerate(series.tolist()):
+        if not on and x >= enter:
+            on = True
+            days.append(i)
+        elif on and x < exit_:
+            on = False
+    return days
+
+
+def decision_rule_table(user: NDArray[np.str_], day: NDArray[np.int64], s: NDArray[np.float64],
+                        labels: Labels, rules: tuple[str, ...] = ("day_end", "mean:3", "mean:5", "of7:5"),
+                        grid: NDArray[np.float64] | None = None,
+                        budget: float = FALSE_ALERT_BUDGET) -> list[dict[str, Any]]:
+    """For each day-level rule: the lowest threshold (hysteresis exit 0.1 below, in score units of
+    the grid's spread) keeping false alerts <= ``budget`` per 100 healthy user-weeks, and the share of
+    positives it detects with the median delay (days from the first scored day)."""
+    per_user = _series(user, day, s)
+    if grid is None:
+        grid = np.unique(np.concatenate([np.round(np.arange(0.02, 0.99, 0.01), 2), [0.99, 0.995, 0.999]]))
+    gap = 0.1 * (float(np.max(grid)) - float(np.min(grid))) / 0.94
+    pos = [u for u in per_user if labels.label.get(u) == 1]
+    neg = [u for u in per_user if labels.label.get(u) == 0]
+    weeks = sum(len(per_user[u]) for u in neg) / 7.0
+    out = []
+    for rule in rules:
+        sm = {u: _smooth(v, rule) for u, v in per_user.items()}
+        best: dict[str, Any] | None = None
+        for t in sorted(grid.tolist()):
+            false = sum(len(rule_entries(sm[u], t, t - gap)) for u in neg)
+            rate = 100.0 * false / weeks if weeks else float("nan")
+            if rate <= budget:
+                delays = [rule_entries(sm[u], t, t - gap)[:1] for u in pos]
+                found = [d[0] for d in delays if d]
+                best = {"rule": rule, "threshold": round(t, 4), "false_per_100_user_weeks": round(rate, 3),
+                        "detected": len(found), "positives": len(pos),
+                        "share_detected": len(found) / len(pos) if pos else float("nan"),
+                        "median_delay_days": float(np.median(found)) if found else None}
+                break
+        if best is not None:
+            out.append(best)
+    return out
+
+
+def oracle_table(user: NDArray[np.str_], day: NDArray[np.int64], labels: Labels,
+                 rules: tuple[str, ...] = ("day_end",)) -> list[dict[str, Any]]:
+    """The same decision rules fed the simulator's latent compulsivity (constant per user): the
+    ceiling of any model of behaviour under this label noise."""
+    if not labels.compulsivity:
+        return []
+    c = np.array([labels.compulsivity.get(u, -9.0) for u in user.tolist()])
+    grid = np.quantile(c, np.linspace(0.5, 0.999, 400))
+    return decision_rule_table(user, day, c, labels, rules=rules, grid=grid)
+
+
+def prior_shift(p: NDArray[np.float64], train_prevalence: float, prevalence: float) -> NDArray[np.float64]:
+    """Recalibrate probabilities to another base rate (Bayes on the odds; Saerens et al. 2002)."""
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    logit = np.log(q / (1 - q)) + math.log(prevalence / (1 - prevalence)) - math.log(
+        train_prevalence / (1 - train_prevalence))
+    return np.asarray(1.0 / (1.0 + np.exp(-logit)), dtype=np.float64)
+
+
 def evaluate(events: str | Path, labels_path: str | Path, model_path: str | Path, *,
              report_dir: str | Path | None = None, workers: int | None = None, seed: int = 0,
              log: Callable[[str], None] = lambda _: None) -> EvalResult:
@@ -182,7 +327,7 @@ def evaluate(events: str | Path, labels_path: str | Path, model_path: str | Path
     """
     t0 = time.perf_counter()
     labels = read_labels(labels_path)
-    scorer = OnnxScorer(model_path, expected_spec_hash=FEATURE_SPEC_HASH, expected_feature_names=FEATURE_NAMES)
+    scorer = load_scorer(model_path)
     info = scorer.info
     policy = load_policy_config(None).with_model_thresholds(info.thresholds)
     log(f"running the offline detector with {info.model_version} …")
@@ -200,6 +345,11 @@ def evaluate(events: str | Path, labels_path: str | Path, model_path: str | Path
     th = policy.ml
     vol_auc, vol_p = volume_baseline_auc(rows.x, y, rows.user_id)
     users = sorted(set(rows.user_id.tolist()))
+    rules = decision_rule_table(rows.user_id, rows.local_day, p, labels)
+    oracle = oracle_table(rows.user_id, rows.local_day, labels, rules=tuple(r["rule"] for r in rules) or ("day_end",))
+    train_prev = _training_prevalence(info.metadata)
+    prevalence = sum(labels.label[u] for u in users) / max(len(users), 1)
+    recal = score(y, prior_shift(p, train_prev, prevalence)) if train_prev else scores
     result = EvalResult(
         model={"file": Path(model_path).name, "model_version": info.model_version,
                "trained_at": info.trained_at, "kind": info.metadata.get("model_kind", "?"),
@@ -211,10 +361,16 @@ def evaluate(events: str | Path, labels_path: str | Path, model_path: str | Path
         users=len(users), positives=sum(labels.label[u] for u in users), events=ex.events, rows=len(rows),
         scores=scores, at_elevated=f1_at(y, p, th.elevated_enter), at_high=f1_at(y, p, th.high_enter),
         volume_roc_auc=vol_auc, stream=stream_figures(ex, labels),
+        subtypes=subtype_table(ex, labels), decision_rules=rules, oracle=oracle,
+        recalibrated={"train_prevalence": train_prev, "prevalence": prevalence, "ece": recal.ece,
+                      "log_loss": recal.log_loss},
         timing_s={"detector": round(ex.seconds, 1), "total": round(time.perf_counter() - t0, 1)},
     )
     if report_dir is not None:
         write_report(result, y, p, vol_p, Path(report_dir), events=os.fspath(events))
+        # A fixed sample of real day-end rows for the metamorphic tests (tests/unit/test_monotonicity.py).
+        pick = np.random.default_rng(seed).choice(len(rows), size=min(300, len(rows)), replace=False)
+        np.savez_compressed(Path(report_dir) / "rows_sample.npz", x=rows.x[np.sort(pick)], y=y[np.sort(pick)])
     return result
 
 
@@ -348,6 +504,39 @@ def write_report(res: EvalResult, y: NDArray[np.int64], p: NDArray[np.float64], 
         f"| alerted users who are positive | {s.alerted_positive_share:.1%} of {s.alerted_users} |",
         f"| ml_risk alerts by level | {', '.join(f'{k} {v}' for k, v in s.alerts_by_level.items()) or 'none'} |",
         "",
+    ]
+    if res.recalibrated.get("train_prevalence"):
+        rc = res.recalibrated
+        lines += [f"Calibration at this population's prevalence: ECE {sc.ece:.3f} as shipped; "
+                  f"{rc['ece']:.3f} after the documented prior-shift recalibration (odds × "
+                  f"[{rc['prevalence']:.3f}/(1−{rc['prevalence']:.3f})] / [{rc['train_prevalence']:.3f}/"
+                  f"(1−{rc['train_prevalence']:.3f})], training prevalence → this one).", ""]
+    if res.decision_rules:
+        lines += ["## Day-level decision rules at ≤ 1 false alert per 100 healthy user-weeks (prototype)", "",
+                  "Day-end scores per user; `day_end`: the day's final score; `mean:k`: mean of the last k "
+                  "day-end scores; `of7:k`: above the threshold on ≥ k of the last 7 days (docs/research.md §8). "
+                  "Hysteresis exit 0.1 below; the lowest threshold within the budget. The oracle is the same "
+                  "rule fed the simulator's latent compulsivity c (constant per user): the ceiling under this "
+                  "label noise.", "",
+                  "| rule | threshold | false / 100 healthy user-weeks | positives detected | median delay (days) |",
+                  "|---|---|---|---|---|"]
+        for r in res.decision_rules:
+            lines.append(f"| {r['rule']} | {r['threshold']:.2f} | {r['false_per_100_user_weeks']:.2f} | "
+                         f"{r['detected']}/{r['positives']} ({r['share_detected']:.1%}) | {opt(r['median_delay_days'])} |")
+        for r in res.oracle:
+            lines.append(f"| oracle c, {r['rule']} | c ≥ {r['threshold']:.2f} | {r['false_per_100_user_weeks']:.2f} | "
+                         f"{r['detected']}/{r['positives']} ({r['share_detected']:.1%}) | {opt(r['median_delay_days'])} |")
+        lines.append("")
+    if res.subtypes:
+        lines += ["## By simulated sub-type (stream alerts)", "",
+                  "| sub-type | users | positives | positives alerted | healthy alerted | false alerts / 100 healthy user-weeks |",
+                  "|---|---|---|---|---|---|"]
+        for r in res.subtypes:
+            share = f" ({r['positives_alerted'] / r['positives']:.0%})" if r["positives"] else ""
+            lines.append(f"| {r['subtype']} | {r['users']} | {r['positives']} | {r['positives_alerted']}/{r['positives']}"
+                         f"{share} | {r['healthy_alerted']}/{r['healthy']} | {r['false_per_100_user_weeks']:.2f} |")
+        lines.append("")
+    lines += [
         "## Plots",
         "",
     ]

@@ -1,4 +1,4 @@
-"""ONNX export of the classifiers (DESIGN §5 model contract) through skl2onnx.
+"""ONNX export of the classifiers (docs/contracts.md §5 model contract) through skl2onnx.
 
 * input ``features`` float32 ``[None, F]``; outputs ``label`` and ``probabilities`` ``[N, 2]``
   (``zipmap=False``);
@@ -64,6 +64,82 @@ class CalibratedGBT(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     def n_trees(self) -> int:
         return len(self.gbt._predictors)
+
+
+class ClippedGBT(CalibratedGBT):
+    """A CalibratedGBT whose inputs are first clipped to ``[lo, hi]`` per feature (float32).
+
+    ``lo``/``hi`` are the training range, so the model saturates outside it instead of
+    extrapolating; a feature with ``lo == hi`` is held constant (left out of the model). The ONNX
+    graph does the same with ``Max``/``Min`` before the tree ensemble.
+    """
+
+    def __init__(self, gbt: HistGradientBoostingClassifier, scale: float = 1.0, shift: float = 0.0,
+                 lo: NDArray[np.float32] | None = None, hi: NDArray[np.float32] | None = None) -> None:
+        super().__init__(gbt, scale, shift)
+        self.lo = lo
+        self.hi = hi
+
+    def clip(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        x32 = np.asarray(x, dtype=np.float32)
+        if self.lo is None or self.hi is None:
+            return x32
+        return np.minimum(np.maximum(x32, self.lo), self.hi)
+
+    def decision_function(self, x: NDArray[np.float32]) -> NDArray[np.float64]:
+        return super().decision_function(self.clip(x))
+
+
+# The markers-of-harm layer (issue #11): a transparent, monotone rule on single-axis extremes with
+# literature anchors, combined with the learned model by a noisy-OR. Ramp r = clip((v - start) /
+# (full - start), 0, 1) per marker, p_marker = MARKER_CAP x max(r); v is the (clipped) feature, times
+# the feed share (social + short video) for feed_weighted markers. Every ramp rises with a +1 feature
+# of stream.core.features.directions, so the layer can only add risk where the literature says so.
+MARKERS: tuple[tuple[str, str, bool, float, float, str], ...] = (
+    ("night", "night_share_7d", False, 0.12, 0.30,
+     "problematic 10-20 % of time at 00-05 vs 2-8 % typical (docs/research.md §9; Choi 2017, Common Sense 2023)"),
+    ("feed_binge", "long_sess_30m_day_7d", True, 1.0, 2.5,
+     "30+ min feed sessions, 1-2.5 a day (Terzimehić 2023 rabbit holes; 60-min prompts, docs/research.md §6 #6)"),
+)
+# Not markers (checked on the training population, model card): late sessions and curfew minutes
+# also reach their literature levels for many healthy heavy users; the escalation ratios are mostly
+# week-to-week noise there (positive rate ~0.12 above 1.8). The learned model weighs those.
+MARKER_CAP = 0.95
+FEED_FEATURES = ("cat_share_social_7d", "cat_share_short_video_7d")
+
+
+class MarkedGBT(ClippedGBT):
+    """ClippedGBT ⊕ markers of harm: p = 1 − (1 − p_model)(1 − p_marker)."""
+
+    def __init__(self, gbt: HistGradientBoostingClassifier, scale: float = 1.0, shift: float = 0.0,
+                 lo: NDArray[np.float32] | None = None, hi: NDArray[np.float32] | None = None,
+                 feature_names: tuple[str, ...] = ()) -> None:
+        super().__init__(gbt, scale, shift, lo, hi)
+        self.feature_names = feature_names
+
+    def _marker_arrays(self) -> tuple[list[int], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], list[int]]:
+        idx = [self.feature_names.index(m[1]) for m in MARKERS]
+        feed = np.array([1.0 if m[2] else 0.0 for m in MARKERS], dtype=np.float32)
+        start = np.array([m[3] for m in MARKERS], dtype=np.float32)
+        width = np.array([m[4] - m[3] for m in MARKERS], dtype=np.float32)
+        return idx, feed, start, width, [self.feature_names.index(f) for f in FEED_FEATURES]
+
+    def marker_ramps(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Per-marker ramps [N, M] in [0, 1] (float32, as in the ONNX graph)."""
+        xc = self.clip(x)
+        idx, feed, start, width, fidx = self._marker_arrays()
+        fs = xc[:, fidx].sum(axis=1, keepdims=True, dtype=np.float32)
+        v = xc[:, idx] * (feed * fs + (np.float32(1) - feed))
+        out: NDArray[np.float32] = np.clip((v - start) / width, np.float32(0), np.float32(1)).astype(np.float32)
+        return out
+
+    def marker_probability(self, x: NDArray[np.float32]) -> NDArray[np.float64]:
+        return np.asarray(np.float32(MARKER_CAP) * self.marker_ramps(x).max(axis=1), dtype=np.float64)
+
+    def predict_proba(self, x: NDArray[np.float32]) -> NDArray[np.float64]:
+        p_ml = super().predict_proba(x)[:, 1]
+        q = (1.0 - p_ml) * (1.0 - self.marker_probability(x))
+        return np.column_stack([q, 1.0 - q])
 
 
 class SignedLog1p(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -137,16 +213,81 @@ def _shape_calculator(operator: Any) -> None:
 
 
 def _converter(scope: Any, operator: Any, container: Any) -> None:
-    attrs = tree_attributes(operator.raw_operator)
+    model = operator.raw_operator
+    attrs = tree_attributes(model)
+    x = operator.inputs[0].full_name
+    if isinstance(model, ClippedGBT) and model.lo is not None and model.hi is not None:
+        from onnx import TensorProto
+
+        n = len(model.lo)
+        names = {k: scope.get_unique_variable_name(k) for k in ("clip_lo", "clip_hi", "above_lo", "clipped")}
+        container.add_initializer(names["clip_lo"], TensorProto.FLOAT, [1, n], [float(v) for v in model.lo])
+        container.add_initializer(names["clip_hi"], TensorProto.FLOAT, [1, n], [float(v) for v in model.hi])
+        container.add_node("Max", [x, names["clip_lo"]], names["above_lo"], name=scope.get_unique_operator_name("Max"))
+        container.add_node("Min", [names["above_lo"], names["clip_hi"]], names["clipped"],
+                           name=scope.get_unique_operator_name("Min"))
+        x = names["clipped"]
+    marked = isinstance(model, MarkedGBT)
+    if marked:
+        tree_out = [scope.get_unique_variable_name("tree_label"), scope.get_unique_variable_name("tree_proba")]
+    else:
+        tree_out = [operator.outputs[0].full_name, operator.outputs[1].full_name]
     container.add_node(
         "TreeEnsembleClassifier",
-        operator.inputs[0].full_name,
-        [operator.outputs[0].full_name, operator.outputs[1].full_name],
+        x,
+        tree_out,
         op_domain="ai.onnx.ml",
         op_version=1,
         name=scope.get_unique_operator_name("TreeEnsembleClassifier"),
         **attrs,
     )
+    if marked:
+        _marker_nodes(scope, container, model, x, tree_out[1], operator.outputs[0].full_name,
+                      operator.outputs[1].full_name)
+
+
+def _marker_nodes(scope: Any, container: Any, model: MarkedGBT, x: str, tree_proba: str, label_out: str,
+                  proba_out: str) -> None:
+    """p = 1 − (1 − p_tree)(1 − cap·max_m ramp_m(x)) and the label argmax, as ONNX nodes."""
+    from onnx import TensorProto
+
+    idx, feed, start, width, fidx = model._marker_arrays()
+    m = len(idx)
+    v = {k: scope.get_unique_variable_name(k) for k in (
+        "mk_idx", "mk_fidx", "mk_feedw", "mk_notfeed", "mk_start", "mk_width", "mk_zero", "mk_one", "mk_cap",
+        "mk_base", "mk_fcols", "mk_fsum", "mk_fw", "mk_mult", "mk_val", "mk_sub", "mk_div", "mk_ramp",
+        "mk_max", "mk_pm", "mk_s0", "mk_s1", "mk_ax", "mk_pml", "mk_a", "mk_b", "mk_q", "mk_p", "one_s")}
+    op = scope.get_unique_operator_name
+    container.add_initializer(v["mk_idx"], TensorProto.INT64, [m], idx)
+    container.add_initializer(v["mk_fidx"], TensorProto.INT64, [len(fidx)], fidx)
+    container.add_initializer(v["mk_feedw"], TensorProto.FLOAT, [1, m], feed.tolist())
+    container.add_initializer(v["mk_notfeed"], TensorProto.FLOAT, [1, m], (1.0 - feed).tolist())
+    container.add_initializer(v["mk_start"], TensorProto.FLOAT, [1, m], start.tolist())
+    container.add_initializer(v["mk_width"], TensorProto.FLOAT, [1, m], width.tolist())
+    container.add_initializer(v["mk_zero"], TensorProto.FLOAT, [], [0.0])
+    container.add_initializer(v["mk_one"], TensorProto.FLOAT, [], [1.0])
+    container.add_initializer(v["mk_cap"], TensorProto.FLOAT, [], [MARKER_CAP])
+    container.add_initializer(v["mk_s0"], TensorProto.INT64, [1], [1])
+    container.add_initializer(v["mk_s1"], TensorProto.INT64, [1], [2])
+    container.add_initializer(v["mk_ax"], TensorProto.INT64, [1], [1])
+    container.add_node("Gather", [x, v["mk_idx"]], v["mk_base"], axis=1, name=op("Gather"))
+    container.add_node("Gather", [x, v["mk_fidx"]], v["mk_fcols"], axis=1, name=op("Gather"))
+    container.add_node("ReduceSum", [v["mk_fcols"], v["mk_ax"]], v["mk_fsum"], keepdims=1, name=op("ReduceSum"))
+    container.add_node("Mul", [v["mk_feedw"], v["mk_fsum"]], v["mk_fw"], name=op("Mul"))
+    container.add_node("Add", [v["mk_fw"], v["mk_notfeed"]], v["mk_mult"], name=op("Add"))
+    container.add_node("Mul", [v["mk_base"], v["mk_mult"]], v["mk_val"], name=op("Mul"))
+    container.add_node("Sub", [v["mk_val"], v["mk_start"]], v["mk_sub"], name=op("Sub"))
+    container.add_node("Div", [v["mk_sub"], v["mk_width"]], v["mk_div"], name=op("Div"))
+    container.add_node("Clip", [v["mk_div"], v["mk_zero"], v["mk_one"]], v["mk_ramp"], name=op("Clip"))
+    container.add_node("ReduceMax", [v["mk_ramp"]], v["mk_max"], axes=[1], keepdims=1, name=op("ReduceMax"))
+    container.add_node("Mul", [v["mk_max"], v["mk_cap"]], v["mk_pm"], name=op("Mul"))
+    container.add_node("Slice", [tree_proba, v["mk_s0"], v["mk_s1"], v["mk_ax"]], v["mk_pml"], name=op("Slice"))
+    container.add_node("Sub", [v["mk_one"], v["mk_pml"]], v["mk_a"], name=op("Sub"))
+    container.add_node("Sub", [v["mk_one"], v["mk_pm"]], v["mk_b"], name=op("Sub"))
+    container.add_node("Mul", [v["mk_a"], v["mk_b"]], v["mk_q"], name=op("Mul"))
+    container.add_node("Sub", [v["mk_one"], v["mk_q"]], v["mk_p"], name=op("Sub"))
+    container.add_node("Concat", [v["mk_q"], v["mk_p"]], proba_out, axis=1, name=op("Concat"))
+    container.add_node("ArgMax", [proba_out], label_out, axis=1, keepdims=0, name=op("ArgMax"))
 
 
 def _log_shape_calculator(operator: Any) -> None:
@@ -181,6 +322,14 @@ def _register() -> None:
 
     update_registered_converter(
         CalibratedGBT, "RiskstreamCalibratedGBT", _shape_calculator, _converter,
+        options={"zipmap": [True, False, "columns"], "nocl": [True, False]},
+    )
+    update_registered_converter(
+        ClippedGBT, "RiskstreamClippedGBT", _shape_calculator, _converter,
+        options={"zipmap": [True, False, "columns"], "nocl": [True, False]},
+    )
+    update_registered_converter(
+        MarkedGBT, "RiskstreamMarkedGBT", _shape_calculator, _converter,
         options={"zipmap": [True, False, "columns"], "nocl": [True, False]},
     )
     update_registered_converter(SignedLog1p, "RiskstreamSignedLog1p", _log_shape_calculator, _log_converter)

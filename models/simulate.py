@@ -1,6 +1,6 @@
 """Behaviour simulator: a :class:`~models.population.Population` in, contract-v1 events out.
 
-Per user and local day (DOMAIN §2, §6; every number here is cited there or marked [assumption]):
+Per user and local day (docs/research.md §5, §9; every number here is cited there or marked [assumption]):
 
 * sessions (pickups): Poisson count around the user's sessions/day, with a day effect, a weekend
   factor and, for escalating users, a trend;
@@ -58,7 +58,7 @@ DAY_SIGMA_COUNT: Final = 0.18  # day-to-day variation [assumption], on top of Po
 DAY_SIGMA_LEN: Final = 0.18
 DAY_SIGMA_HOUR: Final = 0.35  # day-to-day noise of the hourly profile
 HABIT_SIGMA_HOUR: Final = 0.30  # per-user fixed deviation of the hourly profile
-WEEKEND_COUNT: Final = 1.08  # weekend ×1.1-1.3 in minutes (DOMAIN §6)
+WEEKEND_COUNT: Final = 1.08  # weekend ×1.1-1.3 in minutes (docs/research.md §9)
 WEEKEND_LEN: Final = 1.10
 # The population's minutes and sessions are averages over the week: weekdays are scaled down so
 # that the weekend factors above do not inflate them.
@@ -88,7 +88,7 @@ BASE_PROFILE: Final = (
     0.60, 0.30, 0.20, 0.15, 0.15, 0.40, 1.50, 3.00, 3.50, 3.00, 2.80, 2.80,
     4.00, 3.80, 2.80, 2.80, 3.20, 3.80, 4.20, 4.80, 5.80, 6.20, 5.20, 3.00,
 )
-NIGHT_HOURS: Final = 5  # hours 0..4 are "night" (00:00-05:00, DOMAIN §6)
+NIGHT_HOURS: Final = 5  # hours 0..4 are "night" (00:00-05:00, docs/research.md §9)
 
 _CAT_INDEX: Final = {c: i for i, c in enumerate(CATEGORIES)}
 _DWELL: Final = np.array([DWELL_MEAN_S[c] for c in CATEGORIES])
@@ -202,7 +202,8 @@ def generate_chunk(pop: Population, users: NDArray[np.int64], start: date,
     tail_p = pop.tail_prob[users] * np.clip(mean_len / REFERENCE_MEAN_LEN_S, 0.25, 3.0)
     m_user = engaged_median(mean_len, check_w, tail_p)
     m_ud = (m_user[:, None] * np.exp(DAY_SIGMA_LEN * (0.7 * zd + 0.7 * z2))
-            * (WEEK_LEN_NORM * np.where(weekend, WEEKEND_LEN, 1.0))[None, :] * (1 + rate) ** weeks)
+            * (WEEK_LEN_NORM * np.where(weekend, WEEKEND_LEN, 1.0))[None, :] * (1 + rate) ** weeks
+            * np.where(weekend[None, :], pop.weekend_factor[users][:, None], 1.0))
 
     flat = n_sess.ravel()
     m = int(flat.sum())
@@ -277,7 +278,7 @@ def generate_chunk(pop: Population, users: NDArray[np.int64], start: date,
     n_views = np.where(
         checking,
         1 + (rng.random(m) < 0.25),
-        np.clip(rng.poisson(length_s / _DWELL[cat]), 1, 600),
+        np.clip(rng.poisson(length_s / (_DWELL[cat] * pop.dwell_mult[users][s_user])), 1, 600),
     ).astype(np.int64)
     nv = int(n_views.sum())
     v_sess = np.repeat(np.arange(m), n_views)
@@ -398,12 +399,12 @@ def chunk_stats(c: Chunk, days: int) -> ChunkStats:
     gap[1:] = c.s_start_local_ms[1:] - end[:-1]
     same = np.zeros(len(end), dtype=bool)
     same[1:] = c.s_user[1:] == c.s_user[:-1]
-    # LSApp sessions (DOMAIN §2.1): merge pickups separated by less than 5 minutes.
+    # LSApp sessions (docs/research.md §5.1): merge pickups separated by less than 5 minutes.
     starts = np.nonzero(~same | (gap >= 300_000))[0]
     merged = np.maximum.reduceat(end, starts) - c.s_start_local_ms[starts] if len(starts) else end[:0]
     day_ms = np.zeros((nu, days))
     np.add.at(day_ms, (c.s_user, c.s_day), c.s_len_ms)
-    # Waking gaps (< 4 h) per user: burstiness B = (sd - mean) / (sd + mean), DOMAIN §5.
+    # Waking gaps (< 4 h) per user: burstiness B = (sd - mean) / (sd + mean), docs/research.md §6.
     ok = same & (gap < 4 * 3_600_000)
     g_user, g = c.s_user[ok], gap[ok] / 1000.0
     cnt = np.maximum(np.bincount(g_user, minlength=nu), 1)

@@ -1,4 +1,4 @@
-"""``riskstream simulate --validate``: simulated statistics beside the DOMAIN §2 / §6 targets."""
+"""``riskstream simulate --validate``: simulated statistics beside the docs/research.md §5 / §9 targets."""
 
 from __future__ import annotations
 
@@ -76,5 +76,5 @@ def validation_table(pop: Population, st: SimStats, start: date) -> str:
     rows = validation_rows(pop, st, start)
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
-    head = f"{'statistic':{w0}}  {'simulated':{w1}}  DOMAIN target"
+    head = f"{'statistic':{w0}}  {'simulated':{w1}}  docs/research.md §9.3 targets"
     return "\n".join([head, "-" * len(head)] + [f"{a:{w0}}  {b:{w1}}  {c}" for a, b, c in rows])

@@ -76,7 +76,7 @@ def test_every_candidate_exports_with_probability_parity(tiny: tuple[Path, Path,
     assert not set(ds.rows.user_id[ds.val].tolist()) & set(ds.rows.user_id[~ds.val].tolist())
     tr = ~ds.val
     cands = T.fit_candidates(ds.rows.x[tr], ds.y[tr], ds.rows.user_id[tr], T.TrainSettings(gbt_min_leaf=20))
-    assert [c.name for c in cands] == ["logreg", "logreg_log", "gbt", "gbt_platt"]
+    assert [c.name for c in cands] == ["logreg", "logreg_log", "gbt", "gbt_platt", "gbt_mono", "gbt_mono_d3", "gbt_mono_d2", "gbt_mono_d1", "gbt_mono_d1_markers", "gbt_mono_d3_markers"]
     x = ds.rows.x
     for c in cands:
         onx = to_onnx(c.model, N_FEATURES, graph_name="t")
@@ -99,7 +99,9 @@ def test_train_command_writes_a_contract_model(tiny: tuple[Path, Path, Extract],
     MlPolicy(**th)  # exit < enter and elevated < high, as the policy requires
     summary = json.loads(out.with_suffix(".train.json").read_text())
     assert summary["parity_max_abs"] <= 1e-5
-    assert summary["kind"] in {"logreg", "logreg_log", "gbt", "gbt_platt"}
+    assert summary["kind"] in set(T.SELECTABLE)  # only monotone, clipped candidates ship (issue #11)
+    rng = json.loads(meta["feature_range"])
+    assert len(rng["lo"]) == len(rng["hi"]) == N_FEATURES
     p = scorer.score(np.zeros((3, N_FEATURES), dtype=np.float32))
     assert p.shape == (3,) and np.all((p >= 0) & (p <= 1))
 
@@ -113,6 +115,31 @@ def test_parity_failure_fails_and_writes_nothing(tiny: tuple[Path, Path, Extract
     with pytest.raises(T.TrainError, match="differ"):
         T.train_extracted(ex, read_labels(labels_path), out, T.TrainSettings(), policy=load_policy_config(None))
     assert not out.exists()
+
+
+def test_monotone_candidate_clips_to_the_training_range_and_respects_directions(
+        tiny: tuple[Path, Path, Extract]) -> None:
+    from stream.core.features.directions import DIRECTIONS
+
+    _, labels_path, ex = tiny
+    ds = T.build_dataset(ex, read_labels(labels_path), load_policy_config(None), T.TrainSettings())
+    x, y = ds.rows.x, ds.y
+    m = T._fit_gbt_mono(x, y, ds.rows.user_id, T.TrainSettings(gbt_min_leaf=20))
+    kept = np.array([n not in T.MODEL_EXCLUDED for n in FEATURE_NAMES])
+    assert np.array_equal(m.lo[kept], x.min(axis=0)[kept]) and np.array_equal(m.hi[kept], x.max(axis=0)[kept])
+    assert np.array_equal(m.lo[~kept], m.hi[~kept])  # excluded features are held constant
+    onx = to_onnx(m, N_FEATURES, graph_name="t")
+    far = np.full((2, N_FEATURES), 1e9, dtype=np.float32)
+    assert np.allclose(onnx_probabilities(onx, far), onnx_probabilities(onx, np.broadcast_to(m.hi, (2, N_FEATURES)).copy()))
+    base = T.proba(m, x)
+    for j, name in enumerate(FEATURE_NAMES):
+        sign = DIRECTIONS[name].sign
+        if sign == 0:
+            continue
+        up = x.copy()
+        up[:, j] = up[:, j] + np.abs(up[:, j]) + 1  # strictly higher, also for negative values
+        got = T.proba(m, up)
+        assert np.all(sign * (got - base) >= -1e-9), name
 
 
 def test_too_few_users_of_a_class_is_a_clear_error(tiny: tuple[Path, Path, Extract], tmp_path: Path) -> None:
@@ -152,7 +179,7 @@ def test_thresholds_stay_valid_when_no_threshold_reaches_the_targets() -> None:
     th, _ = T.choose_thresholds(y, p, np.array([f"u{i % 100}" for i in range(2000)]), np.arange(2000) // 100,
                                 T.TrainSettings())
     MlPolicy(**th)
-    assert th["elevated_enter"] < th["high_enter"] <= 0.95
+    assert th["elevated_enter"] <= T.ELEVATED_MAX and th["elevated_enter"] < th["high_enter"] <= 0.98
 
 
 def test_ece_is_zero_when_calibrated_and_large_when_not() -> None:
