@@ -14,7 +14,7 @@ from stream.core.layout import DAY_MS, LONGEST_WINDOW_MS
 from stream.core.ordering import DEFAULT_LATENESS_MS
 from stream.errors import ConfigError
 
-__all__ = ["ALERTS_TOPIC", "DLQ_TOPIC", "Settings", "load_settings", "mask_url"]
+__all__ = ["ALERTS_TOPIC", "DLQ_TOPIC", "Settings", "host_port", "load_settings", "mask_url"]
 
 _NS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -80,9 +80,7 @@ class Settings(BaseSettings):
     @classmethod
     def _http_addr(cls, v: str | None) -> str | None:
         if v:
-            host, sep, port = v.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"expected host:port, got {v!r}")
+            host_port(v)
         return v or None
 
     @field_validator("state_ttl_s")
@@ -144,6 +142,14 @@ class Settings(BaseSettings):
 
 
 _QUERY_PASSWORD = re.compile(r"(^|&)(password=)[^&]*", re.IGNORECASE)
+
+
+def host_port(addr: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 in brackets) -> (host, port); ValueError naming what was expected."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {addr!r}")
+    return host.strip("[]"), int(port)
 
 
 def mask_url(url: str) -> str:

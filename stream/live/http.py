@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["Check", "HealthServer", "parse_addr", "recent"]
+__all__ = ["Check", "HealthServer", "recent"]
 
 Check = Callable[[], "tuple[bool, str]"]
 """A readiness check: (ok, what it saw, in words)."""
@@ -68,14 +68,6 @@ class HealthServer:
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def parse_addr(addr: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 in brackets) -> (host, port); raises ValueError with the reason."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port, got {addr!r}")
-    return host.strip("[]"), int(port)
 
 
 def recent(at: Callable[[], float], within_s: float, what: str) -> Check:

@@ -485,9 +485,10 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
         engine.watch_kafka()
 
     if settings.http_addr:
-        from stream.live.http import HealthServer, parse_addr, recent
+        from stream.live.http import HealthServer, recent
+        from stream.settings import host_port
 
-        host, port = parse_addr(settings.http_addr)
+        host, port = host_port(settings.http_addr)
         within = 3 * KAFKA_PROBE_S
         server = HealthServer(host, port, metrics.registry, alive=lambda: engine.link.alive(), checks={
             "partitions": engine.assigned,

@@ -256,7 +256,6 @@ class AlertPolicy:
     def _decide_rules(self, state: PolicyState, ev: Evaluation) -> list[Decision]:
         r = ev.rules
         profile = self._profile(r.age_band)
-        tick = ev.tick_end_ms
         out: list[Decision] = []
 
         cap = profile.daily_cap_min
