@@ -7,6 +7,8 @@ no leader topic. Values are raw bytes: decoding is ours (orjson, docs/contracts.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -39,6 +41,9 @@ def create_app(settings: Settings, *, app_id: str | None = None, **overrides: An
         # (buffered events, undecided ticks); they are redelivered to the next owner.
         stream_wait_empty=False,
         autodiscover=False,
+        # Faust makes a data directory even without tables; keep it out of the working directory
+        # (a read-only root filesystem in a container has a writable temp dir).
+        datadir=str(Path(tempfile.gettempdir()) / "riskstream-faust-{conf.name}"),
     )
     conf.update(overrides)
     return faust.App(app_id or settings.group_id, **conf)
