@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.dataset import ROW_DAY_END, Extract, extract
-from models.metrics import Scores, f1_at, reliability, score
+from models.metrics import Scores, day_series, f1_at, reliability, rule_entries, score, smooth_days
 from models.population import Labels, read_labels
 from stream.core.alerts import LEVEL_ELEVATED, LEVEL_HIGH
 from stream.core.features import FEATURE_INDEX
@@ -226,42 +226,6 @@ def subtype_table(ex: Extract, labels: Labels) -> list[dict[str, Any]]:
     return sorted(out.values(), key=lambda r: r["subtype"])
 
 
-def _series(user: NDArray[np.str_], day: NDArray[np.int64], s: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
-    order = np.lexsort((day, user))
-    u, v = user[order], s[order]
-    cuts = np.nonzero(u[1:] != u[:-1])[0] + 1
-    return {str(us[0]): vs for us, vs in zip(np.split(u, cuts), np.split(v, cuts)) if len(us)}
-
-
-def _smooth(v: NDArray[np.float64], rule: str) -> NDArray[np.float64]:
-    """The day-level evidence a rule thresholds: the day-end score, a k-day mean, or (for 'k_of_7')
-    the k-th largest of the last 7 day-end scores (score above t on >= k of 7 days <=> that >= t)."""
-    if rule == "day_end":
-        return v
-    kind, k = rule.split(":")
-    n = int(k)
-    out = np.empty_like(v)
-    for i in range(len(v)):
-        w = v[max(0, i - (n if kind == "mean" else 7) + 1): i + 1]
-        if kind == "mean":
-            out[i] = w.mean()
-        else:  # "of7": score above t on >= n of the last 7 days
-            out[i] = np.sort(w)[::-1][n - 1] if len(w) >= n else 0.0
-    return out
-
-
-def rule_entries(series: NDArray[np.float64], enter: float, exit_: float) -> list[int]:
-    """Day indices at which a smoothed series enters (from below exit_ to >= enter)."""
-    on, days = False, []
-    for i, x in enumerate(series.tolist()):
-        if not on and x >= enter:
-            on = True
-            days.append(i)
-        elif on and x < exit_:
-            on = False
-    return days
-
-
 def decision_rule_table(user: NDArray[np.str_], day: NDArray[np.int64], s: NDArray[np.float64],
                         labels: Labels, rules: tuple[str, ...] = ("day_end", "mean:3", "mean:5", "of7:5"),
                         grid: NDArray[np.float64] | None = None,
@@ -269,7 +233,7 @@ def decision_rule_table(user: NDArray[np.str_], day: NDArray[np.int64], s: NDArr
     """For each day-level rule: the lowest threshold (hysteresis exit 0.1 below, in score units of
     the grid's spread) keeping false alerts <= ``budget`` per 100 healthy user-weeks, and the share of
     positives it detects with the median delay (days from the first scored day)."""
-    per_user = _series(user, day, s)
+    per_user = day_series(user, day, s)
     if grid is None:
         grid = np.unique(np.concatenate([np.round(np.arange(0.02, 0.99, 0.01), 2), [0.99, 0.995, 0.999]]))
     gap = 0.1 * (float(np.max(grid)) - float(np.min(grid))) / 0.94
@@ -278,7 +242,7 @@ def decision_rule_table(user: NDArray[np.str_], day: NDArray[np.int64], s: NDArr
     weeks = sum(len(per_user[u]) for u in neg) / 7.0
     out = []
     for rule in rules:
-        sm = {u: _smooth(v, rule) for u, v in per_user.items()}
+        sm = {u: smooth_days(v, rule) for u, v in per_user.items()}
         best: dict[str, Any] | None = None
         for t in sorted(grid.tolist()):
             false = sum(len(rule_entries(sm[u], t, t - gap)) for u in neg)

@@ -75,3 +75,48 @@ def score(y: NDArray[np.int64], p: NDArray[np.floating]) -> Scores:
         brier=float(brier_score_loss(y, p64)),
         ece=expected_calibration_error(y, p64),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Day-level decision rules over day-end scores (training's thresholds and evaluation's tables)
+
+
+def day_series(user: NDArray[np.str_], day: NDArray[np.int64], s: NDArray[np.floating]) -> dict[str, NDArray[np.float64]]:
+    """Each user's scores in day order (one value per day that has one)."""
+    order = np.lexsort((day, user))
+    u, v = user[order], np.asarray(s, dtype=np.float64)[order]
+    cuts = np.nonzero(u[1:] != u[:-1])[0] + 1
+    return {str(us[0]): vs for us, vs in zip(np.split(u, cuts), np.split(v, cuts)) if len(us)}
+
+
+def smooth_days(v: NDArray[np.float64], rule: str) -> NDArray[np.float64]:
+    """The day-level evidence a rule thresholds: ``day_end`` (the day-end score itself),
+    ``mean:k`` (the mean of the last k day-end scores; NaN until k are known, as the stream's
+    ``evidence = "day_mean"`` policy decides nothing before), or ``of7:k`` (the k-th largest of the
+    last 7: a score above t on >= k of 7 days <=> that value >= t)."""
+    if rule == "day_end":
+        return v
+    kind, k = rule.split(":")
+    n = int(k)
+    out = np.full(len(v), np.nan)
+    for i in range(len(v)):
+        if kind == "mean":
+            if i >= n - 1:
+                out[i] = float(np.mean(v[i - n + 1: i + 1]))
+        else:
+            w = v[max(0, i - 6): i + 1]
+            out[i] = np.sort(w)[::-1][n - 1] if len(w) >= n else 0.0
+    return out
+
+
+def rule_entries(series: NDArray[np.float64], enter: float, exit_: float) -> list[int]:
+    """Day indices at which a series enters (from below ``exit_`` to >= ``enter``); NaN = no
+    evidence (neither enters nor leaves)."""
+    on, days = False, []
+    for i, x in enumerate(series.tolist()):
+        if not on and x >= enter:
+            on = True
+            days.append(i)
+        elif on and x < exit_:
+            on = False
+    return days

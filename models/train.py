@@ -46,7 +46,7 @@ from numpy.typing import NDArray
 
 from models.dataset import ROW_DAY_END, Extract, Rows, extract
 from models.export import CalibratedGBT, ClippedGBT, MarkedGBT, SignedLog1p, json_dumps, onnx_probabilities, set_metadata, to_onnx
-from models.metrics import Scores, f1_at, score
+from models.metrics import Scores, day_series, f1_at, rule_entries, score, smooth_days
 from models.population import Labels, read_labels
 from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH, N_FEATURES
 from stream.core.policy import PolicyConfig, load_policy_config
@@ -56,6 +56,9 @@ PARITY_TOLERANCE: Final = 1e-5
 THRESHOLD_GRID: Final = tuple(round(0.05 + 0.01 * i, 2) for i in range(95))  # 0.05 … 0.99
 EXIT_GAP: Final = 0.1
 ELEVATED_MAX: Final = 0.95  # leaves room for high_enter above it (<= 0.98)
+# The shipped thresholds are for the policy's day-mean evidence over this many day-end scores
+# (issue #11 item 6; written to the model's metadata as ``evidence_days``).
+DAY_MEAN_DAYS: Final = 3
 
 
 class TrainError(RiskstreamError):
@@ -80,6 +83,10 @@ class TrainSettings:
     # monotone+markers build: a proxy of 0.7 gave 2.5 real ml_risk false alerts / 100 user-weeks under
     # the tick-level persistence rule (within-day dips re-arm the hysteresis), so the proxy is 0.2.
     false_alert_budget: float = 0.2
+    # Day-mean evidence: the rule the stream applies is the one measured here on day-end scores, so
+    # the proxy is close to the stream's rate; kept below the target of 1 for the refit's drift.
+    day_mean_budget: float = 0.7
+    day_mean_high_budget: float = 0.2
     workers: int | None = None
 
 
@@ -128,7 +135,8 @@ class TrainResult:
                        f"log loss {v['log_loss']:.4f}  ECE {v['ece']:.3f}  (fit {c['fit_s']:.1f} s)")
         t = self.thresholds
         out.append(f"thresholds: elevated {t['elevated_enter']:.2f}/{t['elevated_exit']:.2f}  "
-                   f"high {t['high_enter']:.2f}/{t['high_exit']:.2f} (enter/exit)")
+                   f"high {t['high_enter']:.2f}/{t['high_exit']:.2f} (enter/exit)"
+                   + (f" on the mean of {t['evidence_days']:g} day-end scores" if t.get("evidence_days") else ""))
         o = self.out_of_fold
         out.append(f"selected {self.kind}, refitted on all users; out-of-fold ROC-AUC {o['roc_auc']:.3f}, "
                    f"ECE {o['ece']:.3f} ({self.data['threshold_folds']}-fold by user, day-end rows)")
@@ -356,20 +364,10 @@ def proba(model: Any, x: NDArray[np.float32]) -> NDArray[np.float64]:
 
 
 def hysteresis_entries(user: NDArray[np.str_], day: NDArray[np.int64], p: NDArray[np.floating],
-                       enter: float, exit_: float) -> int:
-    """Times a score series (per user, by day) goes from below ``exit_`` to at least ``enter``."""
-    order = np.lexsort((day, user))
-    u, s = user[order], np.asarray(p)[order]
-    entries, on, prev = 0, False, None
-    for ui, si in zip(u.tolist(), s.tolist()):
-        if ui != prev:
-            on, prev = False, ui
-        if not on and si >= enter:
-            on = True
-            entries += 1
-        elif on and si < exit_:
-            on = False
-    return entries
+                       enter: float, exit_: float, rule: str = "day_end") -> int:
+    """Times a day-level series (per user, by day: the day-end score or a ``rule`` of
+    :func:`models.metrics.smooth_days`) goes from below ``exit_`` to at least ``enter``."""
+    return sum(len(rule_entries(smooth_days(v, rule), enter, exit_)) for v in day_series(user, day, p).values())
 
 
 def exit_for(enter: float) -> float:
@@ -402,11 +400,46 @@ def choose_thresholds(y: NDArray[np.int64], p: NDArray[np.floating], user: NDArr
             break
     if high is None:
         high = min(round(elevated + 0.1, 2), 0.95) if elevated <= 0.85 else min(round(elevated + 0.03, 2), 0.98)
-    thresholds = {
+    tick = {
         "elevated_enter": elevated, "elevated_exit": exit_for(elevated),
         "high_enter": high, "high_exit": exit_for(high),
     }
-    return thresholds, {"grid": table}
+    thresholds, day_table = day_mean_thresholds(y, p, user, day, settings)
+    return thresholds, {"grid": table, "tick_thresholds": tick, "day_mean_grid": day_table}
+
+
+def day_mean_thresholds(y: NDArray[np.int64], p: NDArray[np.floating], user: NDArray[np.str_],
+                        day: NDArray[np.int64], settings: TrainSettings) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Thresholds for the policy's day-mean evidence (the mean of the last DAY_MEAN_DAYS day-end
+    scores): ``elevated_enter`` is the lowest whose false entries per 100 healthy user-weeks stay
+    within ``day_mean_budget``, ``high_enter`` the lowest at least 0.05 above it within
+    ``day_mean_high_budget``; exits as for the tick thresholds."""
+    rule = f"mean:{DAY_MEAN_DAYS}"
+    series = {u: smooth_days(v, rule) for u, v in day_series(user, day, p).items()}
+    label = dict(zip(user.tolist(), y.tolist()))
+    healthy = [v for u, v in series.items() if label[u] == 0]
+    positive = [v for u, v in series.items() if label[u] == 1]
+    weeks = int(np.sum(y == 0)) / 7.0
+    table: list[dict[str, float]] = []
+    for t in THRESHOLD_GRID:
+        false = sum(len(rule_entries(v, t, exit_for(t))) for v in healthy)
+        found = sum(1 for v in positive if rule_entries(v, t, exit_for(t)))
+        table.append({"threshold": t, "false_per_100_wk": 100.0 * false / weeks if weeks else 0.0,
+                      "positives_detected": found / len(positive) if positive else 0.0})
+    elevated = next((r["threshold"] for r in table if r["false_per_100_wk"] <= settings.day_mean_budget),
+                    ELEVATED_MAX)
+    elevated = min(elevated, ELEVATED_MAX)
+    high = next((r["threshold"] for r in table if r["threshold"] >= elevated + 0.05 - 1e-9
+                 and r["false_per_100_wk"] <= settings.day_mean_high_budget), None)
+    if high is None:
+        high = min(round(elevated + 0.05, 2), 0.99)
+    thresholds = {
+        "elevated_enter": elevated, "elevated_exit": exit_for(elevated),
+        "high_enter": high, "high_exit": exit_for(high), "evidence_days": DAY_MEAN_DAYS,
+    }
+    return thresholds, table
+
+
 
 
 # ---------------------------------------------------------------------------------------------

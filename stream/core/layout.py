@@ -90,6 +90,10 @@ __all__ = [
 ]
 
 TICK_MS: Final = 60_000
+# A model's ``thresholds`` metadata may carry this key: the number of day-end scores its thresholds
+# are meant to be averaged over (the policy's ``evidence = "day_mean"``); 0 = per-tick evidence.
+EVIDENCE_DAYS_KEY: Final = "evidence_days"
+MAX_EVIDENCE_DAYS: Final = 7
 """Evaluation tick: scoring and policy run at event-time minute boundaries (docs/semantics.md §5)."""
 
 SESSION_GAP_MS: Final = 30_000

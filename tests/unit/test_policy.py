@@ -108,6 +108,7 @@ def test_persistence_met_emits_elevated() -> None:
         "elevated_exit": 0.4,
         "high_enter": 0.75,
         "high_exit": 0.65,
+        "evidence": "ticks",
         "persistence_s": 300,
         "cooldown_s": 0,
     }
@@ -731,3 +732,94 @@ def test_redelivered_evaluations_change_nothing(seq: list[Step], data: st.DataOb
         again = evs[data.draw(st.integers(0, i))]
         assert policy.decide(state, again) == []
     assert got == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Day-mean evidence (evidence = "day_mean"): the mean of the last N day-end scores
+
+
+def day_mean_policy(days: int = 3, cooldown_s: int = 0) -> AlertPolicy:
+    ml = MlPolicy(evidence="day_mean", evidence_days=days, cooldown_s=cooldown_s, elevated_enter=0.8,
+                  elevated_exit=0.7, high_enter=0.9, high_exit=0.85)
+    return AlertPolicy(PolicyConfig(ml=ml))
+
+
+def days_of(day_scores: list[list[float]], first_day: int = 19_675) -> list[Evaluation]:
+    """Consecutive ticks, one list of tick scores per local day (ticks 10 minutes apart)."""
+    out, i = [], 0
+    for d, scores in enumerate(day_scores):
+        for s in scores:
+            out.append(ev(i, s, local_day=first_day + d))
+            i += 10
+    return out
+
+
+def test_day_mean_alerts_once_although_every_day_dips_below_enter() -> None:
+    # Each day ends at 0.85 but dips to 0.5 in the morning: the tick rule's persistence would be
+    # reset every day; the 3-day mean of day-end scores (0.85) is above 0.8 from the 4th day on.
+    day = [0.5, 0.6, 0.85]
+    policy, state = day_mean_policy(), PolicyState()
+    ds = run(policy, state, days_of([day] * 6))
+    ml = [d for d in ds if d.kind == "ml_risk"]
+    assert [(d.level, d.details["evidence_mean"]) for d in ml] == [("elevated", 0.85)]
+    # decided at the first tick of day 4, when day 3 closed (not earlier: 3 closed days needed)
+    assert ml[0].tick_end_ms == days_of([day] * 6)[9].tick_end_ms
+    assert ml[0].score == 0.5 and ml[0].details["evidence"] == "day_mean"
+    assert ml[0].details["evidence_days"] == 3 and "persistence_s" not in ml[0].details
+
+
+def test_day_mean_high_days_below_enter_no_alert_and_clears_on_mean() -> None:
+    policy, state = day_mean_policy(), PolicyState()
+    # two high days and one low one: mean (0.95 + 0.95 + 0.4) / 3 = 0.77 < 0.8
+    assert [d for d in run(policy, state, days_of([[0.95], [0.95], [0.4], [0.1]])) if d.kind == "ml_risk"] == []
+    policy, state = day_mean_policy(), PolicyState()
+    evs = days_of([[0.95], [0.95], [0.95], [0.95], [0.3], [0.3], [0.3]])
+    # the mean steps down a day at a time: 0.95 (high), 0.733 (below high_exit: elevated), 0.517
+    assert [(round(d.details["evidence_mean"], 3), d.level) for d in run(policy, state, evs)
+            if d.kind == "ml_risk"] == [(0.95, "high"), (0.733, "elevated"), (0.517, "cleared")]
+
+
+def test_day_mean_only_scored_days_count() -> None:
+    policy, state = day_mean_policy(), PolicyState()
+    # a day with only unscored ticks (too little history, no model) is not a day of evidence
+    evs = [ev(0, 0.95, local_day=100), ev(10, None, local_day=101), ev(20, 0.95, local_day=102),
+           ev(30, 0.95, local_day=103)]
+    assert run(policy, state, evs) == []
+    assert state.day_scores == [0.95, 0.95] and state.cur_day == 103  # days 100 and 102 closed
+
+
+def test_day_mean_state_round_trips_and_a_replayed_tick_is_a_no_op() -> None:
+    policy, state = day_mean_policy(), PolicyState()
+    evs = days_of([[0.9, 0.91], [0.92], [0.93], [0.94]])
+    run(policy, state, evs[:-1])
+    back = PolicyState.from_fields(state.to_fields())
+    assert back == state and back.day_scores == [0.91, 0.92] and back.cur_score == 0.93
+    before = back.to_fields()
+    assert policy.decide(back, evs[2]) == [] and back.to_fields() == before  # replayed tick
+    assert [d.level for d in policy.decide(back, evs[-1])] == ["high"]  # (0.91+0.92+0.93)/3
+    assert PolicyState.from_fields({}).day_scores == []  # a hash from before the fields existed
+    with pytest.raises(ValueError, match="non-finite"):
+        PolicyState.from_fields({**state.to_fields(), "pol:days": "0.5,nan"})
+
+
+def test_day_mean_cooldown_holds_and_later_fires_within_the_day() -> None:
+    # ticks 10 min apart: high at minute 30; elevated is due at minute 120 (day 5's first tick) but
+    # held by the 2-h cool-down until minute 150; cleared is due at 200, held until 270
+    policy, state = day_mean_policy(cooldown_s=7200), PolicyState()
+    evs = days_of([[0.95]] * 4 + [[0.3] * 8] * 3)
+    assert ml_only(run(policy, state, evs)) == [(30, "high"), (150, "elevated"), (270, "cleared")]
+
+
+def test_model_metadata_selects_day_mean_unless_the_file_decides() -> None:
+    cfg = PolicyConfig()
+    got = cfg.with_model_thresholds({"elevated_enter": 0.86, "elevated_exit": 0.76, "high_enter": 0.93,
+                                     "high_exit": 0.88, "evidence_days": 3})
+    assert (got.ml.evidence, got.ml.evidence_days, got.ml.elevated_enter) == ("day_mean", 3, 0.86)
+    assert cfg.with_model_thresholds({"evidence_days": 0}).ml.evidence == "ticks"
+    pinned = PolicyConfig(ml=MlPolicy(evidence="ticks"))
+    assert pinned.with_model_thresholds({"evidence_days": 3}).ml.evidence == "ticks"
+    for bad in (2.5, 8, -1, True):
+        with pytest.raises(ConfigError, match="evidence_days"):
+            cfg.with_model_thresholds({"evidence_days": bad})  # type: ignore[dict-item]
+    with pytest.raises(ValidationError):
+        MlPolicy(evidence="weekly")  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from models.population import draw_population, read_labels, write_labels
 from models.simulate import DEFAULT_START, write_events
 from stream.cli import main
 from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH, N_FEATURES
-from stream.core.policy import MlPolicy, load_policy_config
+from stream.core.policy import MlPolicy, PolicyConfig, load_policy_config
 from stream.core.scoring import OnnxScorer
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "riskstream.onnx"
@@ -96,7 +96,9 @@ def test_train_command_writes_a_contract_model(tiny: tuple[Path, Path, Extract],
     assert json.loads(meta["feature_names"]) == list(FEATURE_NAMES)
     assert set(json.loads(meta["feature_baseline"])) == set(FEATURE_NAMES)
     th = scorer.info.thresholds
-    MlPolicy(**th)  # exit < enter and elevated < high, as the policy requires
+    ml = PolicyConfig().with_model_thresholds(th).ml  # exit < enter and elevated < high, as the policy requires
+    assert (ml.evidence, ml.evidence_days) == ("day_mean", 3)  # the thresholds are for the day-mean rule
+    assert ml.elevated_enter == th["elevated_enter"]
     summary = json.loads(out.with_suffix(".train.json").read_text())
     assert summary["parity_max_abs"] <= 1e-5
     assert summary["kind"] in set(T.SELECTABLE)  # only monotone, clipped candidates ship (issue #11)
@@ -165,7 +167,8 @@ def test_thresholds_are_ordered_and_meet_the_precision_target() -> None:
     p = np.clip(0.15 + 0.5 * (y - 0.15) + rng.normal(0, 0.15, 4000), 0, 1)
     user = np.array([f"u{i % 400}" for i in range(4000)])
     day = np.arange(4000) // 400
-    th, table = T.choose_thresholds(y, p, user, day, T.TrainSettings(false_alert_budget=100.0))
+    _, table = T.choose_thresholds(y, p, user, day, T.TrainSettings(false_alert_budget=100.0))
+    th = table["tick_thresholds"]
     MlPolicy(**th)
     assert th["elevated_exit"] == pytest.approx(th["elevated_enter"] - 0.1)
     row = next(r for r in table["grid"] if r["threshold"] == th["elevated_enter"])
@@ -178,8 +181,35 @@ def test_thresholds_stay_valid_when_no_threshold_reaches_the_targets() -> None:
     p = rng.random(2000)  # no signal: precision never reaches 0.6
     th, _ = T.choose_thresholds(y, p, np.array([f"u{i % 100}" for i in range(2000)]), np.arange(2000) // 100,
                                 T.TrainSettings())
-    MlPolicy(**th)
-    assert th["elevated_enter"] <= T.ELEVATED_MAX and th["elevated_enter"] < th["high_enter"] <= 0.98
+    PolicyConfig().with_model_thresholds(th)
+    assert th["elevated_enter"] <= T.ELEVATED_MAX and th["elevated_enter"] < th["high_enter"] <= 0.99
+
+
+def test_day_mean_thresholds_keep_the_budget_on_the_rule_the_stream_applies() -> None:
+    # 200 healthy users whose day-end scores are noisy around 0.3 with single-day spikes, 20
+    # positives steadily around 0.8: a single spike must not place the threshold, the mean must.
+    rng = np.random.default_rng(5)
+    users, days, ys, ps = [], [], [], []
+    for u in range(220):
+        pos = u < 20
+        for d in range(21):
+            users.append(f"u{u}"), days.append(d), ys.append(int(pos))
+            base = 0.8 if pos else 0.3
+            spike = (not pos) and rng.random() < 0.05
+            ps.append(float(np.clip((0.95 if spike else base) + rng.normal(0, 0.05), 0, 1)))
+    y, p = np.array(ys), np.array(ps)
+    user, day = np.array(users), np.array(days)
+    th, table = T.day_mean_thresholds(y, p, user, day, T.TrainSettings())
+    assert th["evidence_days"] == T.DAY_MEAN_DAYS
+    weeks = (y == 0).sum() / 7
+    got = 100 * T.hysteresis_entries(user[y == 0], day[y == 0], p[y == 0], th["elevated_enter"],
+                                     th["elevated_exit"], rule=f"mean:{T.DAY_MEAN_DAYS}") / weeks
+    assert got <= T.TrainSettings().day_mean_budget
+    # spikes of 0.95 on 5 % of days would need a day-end threshold above 0.95; the mean sits lower
+    assert 0.45 <= th["elevated_enter"] <= 0.8
+    assert next(r for r in table if r["threshold"] == th["elevated_enter"])["positives_detected"] == 1.0
+    ml = PolicyConfig().with_model_thresholds(th).ml
+    assert ml.evidence == "day_mean" and ml.elevated_enter < ml.high_enter
 
 
 def test_ece_is_zero_when_calibrated_and_large_when_not() -> None:

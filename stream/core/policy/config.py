@@ -7,7 +7,7 @@ import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Final, Self
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from stream.core.layout import EVIDENCE_DAYS_KEY, MAX_EVIDENCE_DAYS
 from stream.errors import ConfigError
 
 __all__ = [
@@ -42,6 +43,7 @@ PositiveMinutes = Annotated[int, Field(strict=True, gt=0)]
 
 _CURFEW_RE: Final = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 _THRESHOLD_KEYS: Final = ("elevated_enter", "elevated_exit", "high_enter", "high_exit")
+
 
 
 def parse_curfew(window: str) -> tuple[int, int]:
@@ -75,6 +77,11 @@ class MlPolicy(BaseModel):
     persistence_s: Seconds = 21_600
     cooldown_s: Seconds = 86_400
     min_history_days: Annotated[int, Field(strict=True, ge=0)] = 7
+    # What the thresholds are compared with: "ticks" = the score at every evaluation, sustained for
+    # persistence_s; "day_mean" = the mean of the user's last `evidence_days` day-end scores (the
+    # last scored tick of each local day), decided when a day closes (docs/semantics.md).
+    evidence: Literal["ticks", "day_mean"] = "ticks"
+    evidence_days: Annotated[int, Field(strict=True, ge=1, le=MAX_EVIDENCE_DAYS)] = 3
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -166,22 +173,32 @@ class PolicyConfig(BaseModel):
         """Return a copy whose ML thresholds are those a model suggests, except the ones this
         configuration sets explicitly (an operator's choice in the policy file wins).
 
-        Only the keys elevated_enter, elevated_exit, high_enter and high_exit are taken; others
-        are ignored. Raises ``ConfigError`` if a value is not a number or the result is invalid.
+        Only the keys elevated_enter, elevated_exit, high_enter, high_exit and evidence_days (0:
+        per-tick evidence; N: the mean of N day-end scores) are taken; others are ignored. Raises ``ConfigError`` if a value is not a number or the result is invalid.
         """
-        overrides: dict[str, float] = {}
-        for key in _THRESHOLD_KEYS:
+        overrides: dict[str, float | int | str] = {}
+        for key in (*_THRESHOLD_KEYS, EVIDENCE_DAYS_KEY):
             if key not in thresholds or key in self.ml.model_fields_set:
                 continue
             raw = thresholds[key]
             try:
                 if isinstance(raw, bool):
                     raise ValueError("a boolean is not a threshold")
-                overrides[key] = float(raw)
+                value = float(raw)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(
                     f"model thresholds: ml.{key}: {raw!r} is not a number; fix the model metadata"
                 ) from exc
+            if key != EVIDENCE_DAYS_KEY:
+                overrides[key] = value
+            elif "evidence" not in self.ml.model_fields_set:
+                if value != int(value) or not 0 <= value <= MAX_EVIDENCE_DAYS:
+                    raise ConfigError(f"model thresholds: {key}: {raw!r} is not a whole number of days "
+                                      f"in 0..{MAX_EVIDENCE_DAYS}; fix the model metadata")
+                if value == 0:
+                    overrides["evidence"] = "ticks"
+                else:
+                    overrides["evidence"], overrides["evidence_days"] = "day_mean", int(value)
         if not overrides:
             return self
         try:

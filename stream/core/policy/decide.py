@@ -19,7 +19,7 @@ from stream.core.alerts import (
     Reason,
     alert_id,
 )
-from stream.core.layout import TICK_MS
+from stream.core.layout import MAX_EVIDENCE_DAYS, TICK_MS
 from stream.core.policy.config import PolicyConfig, in_window, parse_curfew
 from stream.core.policy.state import ML_NONE, PolicyState
 from stream.errors import ConfigError
@@ -200,17 +200,27 @@ class AlertPolicy:
             state.high_since_ms = None
             return None
         tick = ev.tick_end_ms
-        if score >= cfg.elevated_enter:
+        # Day-end scores are kept whatever the evidence, so a policy switch has them at hand.
+        day_mean = _track_days(state, ev.rules.local_day, score, cfg.evidence_days)
+        details: dict[str, float | int | str] = {"evidence": cfg.evidence}
+        if cfg.evidence == "day_mean":
+            if day_mean is None:
+                return None  # fewer than evidence_days closed days: no evidence yet
+            evidence, persistence_ms = day_mean, 0  # the averaging is the persistence
+            details.update(evidence_days=cfg.evidence_days, evidence_mean=round(day_mean, 6))
+        else:
+            evidence, persistence_ms = score, cfg.persistence_s * 1000
+            details["persistence_s"] = cfg.persistence_s
+        if evidence >= cfg.elevated_enter:
             if state.elevated_since_ms is None:
                 state.elevated_since_ms = tick
         else:
             state.elevated_since_ms = None
-        if score >= cfg.high_enter:
+        if evidence >= cfg.high_enter:
             if state.high_since_ms is None:
                 state.high_since_ms = tick
         else:
             state.high_since_ms = None
-        persistence_ms = cfg.persistence_s * 1000
         high_due = state.high_since_ms is not None and tick - state.high_since_ms >= persistence_ms
         elevated_due = (
             state.elevated_since_ms is not None and tick - state.elevated_since_ms >= persistence_ms
@@ -222,9 +232,9 @@ class AlertPolicy:
             target = LEVEL_HIGH
         elif level == ML_NONE and elevated_due:
             target = LEVEL_ELEVATED
-        elif level == LEVEL_HIGH and score < cfg.high_exit:
-            target = LEVEL_ELEVATED if score >= cfg.elevated_exit else LEVEL_CLEARED
-        elif level == LEVEL_ELEVATED and score < cfg.elevated_exit:
+        elif level == LEVEL_HIGH and evidence < cfg.high_exit:
+            target = LEVEL_ELEVATED if evidence >= cfg.elevated_exit else LEVEL_CLEARED
+        elif level == LEVEL_ELEVATED and evidence < cfg.elevated_exit:
             target = LEVEL_CLEARED
         if target is None:
             return None
@@ -246,7 +256,7 @@ class AlertPolicy:
                 "elevated_exit": cfg.elevated_exit,
                 "high_enter": cfg.high_enter,
                 "high_exit": cfg.high_exit,
-                "persistence_s": cfg.persistence_s,
+                **details,
                 "cooldown_s": cfg.cooldown_s,
             },
         )
@@ -307,6 +317,26 @@ class AlertPolicy:
             details = {"curfew": profile.curfew, "night": night}
             out.append(_rule_decision(ev, profile.name, KIND_CURFEW, LEVEL_ELEVATED, reason, details))
         return out
+
+
+def _track_days(state: PolicyState, local_day: int, score: float, days: int) -> float | None:
+    """Record a scored evaluation in the day-end series; the mean of the last ``days`` closed
+    days' scores, or None while fewer are known.
+
+    A day closes at the user's first scored evaluation on a later local day; its day-end score is
+    the last one it had (what ``models/evaluate.py`` calls the day-end row). Only days with a
+    scored evaluation count, as in the evaluation. An earlier local day than the current one (the
+    user's time-zone offset moved back) belongs to the current day.
+    """
+    if state.cur_day is not None and local_day > state.cur_day and state.cur_score is not None:
+        state.day_scores.append(state.cur_score)
+        del state.day_scores[:-MAX_EVIDENCE_DAYS]
+    if state.cur_day is None or local_day > state.cur_day:
+        state.cur_day = local_day
+    state.cur_score = score
+    if len(state.day_scores) < days:
+        return None
+    return math.fsum(state.day_scores[-days:]) / days
 
 
 def _rule_decision(ev: Evaluation, profile: str, kind: str, level: str,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from stream.core.alerts import (
@@ -31,8 +32,12 @@ _F_CF_NIGHT: Final = "pol:cf_night"
 _F_CF_OPEN: Final = "pol:cf_open"
 _F_CU_N: Final = "pol:cu_n"
 _F_CU_MIN: Final = "pol:cu_min"
+_F_DAYS: Final = "pol:days"
+_F_CDAY: Final = "pol:cday"
+_F_CSCORE: Final = "pol:cscore"
 STATE_FIELDS: Final = (
     _F_TICK, _F_ML, _F_ML_AT, _F_EL_T0, _F_HI_T0, _F_CAP_DAY, _F_CF_NIGHT, _F_CF_OPEN, _F_CU_N, _F_CU_MIN,
+    _F_DAYS, _F_CDAY, _F_CSCORE,
 )
 
 
@@ -50,6 +55,11 @@ class PolicyState:
     curfew_open: bool = False  # that night's rule:curfew alert is not cleared yet
     session_alerts: int = 0  # 1 once the current session got its rule:continuous_use alert
     session_min: float = 0.0  # session length at the last evaluation (a drop = new session)
+    # day-mean evidence: the day-end scores of the last closed local days (oldest first), and the
+    # local day and latest score of the day in progress
+    day_scores: list[float] = field(default_factory=list)
+    cur_day: int | None = None
+    cur_score: float | None = None
 
     def to_fields(self) -> dict[str, str]:
         """Serialise to a flat str→str mapping (every field present; "" = unset)."""
@@ -64,6 +74,9 @@ class PolicyState:
             _F_CF_OPEN: "1" if self.curfew_open else "",
             _F_CU_N: str(self.session_alerts),
             _F_CU_MIN: repr(float(self.session_min)),
+            _F_DAYS: ",".join(repr(float(x)) for x in self.day_scores),
+            _F_CDAY: _opt_int_str(self.cur_day),
+            _F_CSCORE: "" if self.cur_score is None else repr(float(self.cur_score)),
         }
 
     @classmethod
@@ -93,10 +106,16 @@ class PolicyState:
                 curfew_open=get(_F_CF_OPEN, "") == "1",
                 session_alerts=int(get(_F_CU_N, "") or 0),
                 session_min=float(get(_F_CU_MIN, "") or 0.0),
+                day_scores=[float(x) for x in days.split(",")] if (days := get(_F_DAYS, "")) else [],
+                cur_day=_parse_opt_int(get(_F_CDAY, "")),
+                cur_score=None if (cs := get(_F_CSCORE, "")) == "" else float(cs),
             )
         except ValueError as exc:
             shown = {k: v for k, v in fields.items() if k.startswith(POLICY_PREFIX)}
             raise ValueError(f"corrupt policy state {shown!r}: {exc}") from exc
+        if not all(math.isfinite(x) for x in state.day_scores) or (
+                state.cur_score is not None and not math.isfinite(state.cur_score)):
+            raise ValueError(f"corrupt policy state: non-finite day score in {fields.get(_F_DAYS)!r}")
         if state.ml_level not in _ML_LEVELS:
             raise ValueError(f"corrupt policy state: {_F_ML}={state.ml_level!r} not in {_ML_LEVELS}")
         return state

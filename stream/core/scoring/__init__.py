@@ -10,7 +10,8 @@ The model contract:
   [0, 1] for the thresholds to mean anything; it is not clipped or squashed);
 * ``metadata_props``: ``feature_names`` (JSON list of str), ``feature_spec_hash``,
   ``model_version``, ``trained_at`` (ISO-8601) and ``thresholds`` (JSON object of name -> number
-  in [0, 1]); other keys are kept in ``ModelInfo.metadata``.
+  in [0, 1], except ``evidence_days``: a whole number of days 0..7 for the policy's day-mean
+  evidence); other keys are kept in ``ModelInfo.metadata``.
 
 Only ``onnxruntime`` is needed at run time (the ``onnx`` package is a training/dev dependency).
 """

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import ArrayLike, NDArray
 
+from stream.core.layout import EVIDENCE_DAYS_KEY, MAX_EVIDENCE_DAYS
 from stream.errors import ModelContractError
 
 __all__ = ["INPUT_NAME", "PROBABILITY_OUTPUT", "REQUIRED_METADATA", "ModelInfo", "Scorer"]
@@ -115,6 +116,12 @@ def _parse_thresholds(path: str, raw: str) -> dict[str, float]:
         raise ModelContractError(f"model {path}: metadata thresholds must be a JSON object")
     out: dict[str, float] = {}
     for key, value in obj.items():
+        if key == EVIDENCE_DAYS_KEY:  # not a probability: the days its thresholds are averaged over
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EVIDENCE_DAYS:
+                raise ModelContractError(f"model {path}: thresholds {key}={value!r} must be a whole number "
+                                         f"of days in 0..{MAX_EVIDENCE_DAYS}")
+            out[key] = float(value)
+            continue
         # bool is an int subclass; "true" is not a threshold.
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise ModelContractError(f"model {path}: threshold {key}={value!r} must be a number in [0, 1]")
