@@ -119,6 +119,10 @@ def format_report(r: UserReport) -> str:
     level = p["ml_level"]
     since = p["high_since_ms"] if level == "high" else p["elevated_since_ms"]
     lines.append(f"ml_risk level    {level}" + (f", score above its threshold since {_iso(since)}" if since else ""))
+    if p["day_scores"] or p["cur_score"] is not None:
+        closed = ", ".join(f"{x:.2f}" for x in p["day_scores"]) or "none yet"
+        today = "" if p["cur_score"] is None else f"; latest today {p['cur_score']:.2f}"
+        lines.append(f"day-end scores   {closed} (closed days, oldest first){today}")
     if p["ml_emitted_ms"] is not None:
         lines.append(f"last ml_risk     alert at {_iso(p['ml_emitted_ms'])}")
     if p["cap_day"] is not None:
