@@ -8,6 +8,8 @@ state and the same alert set as the offline run (duplicates only with identical 
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import signal
 import subprocess
@@ -222,6 +224,43 @@ def test_pseudonymised_keys_give_the_offline_alerts_and_name_no_user(settings, a
 def test_views_published_before_clicks_give_the_offline_alerts_pipeline_in_a_thread(settings, artifacts):
     check_parity(settings, artifacts, worker_args=("--batch-size", "500"), replay_args=("--skew", "views-first"),
                  env={"RISKSTREAM_DETECTOR_PROCESS": "false"})
+
+
+DAY_MEAN_POLICY = """
+[ml]
+evidence = "day_mean"
+evidence_days = 2
+cooldown_s = 0
+min_history_days = 0
+elevated_enter = 0.3
+elevated_exit = 0.2
+high_enter = 0.5
+high_exit = 0.45
+"""
+
+
+@pytest.fixture(scope="module")
+def day_mean_artifacts(artifacts, tmp_path_factory) -> dict[str, Path]:
+    """An evening of use on each of five days by the same users, decided on day-mean evidence:
+    the day-end series lives in the policy state in Redis across batches and days."""
+    d = tmp_path_factory.mktemp("parity_day_mean")
+    base = random_log(41, users=5, hours=1.0)
+    events = [dataclasses.replace(e, ts_ms=e.ts_ms + day * 86_400_000, event_id=f"{e.event_id}-d{day}")
+              for day in range(5) for e in base]
+    events.sort(key=lambda e: e.ts_ms)
+    log = d / "events.jsonl"
+    log.write_bytes(b"\n".join(encode_event(e) for e in events) + b"\n")
+    policy = d / "policy.toml"
+    policy.write_text(DAY_MEAN_POLICY)
+    return {"log": log, "model": artifacts["model"], "policy": policy}
+
+
+def test_day_mean_evidence_gives_the_offline_alerts(settings, day_mean_artifacts):
+    alerts, _ = offline(day_mean_artifacts)
+    ml = [a for a in alerts if a.kind == "ml_risk"]
+    assert ml and all(a.details["evidence"] == "day_mean" for a in ml), "the scenario should decide on day means"
+    got = check_parity(settings, day_mean_artifacts, worker_args=("--batch-size", "50"))
+    assert {a["alert_id"] for a in got if a["kind"] == "ml_risk"} == {a.alert_id for a in ml}
 
 
 def _committed(settings, group: str) -> tuple[int, int]:
