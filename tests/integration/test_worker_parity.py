@@ -30,6 +30,7 @@ from stream.offline import build_detector, decode_log, run_detector, Summary
 from stream.state import RedisWindowStore, delete_keys, redis_client
 from tests.contracts import assert_valid_alert
 from tests.model_factory import build_model
+from tests.battery.generator import battery_events
 from tests.scenarios import random_log
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,6 +262,33 @@ def test_day_mean_evidence_gives_the_offline_alerts(settings, day_mean_artifacts
     assert ml and all(a.details["evidence"] == "day_mean" for a in ml), "the scenario should decide on day means"
     got = check_parity(settings, day_mean_artifacts, worker_args=("--batch-size", "50"))
     assert {a["alert_id"] for a in got if a["kind"] == "ml_risk"} == {a.alert_id for a in ml}
+
+
+BATTERY_COMPULSIVE = ("checker", "night_binger")
+BATTERY_HEALTHY = ("heavy_longform", "typical")
+
+
+@pytest.fixture(scope="module")
+def battery_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """Hand-built users of the face-validity battery (tests/battery), 14 days, with the shipped
+    model and the packaged policy: what a new user would try first."""
+    d = tmp_path_factory.mktemp("parity_battery")
+    events = battery_events(2, 14, seed=5, archetypes=BATTERY_COMPULSIVE + BATTERY_HEALTHY + ("teen_evening",))
+    events.sort(key=lambda e: e.ts_ms)  # the generator writes user after user; a platform emits in time order
+    log = d / "events.jsonl"
+    log.write_bytes(b"\n".join(encode_event(e) for e in events) + b"\n")
+    return {"log": log, "model": ROOT / "models" / "riskstream.onnx",
+            "policy": ROOT / "stream" / "config" / "policy.toml"}
+
+
+def test_battery_users_through_a_live_worker_give_the_offline_alerts(settings, battery_artifacts):
+    got = check_parity(settings, battery_artifacts, worker_args=("--batch-size", "2000"))
+    ml = {a["user_id"] for a in got if a["kind"] == "ml_risk" and a["level"] in ("elevated", "high")}
+    compulsive = {a["user_id"] for a in got if a["user_id"].rsplit("-", 1)[0] in BATTERY_COMPULSIVE}
+    assert len(compulsive) == 2 * len(BATTERY_COMPULSIVE) and compulsive <= ml
+    assert not {u for u in ml if u.rsplit("-", 1)[0] in BATTERY_HEALTHY}
+    assert {a["user_id"].rsplit("-", 1)[0] for a in got if a["kind"] == "rule:curfew"} == {"teen_evening"}
+    assert len({a["user_id"] for a in got if a["kind"] == "rule:curfew"}) == 2
 
 
 def _committed(settings, group: str) -> tuple[int, int]:
