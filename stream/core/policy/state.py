@@ -10,6 +10,7 @@ from stream.core.alerts import (
     LEVEL_ELEVATED,
     LEVEL_HIGH,
 )
+from stream.core.levels import Levels, decode_levels, encode_levels
 
 __all__ = ["ML_NONE", "POLICY_PREFIX", "STATE_FIELDS", "PolicyState"]
 
@@ -31,8 +32,10 @@ _F_CF_NIGHT: Final = "pol:cf_night"
 _F_CF_OPEN: Final = "pol:cf_open"
 _F_CU_N: Final = "pol:cu_n"
 _F_CU_MIN: Final = "pol:cu_min"
+_F_LEVELS: Final = "pol:lv"
 STATE_FIELDS: Final = (
     _F_TICK, _F_ML, _F_ML_AT, _F_EL_T0, _F_HI_T0, _F_CAP_DAY, _F_CF_NIGHT, _F_CF_OPEN, _F_CU_N, _F_CU_MIN,
+    _F_LEVELS,
 )
 
 
@@ -50,6 +53,7 @@ class PolicyState:
     curfew_open: bool = False  # that night's rule:curfew alert is not cleared yet
     session_alerts: int = 0  # 1 once the current session got its rule:continuous_use alert
     session_min: float = 0.0  # session length at the last evaluation (a drop = new session)
+    levels: Levels | None = None  # current levels (risk.levels); None: not known (new user, or expired state)
 
     def to_fields(self) -> dict[str, str]:
         """Serialise to a flat str→str mapping (every field present; "" = unset)."""
@@ -64,6 +68,7 @@ class PolicyState:
             _F_CF_OPEN: "1" if self.curfew_open else "",
             _F_CU_N: str(self.session_alerts),
             _F_CU_MIN: repr(float(self.session_min)),
+            _F_LEVELS: "" if self.levels is None else encode_levels(self.levels),
         }
 
     @classmethod
@@ -93,6 +98,7 @@ class PolicyState:
                 curfew_open=get(_F_CF_OPEN, "") == "1",
                 session_alerts=int(get(_F_CU_N, "") or 0),
                 session_min=float(get(_F_CU_MIN, "") or 0.0),
+                levels=decode_levels(lv) if (lv := get(_F_LEVELS, "")) else None,
             )
         except ValueError as exc:
             shown = {k: v for k, v in fields.items() if k.startswith(POLICY_PREFIX)}
