@@ -196,10 +196,11 @@ def run(args: argparse.Namespace) -> int:
         while not stopping:
             batch = consumer.consume(num_messages=200, timeout=0.5)
             for msg in batch:
-                if msg.error():
-                    if msg.error().fatal():
-                        raise KafkaException(msg.error())
-                    log.warning("kafka: %s", msg.error())
+                err = msg.error()
+                if err is not None:
+                    if err.fatal():
+                        raise KafkaException(err)
+                    log.warning("kafka: %s", err)  # e.g. a partition end or a transient broker error
                     continue
                 service.handle(msg.value())
                 consumer.store_offsets(message=msg)  # acted on: its offset may be committed
