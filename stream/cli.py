@@ -5,6 +5,7 @@ Errors an operator can fix print one line (``riskstream: error: …``) and exit 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from importlib import resources
 from pathlib import Path
@@ -175,10 +176,12 @@ def check_model(model: Path | None) -> None:
 @click.option("--no-model", is_flag=True, help="rules only, no ML scoring")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="alerts JSONL [default: stdout]")
+@click.option("--levels-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write each user's final levels (risk.levels values, JSONL; docs/contracts.md §4a)")
 @click.option("--policy-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="RISKSTREAM_POLICY_CONFIG", help="alert policy TOML [default: packaged]")
 @click.option("--progress/--no-progress", default=None, help="progress on stderr [default: if a tty]")
-def score(events: Path, model: Path | None, no_model: bool, out: Path | None,
+def score(events: Path, model: Path | None, no_model: bool, out: Path | None, levels_out: Path | None,
           policy_config: Path | None, progress: bool | None) -> None:
     """Score an event log (JSONL, optionally .gz) offline and write contract-v1 alerts (docs/contracts.md §3)."""
     from stream.core.policy import load_policy_config
@@ -187,14 +190,16 @@ def score(events: Path, model: Path | None, no_model: bool, out: Path | None,
     cfg = load_policy_config(policy_config)
     scorer = None if no_model else _load_scorer(model, required=False)
     show = sys.stderr.isatty() if progress is None else progress
-    if out is None:
-        summary = score_log(events, sys.stdout.buffer, policy_config=cfg, scorer=scorer,
-                            progress=show)
-        sys.stdout.flush()
-    else:
-        with out.open("wb") as f:
-            summary = score_log(events, f, policy_config=cfg, scorer=scorer,
-                                progress=show)
+    with contextlib.ExitStack() as stack:
+        lv = None if levels_out is None else stack.enter_context(levels_out.open("wb"))
+        if out is None:
+            summary = score_log(events, sys.stdout.buffer, policy_config=cfg, scorer=scorer,
+                                progress=show, levels_out=lv)
+            sys.stdout.flush()
+        else:
+            with out.open("wb") as f:
+                summary = score_log(events, f, policy_config=cfg, scorer=scorer,
+                                    progress=show, levels_out=lv)
     for line in summary.lines_out():
         click.echo(line, err=True)
 

@@ -22,13 +22,14 @@ from tqdm import tqdm
 from stream.core.alerts import Alert, alert_to_json
 from stream.core.detector import Detector, Stats
 from stream.core.events import Event, EventTuple, Reason, decode_message_tuples
+from stream.core.levels import LevelsRecord, LevelsUpdate, levels_to_json
 from stream.core.ordering import canonical_order, tick_ceil
 from stream.core.policy import AlertPolicy, PolicyConfig
 from stream.core.scoring import Scorer
 from stream.core.windows import EventColumns, MemoryWindowStore
 from stream.logs import iter_lines, open_log
 
-__all__ = ["CHUNK_EVENTS", "Summary", "build_detector", "decode_log", "run_detector", "score_log"]
+__all__ = ["CHUNK_EVENTS", "Summary", "build_detector", "decode_log", "final_levels", "run_detector", "score_log"]
 
 CHUNK_EVENTS = 20_000
 
@@ -91,7 +92,8 @@ def decode_log(path: str | Path, summary: Summary, *, now_ms: int | None = None,
 
 
 def run_detector(events: EventColumns | Sequence[Event], detector: Detector, emit: Callable[[Alert], None],
-                 summary: Summary, *, progress: bool = False) -> None:
+                 summary: Summary, *, progress: bool = False,
+                 emit_levels: Callable[[LevelsUpdate], None] | None = None) -> None:
     """Put events (any order) in canonical order and feed them to the detector; emit every alert.
 
     A sorted log needs no reorder buffer: each chunk is released with the watermark at the next
@@ -99,6 +101,7 @@ def run_detector(events: EventColumns | Sequence[Event], detector: Detector, emi
     moves to the end of the newest event's tick). The determinism tests pin that this equals the
     live path through :class:`ReorderBuffer` for any arrival order within the lateness bound.
     Events travel as columns (:class:`EventColumns`) through the detector's offline fast path.
+    ``emit_levels`` gets every ``risk.levels`` write the live worker would make, in order.
     """
     n = len(events)
     if n == 0:
@@ -115,6 +118,9 @@ def run_detector(events: EventColumns | Sequence[Event], detector: Detector, emi
             summary.invalid[str(Reason.TOO_LATE)] += len(too_late)
         for a in out.alerts:
             emit(a)
+        if emit_levels is not None:
+            for lv in out.levels:
+                emit_levels(lv)
         detector.commit(out)
         summary.stats.add(out)
         bar.update(stop - start)
@@ -129,9 +135,20 @@ def build_detector(policy_config: PolicyConfig, scorer: Scorer | None) -> tuple[
     return Detector(store, policy, scorer, resident_policy=True), store
 
 
+def final_levels(updates: Sequence[LevelsUpdate]) -> dict[str, LevelsRecord]:
+    """What a compacted ``risk.levels`` holds after these writes: the latest record per user, none
+    for a user whose latest write is a tombstone."""
+    last: dict[str, LevelsRecord | None] = {}
+    for u in updates:
+        last[u.user_id] = u.record
+    return {k: v for k, v in last.items() if v is not None}
+
+
 def score_log(path: str | Path, out: IO[bytes], *, policy_config: PolicyConfig,
-              scorer: Scorer | None, progress: bool = False, now_ms: int | None = None) -> Summary:
-    """Score a log offline, writing one alert JSON per line to ``out``."""
+              scorer: Scorer | None, progress: bool = False, now_ms: int | None = None,
+              levels_out: IO[bytes] | None = None) -> Summary:
+    """Score a log offline, writing one alert JSON per line to ``out``; with ``levels_out``, also
+    the users' final levels (the risk.levels value per user that has any, sorted by user id)."""
     summary = Summary()
     t0 = time.perf_counter()
     events = decode_log(path, summary, now_ms=now_ms, progress=progress)
@@ -143,8 +160,14 @@ def score_log(path: str | Path, out: IO[bytes], *, policy_config: PolicyConfig,
         out.write(alert_to_json(a))
         out.write(b"\n")
 
+    updates: list[LevelsUpdate] = []
     t1 = time.perf_counter()
-    run_detector(events, detector, emit, summary, progress=progress)
+    run_detector(events, detector, emit, summary, progress=progress,
+                 emit_levels=None if levels_out is None else updates.append)
+    if levels_out is not None:
+        for _, rec in sorted(final_levels(updates).items()):
+            levels_out.write(levels_to_json(rec) or b"")
+            levels_out.write(b"\n")
     summary.stage_s["detect"] = time.perf_counter() - t1
     summary.users = len(store)
     summary.seconds = time.perf_counter() - t0

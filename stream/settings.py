@@ -14,7 +14,7 @@ from stream.core.layout import DAY_MS, LONGEST_WINDOW_MS
 from stream.core.ordering import DEFAULT_LATENESS_MS
 from stream.errors import ConfigError
 
-__all__ = ["ALERTS_TOPIC", "DLQ_TOPIC", "Settings", "host_port", "load_settings", "mask_url"]
+__all__ = ["ALERTS_TOPIC", "DLQ_TOPIC", "LEVELS_TOPIC", "Settings", "host_port", "load_settings", "mask_url"]
 
 _NS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -23,6 +23,7 @@ _NS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MIN_STATE_TTL_S = (LONGEST_WINDOW_MS + DAY_MS) // 1000
 ALERTS_TOPIC = "risk.alerts"
 DLQ_TOPIC = "risk.dlq"
+LEVELS_TOPIC = "risk.levels"
 
 
 class Settings(BaseSettings):
@@ -124,6 +125,10 @@ class Settings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return self.topic(DLQ_TOPIC)
+
+    @property
+    def levels_topic(self) -> str:
+        return self.topic(LEVELS_TOPIC)
 
     @property
     def group_id(self) -> str:

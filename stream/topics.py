@@ -22,6 +22,7 @@ from stream.settings import Settings
 __all__ = [
     "ADMIN_TIMEOUT_S",
     "ALERT_RETENTION_MS",
+    "LEVELS_CONFIG",
     "TopicSpec",
     "admin_client",
     "delete_namespace_topics",
@@ -33,6 +34,17 @@ __all__ = [
 
 ADMIN_TIMEOUT_S = 15.0
 ALERT_RETENTION_MS = 30 * 86_400_000
+_HOUR_MS = 3_600_000
+# risk.levels keeps the latest record per user (docs/contracts.md §1): compaction only cleans closed
+# segments, so segment.ms bounds how long superseded values stay (6 h); min.compaction.lag.ms lets a
+# consumer that follows the topic see every change made in the last hour; a tombstone stays a day
+# (delete.retention.ms), so a consumer that rebuilds from the beginning at most a day behind sees it.
+LEVELS_CONFIG = {
+    "cleanup.policy": "compact",
+    "min.compaction.lag.ms": str(_HOUR_MS),
+    "segment.ms": str(6 * _HOUR_MS),
+    "delete.retention.ms": str(24 * _HOUR_MS),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +60,7 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.clicks_topic, s.partitions, inputs),
         TopicSpec(s.views_topic, s.partitions, inputs),
         TopicSpec(s.alerts_topic, s.partitions, {"retention.ms": str(ALERT_RETENTION_MS)}),
+        TopicSpec(s.levels_topic, s.partitions, dict(LEVELS_CONFIG)),
         TopicSpec(s.dlq_topic, s.partitions, {"retention.ms": str(ALERT_RETENTION_MS)}),
     ]
 
@@ -120,6 +133,7 @@ def ensure_topics(s: Settings) -> list[str]:
             "must be co-partitioned (same partition count)")
     lines += _raise_input_retention(admin, s, [t.name for t in specs[:2] if t not in missing])
     _check_retention(admin, s)
+    _check_compacted(admin, s.levels_topic)
     return lines
 
 
@@ -172,6 +186,23 @@ def _raise_input_retention(admin: AdminClient, s: Settings, names: list[str]) ->
 
 def _check_retention(admin: AdminClient, s: Settings) -> None:
     input_retention_ms(admin, s)
+
+
+def _check_compacted(admin: AdminClient, name: str, wait_s: float = 15.0) -> None:
+    """risk.levels must be compacted: with time-based deletion a quiet user's current levels vanish."""
+    r = ConfigResource(ConfigResource.Type.TOPIC, name)
+    deadline = time.monotonic() + wait_s
+    while True:  # a topic created a moment ago may not be known to every broker yet
+        try:
+            policy = admin.describe_configs([r], request_timeout=ADMIN_TIMEOUT_S)[r].result()["cleanup.policy"].value
+            break
+        except KafkaException as e:
+            if e.args[0].code() != 3 or time.monotonic() > deadline:  # UNKNOWN_TOPIC_OR_PART
+                raise BrokerUnavailableError(f"cannot read the configuration of {name}: {e.args[0]}") from e
+            time.sleep(0.2)
+    if "compact" not in policy.split(","):
+        raise ConfigError(f"topic {name} has cleanup.policy={policy}; it must be compacted "
+                          "(kafka-configs --alter --add-config cleanup.policy=compact)")
 
 
 def delete_namespace_topics(s: Settings) -> list[str]:

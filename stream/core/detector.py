@@ -33,6 +33,7 @@ from stream.core.alerts import Alert
 from stream.core.alerts import Reason as AlertReason
 from stream.core.events import Event, Reason
 from stream.core.layout import TICK_MS
+from stream.core.levels import LevelsRecord, LevelsUpdate, fold
 from stream.core.ordering import canonical_key
 from stream.core.policy import (
     AlertPolicy,
@@ -79,6 +80,7 @@ class Outcome(Generic[M]):
     alerts: list[Alert] = field(default_factory=list)
     rejected: list[tuple[Event, M, Reason]] = field(default_factory=list)  # (event, meta, reason)
     confirm: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
+    levels: list[LevelsUpdate] = field(default_factory=list)  # risk.levels writes, after the alerts
     applied: int = 0
     late: int = 0
     duplicates: int = 0
@@ -340,24 +342,39 @@ class Detector:
             )
             for d in decide(states[uids[i]], ev):
                 decided.append((i, d))
+        by_row: dict[int, list[Alert]] = defaultdict(list)
+        if decided:
+            ml_rows = [i for i, d in decided if d.kind == "ml_risk"]
+            reasons = _reasons(self.scorer, x, ml_rows, scores) if ml_rows else {}
+            for i, d in decided:
+                feats = {name: _num(v) for name, v in zip(F.FEATURE_NAMES, x[i].tolist())}
+                if d.kind == "ml_risk":
+                    rs = () if d.level == "cleared" else reasons.get(i, ())
+                    alert = d.to_alert(model_version=model_version, reasons=rs, features=feats)
+                else:
+                    alert = d.to_alert(features=feats)
+                out.alerts.append(alert)
+                by_row[i].append(alert)
+        # current levels (risk.levels): a record whenever a tick's alerts change them, and one at the
+        # first tick of a user whose levels are not known (new, or state expired)
+        for i in order:
+            st = states[uids[i]]
+            prev = st.levels
+            row_alerts = by_row.get(i)
+            if prev is not None and not row_alerts:
+                continue
+            new = fold(prev or {}, row_alerts or ())
+            if prev is None or new != prev:
+                st.levels = new
+                u = uids[i]
+                out.levels.append(LevelsUpdate(u, LevelsRecord(
+                    u, bands[i], ticks[i], model_version, scores[i], new) if new else None))
         if self._resident is None:
             last_tick: dict[str, int] = {}
             for u, t in zip(uids, ticks):
                 if t > last_tick.get(u, -1):
                     last_tick[u] = t
             out.confirm = {u: (last_tick[u], states[u].to_fields()) for u in users}
-        if not decided:
-            return
-        ml_rows = [i for i, d in decided if d.kind == "ml_risk"]
-        reasons = _reasons(self.scorer, x, ml_rows, scores) if ml_rows else {}
-        for i, d in decided:
-            feats = {name: _num(v) for name, v in zip(F.FEATURE_NAMES, x[i].tolist())}
-            if d.kind == "ml_risk":
-                rs = () if d.level == "cleared" else reasons.get(i, ())
-                alert = d.to_alert(model_version=model_version, reasons=rs, features=feats)
-            else:
-                alert = d.to_alert(features=feats)
-            out.alerts.append(alert)
 
 
 def _num(v: Any) -> float:

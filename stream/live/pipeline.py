@@ -14,7 +14,8 @@ time; a step is:
    views topic-partition of that partition number) and release what its watermark passed;
 3. ``Detector.process`` (the core's window kernel on this process's copy of each touched user's
    state, loaded from Redis on first touch; one ONNX run), publish alerts and DLQ records with an
-   idempotent ``acks=all`` producer and wait for the acknowledgements, then write the changed users'
+   idempotent ``acks=all`` producer (then the ``risk.levels`` records of users whose current levels
+   changed, same producer) and wait for the acknowledgements, then write the changed users'
    window and policy state to Redis (one fenced Lua call per user, pipelined);
 4. count events done. A message is done when all its events are: decided, late, or rejected. An
    event whose tick is not yet decided keeps its message un-acked (redelivered after a crash, and
@@ -44,6 +45,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from stream.core.alerts import alert_to_json
 from stream.core.detector import Detector, Outcome, Release
 from stream.core.events import Event, Reason, Rejection, decode_message
+from stream.core.levels import levels_to_json
 from stream.core.ordering import NO_WATERMARK, ReorderBuffer, tick_ceil
 from stream.core.windows import DeferredWriteStore
 from stream.errors import (
@@ -376,6 +378,10 @@ class Pipeline:
         now_ms = int(time.time() * 1000)
         for a in outcome.alerts:
             self._produce(self.s.alerts_topic, a.user_id.encode(), alert_to_json(a.stamped(now_ms)))
+        # the users' current levels, after the alerts that changed them: the same producer and the
+        # same acknowledgement wait, so the compacted risk.levels has the alerts' guarantee
+        for lv in outcome.levels:
+            self._produce(self.s.levels_topic, lv.user_id.encode(), levels_to_json(lv.record))
         # one record per message, listing its rejected elements (not one copy of it per element)
         bad: dict[int, tuple[_Msg, list[dict[str, Any]]]] = {}
         for rej, m in dlq:
@@ -438,7 +444,7 @@ class Pipeline:
                 raise
             self._dlq_refused(err, m.id)
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         """Produce with back-pressure: a full local queue is drained (delivery reports served)
         until it takes the record; ``BrokerUnavailableError`` if it stays full past the timeout."""
         producer = self.producer
@@ -466,10 +472,10 @@ class Pipeline:
         remaining = self.producer.flush(self.s.produce_timeout_s)
         if remaining:
             raise BrokerUnavailableError(
-                f"{remaining} alert/DLQ records not acknowledged by Kafka within {self.s.produce_timeout_s} s")
+                f"{remaining} alert/levels/DLQ records not acknowledged by Kafka within {self.s.produce_timeout_s} s")
         if self._delivery_error is not None:
             err, self._delivery_error = self._delivery_error, None
-            raise BrokerUnavailableError(f"Kafka refused an alert/DLQ record: {err}")
+            raise BrokerUnavailableError(f"Kafka refused an alert/levels/DLQ record: {err}")
 
     def on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:

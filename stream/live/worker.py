@@ -555,7 +555,7 @@ def _check_topics(settings: Settings) -> None:
         except KafkaException as e:
             raise BrokerUnavailableError(f"Kafka at {settings.kafka_bootstrap}: {e.args[0]}") from e
         missing = [t for t in (settings.clicks_topic, settings.views_topic, settings.alerts_topic,
-                               settings.dlq_topic) if t not in md.topics]
+                               settings.levels_topic, settings.dlq_topic) if t not in md.topics]
         if missing:
             raise BrokerUnavailableError(f"missing topics {missing}: run `riskstream topics create`")
 

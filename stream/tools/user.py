@@ -81,12 +81,15 @@ def user_report(settings: Settings, user_id: str, *, scorer: Scorer | None,
         model_version = scorer.info.model_version
     tz = scalars[L.S_TZ]
     policy = PolicyState.from_fields(fields)
+    pol = dataclasses.asdict(policy)
+    if policy.levels is not None:  # kind -> {level, since_ms, alert_id, score}, as risk.levels has it
+        pol["levels"] = {k: lv._asdict() for k, lv in sorted(policy.levels.items())}
     return UserReport(
         user_id=user_id, age_band=band, profile=AlertPolicy(policy_config).profile_name(band),
         last_event_ms=newest, tick_end_ms=tick_end, tz_offset_min=None if tz == L.NONE else tz - L.TZ_BIAS,
         today_active_min=round(float(rules.today_active_min[0]), 2),
         session_min=round(float(rules.session_min[0]), 2), history_days=int(rules.history_days[0]),
-        features=features, score=score, model_version=model_version, policy=dataclasses.asdict(policy))
+        features=features, score=score, model_version=model_version, policy=pol)
 
 
 def _iso(ms: int) -> str:
@@ -125,6 +128,9 @@ def format_report(r: UserReport) -> str:
         lines.append(f"day-end scores   {closed} (closed days, oldest first){today}")
     if p["ml_emitted_ms"] is not None:
         lines.append(f"last ml_risk     alert at {_iso(p['ml_emitted_ms'])}")
+    if p["levels"]:
+        lines.append("current levels   " + "; ".join(
+            f"{kind} {lv['level']} since {_iso(lv['since_ms'])}" for kind, lv in p["levels"].items()))
     if p["cap_day"] is not None:
         day = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=p["cap_day"])
         lines.append(f"daily cap        last reached on local day {day:%Y-%m-%d}")

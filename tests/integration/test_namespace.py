@@ -25,10 +25,10 @@ def test_namespace_delete_removes_its_topics_and_keys_only(stack: None, namespac
         r.set(f"{namespace}x:rs:{{u}}:u", b"1")
         res = CliRunner().invoke(main, ["namespace", "delete", "--namespace", namespace, "--yes"])
         assert res.exit_code == 0, res.output
-        assert res.output.strip() == f"deleted 4 topic(s) and 1 Redis key(s) of namespace {namespace}"
+        assert res.output.strip() == f"deleted 5 topic(s) and 1 Redis key(s) of namespace {namespace}"
         left = _topics(s)
         assert not {t for t in left if t.startswith(namespace + ".")}
-        assert {other.clicks_topic, other.views_topic, other.alerts_topic, other.dlq_topic} <= left
+        assert {other.clicks_topic, other.views_topic, other.alerts_topic, other.levels_topic, other.dlq_topic} <= left
         assert r.exists(f"{namespace}:rs:{{u}}:u") == 0 and r.exists(f"{namespace}x:rs:{{u}}:u") == 1
     finally:
         CliRunner().invoke(main, ["namespace", "delete", "--namespace", namespace + "x", "--yes"])

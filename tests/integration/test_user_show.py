@@ -34,6 +34,7 @@ def test_user_show_in_words_and_json(settings) -> None:  # type: ignore[no-untyp
     assert "user teen  (age band 13-15, rule profile young_teen)" in text
     assert "last event       2024-01-03 23:39 local (UTC+01:00)" in text
     assert "curfew           active in the night of 2024-01-03 (still open)" in text
+    assert "rule:curfew elevated since 2024-01-03 22:01 UTC" in text.split("current levels   ")[1]
     assert "risk score now   not scored" in text
     res = runner.invoke(main, ["user", "show", "teen", "--namespace", settings.namespace, "--no-model", "--json"])
     assert res.exit_code == 0, res.output
@@ -41,6 +42,7 @@ def test_user_show_in_words_and_json(settings) -> None:  # type: ignore[no-untyp
     assert got["user_id"] == "teen" and got["profile"] == "young_teen" and got["tz_offset_min"] == 60
     assert got["today_active_min"] >= 39 and got["features"]["sessions_day_7d"] >= 1
     assert got["policy"]["curfew_open"] is True and got["score"] is None
+    assert got["policy"]["levels"]["rule:curfew"]["level"] == "elevated"  # what risk.levels holds for them
 
 
 def test_user_show_scores_with_the_shipped_model(settings) -> None:  # type: ignore[no-untyped-def]

@@ -357,4 +357,4 @@ def test_the_asyncapi_document_parses_with_the_official_parser_and_names_every_t
     assert r.returncode == 0, r.stdout + r.stderr
     s = load_settings()
     addresses = next(line for line in r.stdout.splitlines() if line.startswith("addresses: ")).split()[1:]
-    assert sorted(addresses) == sorted([s.clicks_topic, s.views_topic, s.alerts_topic, s.dlq_topic])
+    assert sorted(addresses) == sorted([s.clicks_topic, s.views_topic, s.alerts_topic, s.levels_topic, s.dlq_topic])

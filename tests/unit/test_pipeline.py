@@ -18,7 +18,7 @@ from stream.live.link import recv_frame, send_frame, send_reply
 from stream.live.pipeline import Pipeline
 from stream.live.protocol import POSITION_STRIDE, Step
 from stream.settings import load_settings
-from tests.contracts import assert_valid_alert, assert_valid_dlq
+from tests.contracts import assert_valid_record
 from tests.eventgen import at, ev
 
 
@@ -27,7 +27,7 @@ class FakeProducer:
         self.records: list[tuple[str, bytes | None, bytes]] = []
 
     def produce(self, topic: str, key: bytes | None = None, value: bytes = b"") -> None:
-        (assert_valid_dlq if topic.endswith("risk.dlq") else assert_valid_alert)(value)  # docs/contracts.md
+        assert_valid_record(topic, value)  # docs/contracts.md
         self.records.append((topic, key, value))
 
     def flush(self, _timeout: float) -> int:

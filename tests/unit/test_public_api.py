@@ -42,7 +42,7 @@ EXPORTED = {
         "RiskstreamError", "StaleStateError", "StoreUnavailableError",
     ],
     "stream.settings": [
-        "ALERTS_TOPIC", "DLQ_TOPIC", "Settings", "host_port", "load_settings", "mask_url",
+        "ALERTS_TOPIC", "DLQ_TOPIC", "LEVELS_TOPIC", "Settings", "host_port", "load_settings", "mask_url",
     ],
 }
 

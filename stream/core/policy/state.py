@@ -11,6 +11,7 @@ from stream.core.alerts import (
     LEVEL_ELEVATED,
     LEVEL_HIGH,
 )
+from stream.core.levels import Levels, decode_levels, encode_levels
 
 __all__ = ["ML_NONE", "POLICY_PREFIX", "STATE_FIELDS", "PolicyState"]
 
@@ -35,9 +36,10 @@ _F_CU_MIN: Final = "pol:cu_min"
 _F_DAYS: Final = "pol:days"
 _F_CDAY: Final = "pol:cday"
 _F_CSCORE: Final = "pol:cscore"
+_F_LEVELS: Final = "pol:lv"
 STATE_FIELDS: Final = (
     _F_TICK, _F_ML, _F_ML_AT, _F_EL_T0, _F_HI_T0, _F_CAP_DAY, _F_CF_NIGHT, _F_CF_OPEN, _F_CU_N, _F_CU_MIN,
-    _F_DAYS, _F_CDAY, _F_CSCORE,
+    _F_DAYS, _F_CDAY, _F_CSCORE, _F_LEVELS,
 )
 
 
@@ -60,6 +62,7 @@ class PolicyState:
     day_scores: list[float] = field(default_factory=list)
     cur_day: int | None = None
     cur_score: float | None = None
+    levels: Levels | None = None  # current levels (risk.levels); None: not known (new user, or expired state)
 
     def to_fields(self) -> dict[str, str]:
         """Serialise to a flat str→str mapping (every field present; "" = unset)."""
@@ -77,6 +80,7 @@ class PolicyState:
             _F_DAYS: ",".join(repr(float(x)) for x in self.day_scores),
             _F_CDAY: _opt_int_str(self.cur_day),
             _F_CSCORE: "" if self.cur_score is None else repr(float(self.cur_score)),
+            _F_LEVELS: "" if self.levels is None else encode_levels(self.levels),
         }
 
     @classmethod
@@ -109,6 +113,7 @@ class PolicyState:
                 day_scores=[float(x) for x in days.split(",")] if (days := get(_F_DAYS, "")) else [],
                 cur_day=_parse_opt_int(get(_F_CDAY, "")),
                 cur_score=None if (cs := get(_F_CSCORE, "")) == "" else float(cs),
+                levels=decode_levels(lv) if (lv := get(_F_LEVELS, "")) else None,
             )
         except ValueError as exc:
             shown = {k: v for k, v in fields.items() if k.startswith(POLICY_PREFIX)}
