@@ -414,8 +414,12 @@ class Pipeline:
 
     def _produce_dlq(self, m: _Msg, rejections: list[dict[str, Any]]) -> None:
         """One DLQ record for a message (docs/contracts.md §4): its rejections, its place, and its
-        first ``dlq_max_original_bytes`` bytes with the size and SHA-256 of the whole value."""
+        first ``dlq_max_original_bytes`` bytes with the size and SHA-256 of the whole value.
+        ``dlq_keep_original=False``: nothing taken from the input (no bytes, details, event ids)."""
         raw, cap = m.raw, self.s.dlq_max_original_bytes
+        if not self.s.dlq_keep_original:
+            cap = 0
+            rejections = [{**r, "detail": "", "event_id": None} for r in rejections]
         first = rejections[0]
         rec: dict[str, Any] = {
             "v": 2, "reason": first["reason"], "detail": first["detail"], "index": first["index"],
