@@ -149,8 +149,8 @@ def test_keep_original_false_puts_nothing_of_the_input_in_the_record():
     step(p, [(p.s.views_topic, 0, 0, secret.encode(), bad_type), (p.s.views_topic, 0, 1, secret.encode(), broken)])
     recs = _dlq(p, producer)
     assert [r["reason"] for r in recs] == ["out_of_range", "malformed_json"]
-    for (_, _, value), raw, rec in zip(producer.records, (bad_type, broken), recs, strict=True):
-        assert secret.encode() not in value and b"doom" not in value
+    for (_, key, value), raw, rec in zip(producer.records, (bad_type, broken), recs, strict=True):
+        assert key is None and secret.encode() not in value and b"doom" not in value
         assert_valid_dlq(value)
         assert rec["original_b64"] == "" and rec["original_truncated"] is True
         assert rec["original_size"] == len(raw) and rec["original_sha256"] == hashlib.sha256(raw).hexdigest()
