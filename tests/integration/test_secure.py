@@ -20,8 +20,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from stream.settings import Settings, load_settings
+from stream.state import redis_client
 from stream.tools.namespace import delete_namespace
 from tests.contracts import assert_valid_alert
 from tests.integration.conftest import HISTORY_RETENTION_MS, STACK, _stack
@@ -96,6 +98,30 @@ def secure(secure_env: dict[str, str]) -> Iterator[dict[str, str]]:
 
 
 def test_replay_worker_and_tail_over_sasl_ssl_and_redis_tls_give_the_offline_alerts(secure, artifacts):
+    _check_parity(secure, artifacts, _secrets(secure))
+
+
+def test_the_least_privilege_redis_acl_of_docs_security_is_enough(secure, artifacts):
+    """docs/security.md §3's Redis rule: the namespace's keys and the store's command categories only."""
+    admin = redis_client(_settings(secure))
+    name, pw, ns = f"rs-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex, secure["RISKSTREAM_NAMESPACE"]
+    admin.execute_command("ACL", "SETUSER", name, "on", f">{pw}", "resetkeys", f"~{ns}:rs:*", "resetchannels",
+                          "-@all", "+@read", "+@write", "+@scripting", "+@connection", "+info",
+                          "+cluster|slots", "+cluster|shards")
+    try:
+        url = re.sub(r"://[^@]+@", f"://{name}:{pw}@", secure["RISKSTREAM_REDIS_URL"])
+        restricted = {**secure, "RISKSTREAM_REDIS_URL": url}
+        probe = redis_client(_settings(restricted))
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            probe.get("rs:outside-the-namespace")
+        probe.close()
+        _check_parity(restricted, artifacts, [*_secrets(secure), pw])
+    finally:
+        admin.execute_command("ACL", "DELUSER", name)
+        admin.close()
+
+
+def _check_parity(secure: dict[str, str], artifacts: dict[str, Path], secrets: list[str]) -> None:
     expected, mem = offline(artifacts)
     want = {a.alert_id for a in expected}
     assert len(want) >= 5, "the scenario should produce alerts"
@@ -132,7 +158,7 @@ def test_replay_worker_and_tail_over_sasl_ssl_and_redis_tls_give_the_offline_ale
     assert set(ids) == want and len(ids) == len(set(ids))
     assert orjson.loads(orjson.dumps(got[0]))["user_id"]
     everything = "\n".join(printed)
-    for secret in _secrets(secure):
+    for secret in secrets:
         assert secret not in everything, "a password was printed"
 
 
