@@ -67,11 +67,11 @@ class SecurityWatch:
 def is_security_error(err: KafkaError) -> bool:
     """An authentication or TLS failure (not worth retrying), as opposed to a broker that is down."""
     code = err.code()
-    if code in (KafkaError._AUTHENTICATION, KafkaError._SSL,  # type: ignore[attr-defined]
+    if code in (KafkaError._AUTHENTICATION, KafkaError._SSL,
                 KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED,
                 KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
         return True
-    return code == KafkaError._TRANSPORT and any(w in err.str() for w in _WRONG_PROTOCOL)  # type: ignore[attr-defined]
+    return code == KafkaError._TRANSPORT and any(w in err.str() for w in _WRONG_PROTOCOL)
 
 
 def librdkafka_config(settings: Settings, **extra: Any) -> dict[str, Any]:

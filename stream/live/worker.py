@@ -554,7 +554,7 @@ def _check_topics(settings: Settings) -> None:
     admin = admin_client(settings)
 
     def topics_ready() -> None:  # SecurityError (credentials, TLS) at once: not retried
-        md = metadata(admin, admin.security_watch, settings, timeout_s=5)
+        md = metadata(admin, getattr(admin, "security_watch", None), settings, timeout_s=5)
         missing = [t for t in (settings.clicks_topic, settings.views_topic, settings.alerts_topic,
                                settings.dlq_topic) if t not in md.topics]
         if missing:
