@@ -27,7 +27,13 @@ from stream.state import redis_client
 from stream.tools.namespace import delete_namespace
 from tests.contracts import assert_valid_alert
 from tests.integration.conftest import HISTORY_RETENTION_MS, STACK, _stack
-from tests.integration.test_worker_parity import artifacts, assert_same_state, offline, start_worker, stop
+from tests.integration.test_worker_parity import (
+    artifacts,
+    assert_same_state,
+    offline,
+    start_worker,
+    stop,
+)
 
 __all__ = ["artifacts"]  # a fixture, used by name
 
@@ -78,7 +84,7 @@ def _secrets(env: dict[str, str]) -> list[str]:
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "stream", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**_clean_environ(), "PYTHONPATH": str(ROOT), **env})
+                          check=False, timeout=timeout, env={**_clean_environ(), "PYTHONPATH": str(ROOT), **env})
 
 
 def _clean_environ() -> dict[str, str]:

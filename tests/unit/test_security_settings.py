@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError
 
 from stream.errors import ConfigError
-from stream.kafka_conf import SecurityWatch, faust_credentials, is_security_error, librdkafka_config
+from stream.kafka_conf import (
+    SecurityWatch,
+    faust_credentials,
+    is_security_error,
+    librdkafka_config,
+)
 from stream.settings import load_settings
 from stream.state import redis_client
 
@@ -27,7 +33,7 @@ def _sasl(ca: Path, **kw: object) -> dict[str, object]:
 
 
 def test_plaintext_default_config_has_no_security_keys() -> None:
-    conf = librdkafka_config(load_settings(), **{"acks": "all"})
+    conf = librdkafka_config(load_settings(), acks="all")
     assert conf["security.protocol"] == "PLAINTEXT"
     assert conf["acks"] == "all"
     assert not [k for k in conf if k.startswith(("sasl.", "ssl."))]
@@ -48,7 +54,6 @@ def test_faust_credentials_carry_the_same_settings(ca: Path, tmp_path: Path) -> 
     import faust
 
     # a real CA file: the aiokafka TLS context loads it
-    import subprocess
     key, crt = tmp_path / "k.pem", tmp_path / "c.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
                     "-days", "1", "-subj", "/CN=t"], check=True, capture_output=True)
