@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.core.layout import DAY_MS, LONGEST_WINDOW_MS
@@ -72,9 +72,20 @@ class Settings(BaseSettings):
     @field_validator("kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
                      "redis_ssl_ca_location")
     @classmethod
-    def _readable_file(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_file():
+    def _readable_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        """An existing PEM file of the right kind (a client would otherwise fail later, less clearly)."""
+        if v is None:
+            return v
+        if not v.is_file():
             raise ValueError(f"no such file: {str(v)!r}")
+        key = info.field_name == "kafka_ssl_key_location"
+        want, what = ("PRIVATE KEY-----", "private key") if key else ("BEGIN CERTIFICATE-----", "certificate")
+        try:
+            pem = v.read_text(encoding="ascii", errors="replace")
+        except OSError as e:
+            raise ValueError(f"cannot read {str(v)!r}: {e.strerror}") from e
+        if want not in pem:
+            raise ValueError(f"{str(v)!r} is not a PEM file with a {what}")
         return v
 
     @model_validator(mode="after")

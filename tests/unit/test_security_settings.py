@@ -23,7 +23,7 @@ from stream.state import redis_client
 @pytest.fixture
 def ca(tmp_path: Path) -> Path:
     p = tmp_path / "ca.pem"
-    p.write_text("not read by these tests\n")
+    p.write_text("-----BEGIN CERTIFICATE-----\nnot parsed by these tests\n-----END CERTIFICATE-----\n")
     return p
 
 
@@ -82,6 +82,7 @@ def test_masked_settings_show_no_password(ca: Path) -> None:
     ({"kafka_security_protocol": "TLS"}, "kafka_security_protocol"),
     ({"kafka_ssl_ca_location": "/nonexistent/ca.pem", "kafka_security_protocol": "SSL"}, "no such file"),
     ({"redis_ssl_ca_location": "CA"}, "not rediss://"),
+    ({"kafka_ssl_ca_location": "pyproject.toml", "kafka_security_protocol": "SSL"}, "is not a PEM file with a certificate"),
 ])
 def test_bad_security_settings_give_one_clear_line(over: dict[str, str], words: str, ca: Path) -> None:
     if over.get("redis_ssl_ca_location") == "CA":
