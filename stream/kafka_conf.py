@@ -25,8 +25,12 @@ __all__ = ["SecurityWatch", "faust_credentials", "librdkafka_config", "metadata"
 
 log = logging.getLogger("riskstream.kafka")
 
-# librdkafka's words for a client that speaks the wrong protocol to a listener (plaintext to TLS)
-_WRONG_PROTOCOL = ("security.protocol", "SSL handshake", "ssl.ca.location", "certificate verify failed")
+# librdkafka's words for a TLS failure reported as a transport error: the wrong protocol for the
+# listener, an untrusted broker certificate, or a TLS alert from the broker (e.g. "bad certificate":
+# it requires a client certificate we lack or does not trust ours). Not "unexpected eof": a
+# broker that dies mid-connection says that too.
+_WRONG_PROTOCOL = ("security.protocol", "SSL handshake", "ssl.ca.location", "certificate verify failed",
+                   "ssl/tls alert")
 # A listener that accepts the TCP connection and closes it at the first request: a plaintext client
 # at a TLS (or SASL) listener. A broker that is down refuses the connection instead. Counted, so a
 # broker closing connections while it stops is not mistaken for it.

@@ -1,5 +1,6 @@
 """riskstream against the secure local stack (`deploy/local/stack up --secure`, docs/security.md):
-Kafka SASL_SSL (SCRAM-SHA-512) and Redis over TLS with an ACL user.
+Kafka SASL_SSL (SCRAM-SHA-512, and a client certificate: mutual TLS) and Redis over TLS with an
+ACL user.
 
 (a) replay → worker → Redis → risk.alerts → `alerts tail`, every client over SASL_SSL and Redis
 TLS/ACL, gives the offline alerts and the offline window state; (b) a wrong password, an untrusted
@@ -40,7 +41,8 @@ __all__ = ["artifacts"]  # a fixture, used by name
 ROOT = Path(__file__).resolve().parents[2]
 SECURITY_VARS = ("RISKSTREAM_KAFKA_BOOTSTRAP", "RISKSTREAM_KAFKA_SECURITY_PROTOCOL", "RISKSTREAM_KAFKA_SASL_MECHANISM",
                  "RISKSTREAM_KAFKA_SASL_USERNAME", "RISKSTREAM_KAFKA_SASL_PASSWORD",
-                 "RISKSTREAM_KAFKA_SSL_CA_LOCATION", "RISKSTREAM_REDIS_URL", "RISKSTREAM_REDIS_SSL_CA_LOCATION")
+                 "RISKSTREAM_KAFKA_SSL_CA_LOCATION", "RISKSTREAM_KAFKA_SSL_CERTIFICATE_LOCATION",
+                 "RISKSTREAM_KAFKA_SSL_KEY_LOCATION", "RISKSTREAM_REDIS_URL", "RISKSTREAM_REDIS_SSL_CA_LOCATION")
 FAIL_FAST_S = 45  # a worker's start (imports, model) plus the check; retrying would go on forever
 
 
@@ -179,7 +181,8 @@ def _other_ca(tmp_path: Path) -> Path:
 def _plaintext_kafka(env: dict[str, str]) -> dict[str, str]:
     env = {**env, "RISKSTREAM_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
     for k in ("RISKSTREAM_KAFKA_SASL_MECHANISM", "RISKSTREAM_KAFKA_SASL_USERNAME", "RISKSTREAM_KAFKA_SASL_PASSWORD",
-              "RISKSTREAM_KAFKA_SSL_CA_LOCATION"):
+              "RISKSTREAM_KAFKA_SSL_CA_LOCATION", "RISKSTREAM_KAFKA_SSL_CERTIFICATE_LOCATION",
+              "RISKSTREAM_KAFKA_SSL_KEY_LOCATION"):
         env.pop(k)
     return env
 
@@ -197,6 +200,10 @@ CASES = [
      1, "certificate verify failed"),
     ("kafka-plaintext-client-tail", "tail", lambda env, ca: _plaintext_kafka(env),
      1, "closes the connection at the first request"),
+    ("kafka-no-client-certificate-replay", "replay", lambda env, ca: {
+        k: v for k, v in env.items() if k not in ("RISKSTREAM_KAFKA_SSL_CERTIFICATE_LOCATION",
+                                                  "RISKSTREAM_KAFKA_SSL_KEY_LOCATION")},
+     1, "alert bad certificate"),
     ("kafka-wrong-ca-worker", "worker", lambda env, ca: {**env, "RISKSTREAM_KAFKA_SSL_CA_LOCATION": str(ca)},
      77, "certificate verify failed"),
     ("redis-wrong-password-worker", "worker", lambda env, ca: _wrong_redis_password(env),

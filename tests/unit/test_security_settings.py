@@ -108,6 +108,10 @@ def test_security_errors_are_told_apart_from_a_broker_that_is_down() -> None:
     assert is_security_error(KafkaError(KafkaError._SSL, "SSL handshake failed"))
     assert not is_security_error(KafkaError(KafkaError._TRANSPORT, "Connect to ipv4#127.0.0.1:9 failed: Connection refused"))
     assert not is_security_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    assert is_security_error(KafkaError(KafkaError._TRANSPORT, "Receive failed: error:0A000412:SSL routines::"
+                                        "ssl/tls alert bad certificate: SSL alert number 42"))
+    assert not is_security_error(KafkaError(KafkaError._TRANSPORT, "Receive failed: error:0A000126:SSL routines::"
+                                            "unexpected eof while reading"))  # a broker that died
     w = SecurityWatch()
     for _ in range(3):
         w.log(6, "%s [%s] %s", "FAIL", "rdkafka#producer-1",
