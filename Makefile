@@ -30,8 +30,10 @@ asyncapi-tools: $(ASYNCAPI)/node_modules/.package-lock.json
 stack-up:
 	$(STACK) up
 	$(STACK) up --cluster
+	$(STACK) up --secure
 
 stack-down:
+	$(STACK) down --secure
 	$(STACK) down --cluster
 	$(STACK) down
 
@@ -50,5 +52,6 @@ bench: install
 	$(BIN)/python bench/offline_bench.py
 
 clean:
+	$(STACK) clean --secure || true
 	$(STACK) clean --cluster || true
 	$(STACK) clean || true

@@ -111,7 +111,12 @@ def drain(name: str, cmd: list[str], bootstrap: str, group: str, topics: list[st
     agent's ``group.id`` reads the committed offsets (OffsetFetch); it never subscribes, so it does
     not join the group or trigger a rebalance.
     """
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    from stream.kafka_conf import librdkafka_config
+    from stream.settings import load_settings
+
+    # Kafka security from the environment (RISKSTREAM_KAFKA_SECURITY_PROTOCOL, …), as the agents'
+    probe = Consumer(librdkafka_config(load_settings(kafka_bootstrap=bootstrap),
+                                       **{"group.id": group, "enable.auto.commit": False}))
     tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**ENV, **(env or {})}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -352,7 +357,9 @@ def sdk_uploads(src: Path, dst: Path, window_ms: int) -> None:
 
 
 def committed_end(s, parts: int) -> int:  # type: ignore[no-untyped-def]
-    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "probe"})
+    from stream.kafka_conf import librdkafka_config
+
+    c = Consumer(librdkafka_config(s, **{"group.id": "probe"}))
     try:
         return sum(c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
                    for t in (s.clicks_topic, s.views_topic) for p in range(parts))

@@ -8,6 +8,7 @@ __all__ = [
     "ModelContractError",
     "PipelineDiedError",
     "RiskstreamError",
+    "SecurityError",
     "StaleStateError",
     "StoreUnavailableError",
 ]
@@ -27,6 +28,11 @@ class StoreUnavailableError(RiskstreamError):
 
 class BrokerUnavailableError(RiskstreamError):
     """Kafka cannot be reached; retriable with backoff."""
+
+
+class SecurityError(RiskstreamError):
+    """Kafka or Redis refused our credentials, or TLS could not be established (untrusted
+    certificate, wrong protocol): not retriable, the configuration must change."""
 
 
 class ModelContractError(RiskstreamError):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.core.layout import DAY_MS, LONGEST_WINDOW_MS
@@ -32,7 +32,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RISKSTREAM_", frozen=True, extra="forbid")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # Kafka security, named as librdkafka names them (stream/kafka_conf.py, docs/security.md)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = None  # PEM CA bundle; None: the system's trust store
+    kafka_ssl_certificate_location: Path | None = None  # client certificate (PEM), for mutual TLS
+    kafka_ssl_key_location: Path | None = None  # its private key (PEM)
+    kafka_ssl_key_password: SecretStr | None = None  # when that key is encrypted
+    kafka_ssl_endpoint_identification_algorithm: Literal["https", "none"] = "https"  # broker hostname check
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_ssl_ca_location: Path | None = None  # PEM CA bundle for rediss:// URLs; None: the system's
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
     state_key_secret: SecretStr | None = None  # pseudonymise user ids in Redis keys (HMAC-SHA-256)
     namespace: str = ""
@@ -56,7 +67,54 @@ class Settings(BaseSettings):
     http_addr: str | None = None  # host:port of /livez, /readyz, /metrics; off when unset
     detector_process: bool = True  # the pipeline in a child process (both cores), else in a thread
     dlq_max_original_bytes: int = Field(default=4096, ge=0, le=256 * 1024)  # of a bad message, in its DLQ record
+    dlq_keep_original: bool = True  # False: DLQ records keep no input bytes (hash, size, reason, place only)
     poison_max_attempts: int = Field(default=3, ge=1, le=100)  # a suspect message alone, before quarantine
+
+    @field_validator("kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
+                     "redis_ssl_ca_location")
+    @classmethod
+    def _readable_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        """An existing PEM file of the right kind (a client would otherwise fail later, less clearly)."""
+        if v is None:
+            return v
+        if not v.is_file():
+            raise ValueError(f"no such file: {str(v)!r}")
+        key = info.field_name == "kafka_ssl_key_location"
+        want, what = ("PRIVATE KEY-----", "private key") if key else ("BEGIN CERTIFICATE-----", "certificate")
+        try:
+            pem = v.read_text(encoding="ascii", errors="replace")
+        except OSError as e:
+            raise ValueError(f"cannot read {str(v)!r}: {e.strerror}") from e
+        if want not in pem:
+            raise ValueError(f"{str(v)!r} is not a PEM file with a {what}")
+        return v
+
+    @model_validator(mode="after")
+    def _security(self) -> Settings:
+        proto = self.kafka_security_protocol
+        sasl = proto.startswith("SASL_")
+        if sasl and (not self.kafka_sasl_username or self.kafka_sasl_password is None):
+            raise ValueError(f"RISKSTREAM_KAFKA_SECURITY_PROTOCOL={proto} needs RISKSTREAM_KAFKA_SASL_USERNAME "
+                             "and RISKSTREAM_KAFKA_SASL_PASSWORD")
+        if not sasl and (self.kafka_sasl_username or self.kafka_sasl_password is not None):
+            raise ValueError(f"SASL credentials are set but RISKSTREAM_KAFKA_SECURITY_PROTOCOL is {proto} "
+                             "(SASL_SSL or SASL_PLAINTEXT uses them)")
+        tls_files = (self.kafka_ssl_ca_location, self.kafka_ssl_certificate_location, self.kafka_ssl_key_location)
+        if not proto.endswith("SSL") and any(f is not None for f in tls_files):
+            raise ValueError(f"RISKSTREAM_KAFKA_SSL_* files are set but RISKSTREAM_KAFKA_SECURITY_PROTOCOL is {proto} "
+                             "(SSL or SASL_SSL uses them)")
+        if (self.kafka_ssl_certificate_location is None) != (self.kafka_ssl_key_location is None):
+            raise ValueError("RISKSTREAM_KAFKA_SSL_CERTIFICATE_LOCATION and RISKSTREAM_KAFKA_SSL_KEY_LOCATION "
+                             "go together (a client certificate and its key)")
+        if self.redis_ssl_ca_location is not None and not self.redis_tls:
+            raise ValueError("RISKSTREAM_REDIS_SSL_CA_LOCATION is set but RISKSTREAM_REDIS_URL is not rediss:// "
+                             "(TLS)")
+        return self
+
+    @property
+    def redis_tls(self) -> bool:
+        """Whether the Redis URL asks for TLS (``rediss://``)."""
+        return self.redis_url.get_secret_value().lower().startswith("rediss://")
 
     @field_validator("namespace")
     @classmethod
@@ -140,9 +198,12 @@ class Settings(BaseSettings):
         return f"{self.namespace}:rs:" if self.namespace else "rs:"
 
     def masked(self) -> dict[str, Any]:
-        """Settings for printing at start-up: the Redis password is never shown."""
+        """Settings for printing at start-up: no password (Redis URL, Kafka SASL, key) is ever shown."""
         d = self.model_dump()
         d["redis_url"] = mask_url(self.redis_url.get_secret_value())
+        for k, v in d.items():
+            if isinstance(v, SecretStr):
+                d[k] = "***"
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
 
@@ -181,5 +242,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**clean)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise ConfigError(f"invalid setting {loc} (RISKSTREAM_{loc.upper()}): {err['msg']}") from e
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in err["loc"])
+        if not loc:  # a rule across settings: its message names them
+            raise ConfigError(f"invalid settings: {msg}") from e
+        raise ConfigError(f"invalid setting {loc} (RISKSTREAM_{loc.upper()}): {msg}") from e

@@ -16,7 +16,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from stream.errors import BrokerUnavailableError, ConfigError
-from stream.logconfig import kafka_logger
+from stream.kafka_conf import librdkafka_config, metadata, watch_of
 from stream.settings import Settings
 
 __all__ = [
@@ -66,22 +66,23 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
 
 
 def admin_client(s: Settings) -> AdminClient:
-    conf: dict[str, Any] = {"bootstrap.servers": s.kafka_bootstrap, "socket.timeout.ms": 10_000,
-                            "logger": kafka_logger()}
-    return AdminClient(conf)
+    """An admin client with the settings' Kafka security (stream/kafka_conf.py); its
+    ``security_watch`` attribute is the :class:`~stream.kafka_conf.SecurityWatch` for
+    :func:`~stream.kafka_conf.metadata`."""
+    conf = librdkafka_config(s, **{"socket.timeout.ms": 10_000})
+    admin = AdminClient(conf)
+    admin.security_watch = watch_of(conf)  # type: ignore[attr-defined]
+    return admin
 
 
-def _metadata(admin: AdminClient, bootstrap: str) -> Any:
-    try:
-        return admin.list_topics(timeout=ADMIN_TIMEOUT_S)
-    except KafkaException as e:
-        raise BrokerUnavailableError(
-            f"Kafka at {bootstrap} did not answer within {ADMIN_TIMEOUT_S:.0f} s "
-            f"({e.args[0]}); is it running? (deploy/local/stack up)") from e
+def _metadata(admin: AdminClient, s: Settings) -> Any:
+    """Cluster metadata; SecurityError at once on an authentication/TLS failure,
+    BrokerUnavailableError after ADMIN_TIMEOUT_S."""
+    return metadata(admin, getattr(admin, "security_watch", None), s, timeout_s=ADMIN_TIMEOUT_S)
 
 
-def _list_topics(admin: AdminClient, bootstrap: str) -> dict[str, int]:
-    return {name: len(t.partitions) for name, t in _metadata(admin, bootstrap).topics.items()}
+def _list_topics(admin: AdminClient, s: Settings) -> dict[str, int]:
+    return {name: len(t.partitions) for name, t in _metadata(admin, s).topics.items()}
 
 
 def replication(s: Settings, brokers: int) -> tuple[int, int]:
@@ -101,7 +102,7 @@ def replication(s: Settings, brokers: int) -> tuple[int, int]:
 def ensure_topics(s: Settings) -> list[str]:
     """Create missing topics; check existing ones. Returns one human line per topic."""
     admin = admin_client(s)
-    md = _metadata(admin, s.kafka_bootstrap)
+    md = _metadata(admin, s)
     existing = {name: len(t.partitions) for name, t in md.topics.items()}
     specs = topic_specs(s)
     lines: list[str] = []
@@ -121,7 +122,7 @@ def ensure_topics(s: Settings) -> list[str]:
                 if err.code() != 36:  # TOPIC_ALREADY_EXISTS: a concurrent creator won the race
                     raise ConfigError(f"could not create topic {name}: {err.str()}") from e
                 lines.append(f"exists  {name}")
-        existing = _list_topics(admin, s.kafka_bootstrap)
+        existing = _list_topics(admin, s)
     for t in specs:
         if t not in missing:
             lines.append(f"exists  {t.name} ({existing[t.name]} partitions)")
@@ -210,7 +211,7 @@ def delete_namespace_topics(s: Settings) -> list[str]:
     if not s.namespace:
         raise ConfigError("refusing to delete the empty namespace")
     admin = admin_client(s)
-    mine = sorted(t for t in _list_topics(admin, s.kafka_bootstrap) if t.startswith(s.namespace + "."))
+    mine = sorted(t for t in _list_topics(admin, s) if t.startswith(s.namespace + "."))
     if mine:
         for fut in admin.delete_topics(mine, operation_timeout=ADMIN_TIMEOUT_S).values():
             fut.result()

@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 
+from stream.kafka_conf import faust_credentials
 from stream.settings import Settings
 
 __all__ = ["create_app"]
@@ -22,6 +23,7 @@ def create_app(settings: Settings, *, app_id: str | None = None, **overrides: An
     """A configured Faust app; callers attach agents to it."""
     conf: dict[str, Any] = dict(
         broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),  # SASL/TLS as every other client (kafka_conf)
         store="memory://",
         value_serializer="raw",
         key_serializer="raw",

@@ -420,8 +420,13 @@ class Pipeline:
 
     def _produce_dlq(self, m: _Msg, rejections: list[dict[str, Any]]) -> None:
         """One DLQ record for a message (docs/contracts.md §4): its rejections, its place, and its
-        first ``dlq_max_original_bytes`` bytes with the size and SHA-256 of the whole value."""
-        raw, cap = m.raw, self.s.dlq_max_original_bytes
+        first ``dlq_max_original_bytes`` bytes with the size and SHA-256 of the whole value.
+        ``dlq_keep_original=False``: nothing taken from the input (no bytes, details, event ids, and
+        no key: the record is keyed by nothing instead of the user id)."""
+        raw, cap, key = m.raw, self.s.dlq_max_original_bytes, m.key
+        if not self.s.dlq_keep_original:
+            cap, key = 0, None
+            rejections = [{**r, "detail": "", "event_id": None} for r in rejections]
         first = rejections[0]
         rec: dict[str, Any] = {
             "v": 2, "reason": first["reason"], "detail": first["detail"], "index": first["index"],
@@ -437,7 +442,7 @@ class Pipeline:
         for r in rejections:
             counts[r["reason"]] += 1
         try:
-            self._produce(self.s.dlq_topic, m.key, orjson.dumps(rec))
+            self._produce(self.s.dlq_topic, key, orjson.dumps(rec))
         except KafkaException as e:
             err = e.args[0] if e.args else None
             if not isinstance(err, KafkaError) or err.code() not in _PERMANENT:

@@ -14,8 +14,8 @@ from stream.core.warmup import warm_up
 from stream.errors import (
     StoreUnavailableError,
 )
+from stream.kafka_conf import librdkafka_config
 from stream.live.pipeline import Pipeline
-from stream.logconfig import kafka_logger
 from stream.retry import START_ATTEMPTS, retry
 from stream.settings import Settings
 from stream.state import RedisWindowStore, redis_client
@@ -43,16 +43,14 @@ def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer |
                          model_thresholds=None if scorer is None else scorer.info.thresholds)
     detector = Detector(store, policy, scorer)
     pipeline: Pipeline
-    producer = Producer({
-        "logger": kafka_logger(),
-        "bootstrap.servers": settings.kafka_bootstrap,
+    producer = Producer(librdkafka_config(settings, **{
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
         "message.timeout.ms": int(settings.produce_timeout_s * 1000),
         "on_delivery": lambda err, msg: pipeline.on_delivery(err, msg),
-    })
+    }))
     pipeline = Pipeline(settings, detector, producer, store=store,
                         ledger=RedisPoisonLedger(client, settings.key_prefix))
     return pipeline

@@ -45,7 +45,7 @@ from confluent_kafka import KafkaException
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from stream.errors import BrokerUnavailableError, StoreUnavailableError
+from stream.errors import BrokerUnavailableError, SecurityError, StoreUnavailableError
 from stream.live import faust_compat
 from stream.live.app import create_app
 from stream.live.link import PipelineLink, open_link
@@ -65,6 +65,7 @@ __all__ = [
     "InputProgress",
     "BACKLOG_BATCHES",
     "BACKLOG_RECHECK_S",
+    "EXIT_SECURITY",
     "EXIT_UNAVAILABLE",
     "FETCH_FRESH_MS",
     "KAFKA_PROBE_S",
@@ -76,6 +77,7 @@ __all__ = [
 log = logging.getLogger("riskstream.worker")
 
 EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL: a supervisor should restart us
+EXIT_SECURITY = 77  # EX_NOPERM: credentials or TLS trust refused; a restart alone will not help
 BACKLOG_BATCHES = 4  # a backlog this many full batches long is a catch-up: fill batches to batch_size
 FETCH_FRESH_MS = 5_000  # an input is caught up only if its leader answered a fetch this recently
 KAFKA_PROBE_S = 5.0  # a metadata request this often (waiting at most this long) tells whether Kafka answers
@@ -524,12 +526,13 @@ def run_worker(settings: Settings, model_path: Path | None, *, loglevel: str = "
     try:
         _check_topics(settings)
         app, engine = create_worker_app(settings, model_path)
-    except (StoreUnavailableError, BrokerUnavailableError) as e:
+    except (StoreUnavailableError, BrokerUnavailableError, SecurityError) as e:
+        code = EXIT_SECURITY if isinstance(e, SecurityError) else EXIT_UNAVAILABLE
         if settings.log_format == "json":
-            log.critical("giving up: %s; exiting with %d", e, EXIT_UNAVAILABLE)
+            log.critical("giving up: %s; exiting with %d", e, code)
         else:
             print(f"riskstream: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_UNAVAILABLE)
+        sys.exit(code)
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
@@ -545,15 +548,13 @@ def run_worker(settings: Settings, model_path: Path | None, *, loglevel: str = "
 
 def _check_topics(settings: Settings) -> None:
     """Fail (after bounded retries) when Kafka or the topics are not there at start-up."""
+    from stream.kafka_conf import metadata
     from stream.topics import admin_client
 
     admin = admin_client(settings)
 
-    def topics_ready() -> None:
-        try:
-            md = admin.list_topics(timeout=5)
-        except KafkaException as e:
-            raise BrokerUnavailableError(f"Kafka at {settings.kafka_bootstrap}: {e.args[0]}") from e
+    def topics_ready() -> None:  # SecurityError (credentials, TLS) at once: not retried
+        md = metadata(admin, getattr(admin, "security_watch", None), settings, timeout_s=5)
         missing = [t for t in (settings.clicks_topic, settings.views_topic, settings.alerts_topic,
                                settings.levels_topic, settings.dlq_topic) if t not in md.topics]
         if missing:

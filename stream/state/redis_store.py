@@ -30,6 +30,7 @@ the window arithmetic, and the worker runs the same compiled kernel as the offli
 from __future__ import annotations
 
 import hashlib
+import ssl
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,7 +49,7 @@ from redis.exceptions import (
 from stream.core import layout as L
 from stream.core.policy import POLICY_PREFIX
 from stream.core.windows import StateTable, UserBatch, UserResult
-from stream.errors import StaleStateError, StoreUnavailableError
+from stream.errors import SecurityError, StaleStateError, StoreUnavailableError
 from stream.state.codec import (
     _F_POLICY,
     _F_RINGS,
@@ -477,7 +478,20 @@ def _check_policy_fields(fields: Mapping[str, str]) -> None:
                          f"too): {bad[:3]}")
 
 
-def _unavailable(e: Exception) -> StoreUnavailableError:
+def _tls_failure(e: BaseException) -> bool:
+    """A TLS handshake that failed (untrusted certificate, wrong host name), anywhere in the chain."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _unavailable(e: Exception) -> StoreUnavailableError | SecurityError:
+    if isinstance(e, redis.AuthenticationError) or _tls_failure(e):
+        return SecurityError(f"Redis refused the connection ({type(e).__name__}: {e}); check the user and password "
+                             "of RISKSTREAM_REDIS_URL and RISKSTREAM_REDIS_SSL_CA_LOCATION (docs/security.md)")
     return StoreUnavailableError(
         f"Redis is unavailable ({type(e).__name__}: {e}); check that Redis is running and reachable "
         "(locally: deploy/local/stack status)"

@@ -82,9 +82,18 @@ def _pipelined(client: Client, queue: Any, *, raise_on_error: bool = True) -> li
 
 
 def redis_client(settings: Settings) -> Client:
-    """A Redis client for these settings: standalone, or Redis Cluster (``redis_cluster``)."""
+    """A Redis client for these settings: standalone, or Redis Cluster (``redis_cluster``).
+
+    ACL user and password come in the URL (``redis://user:password@host:port/0``); ``rediss://``
+    is TLS, verified against ``redis_ssl_ca_location`` (else the system's CAs), host name included.
+    """
     url = settings.redis_url.get_secret_value()
     opts: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    if settings.redis_tls:
+        opts["ssl_cert_reqs"] = "required"
+        opts["ssl_check_hostname"] = True
+        if settings.redis_ssl_ca_location is not None:
+            opts["ssl_ca_certs"] = str(settings.redis_ssl_ca_location)
     if settings.redis_cluster:
         return redis.RedisCluster.from_url(url, **opts)
     return redis.Redis.from_url(url, health_check_interval=30, **opts)

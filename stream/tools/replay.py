@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Producer
 from tqdm import tqdm
 
 from stream.core.events import Event, decode_message, encode_event
-from stream.logconfig import kafka_logger
 from stream.errors import BrokerUnavailableError, ConfigError
+from stream.kafka_conf import librdkafka_config, metadata, watch_of
 from stream.logs import iter_lines, open_log
 from stream.settings import Settings
 from stream.topics import admin_client, input_retention_ms
@@ -147,16 +147,13 @@ def replay(path: str | Path, settings: Settings, *, rate: float | None = None, s
         if err is not None:
             errors.append(str(err))
 
-    producer = Producer({
-        "logger": kafka_logger(),
-        "bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all",
+    conf = librdkafka_config(settings, **{
+        "enable.idempotence": True, "acks": "all",
         "linger.ms": 20, "batch.num.messages": 10_000, "compression.type": "lz4",
         "queue.buffering.max.messages": 500_000, "on_delivery": on_delivery,
     })
-    try:
-        producer.list_topics(topics["click"], timeout=10)
-    except KafkaException as e:
-        raise BrokerUnavailableError(f"Kafka at {settings.kafka_bootstrap}: {e.args[0]}") from e
+    producer = Producer(conf)
+    metadata(producer, watch_of(conf), settings, topics["click"], timeout_s=10)
     summary = ReplaySummary()
     # Kafka's time-based retention looks at record timestamps, i.e. the event times: history older
     # than the retention is deleted within log.retention.check.interval.ms of being published.

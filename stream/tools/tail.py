@@ -19,13 +19,12 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
     Consumer,
-    KafkaException,
     TopicPartition,
 )
 
 from stream.core.alerts import KINDS, LEVELS, Alert, Detail, Reason, alert_from_json
 from stream.errors import BrokerUnavailableError
-from stream.logconfig import kafka_logger
+from stream.kafka_conf import librdkafka_config, metadata, watch_of
 from stream.settings import Settings
 
 __all__ = ["format_alert", "matches", "parse_kinds", "parse_levels", "tail"]
@@ -174,13 +173,11 @@ def tail(settings: Settings, emit: Callable[[str], None], *, from_beginning: boo
     """Print alerts until interrupted, ``max_alerts`` shown, or ``idle_timeout_s`` without one.
 
     ``kinds`` / ``levels``: show only these (None: all); unreadable records are always shown."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "logger": kafka_logger(),
-                  "group.id": f"riskstream-tail-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    conf = librdkafka_config(settings, **{"group.id": f"riskstream-tail-{uuid.uuid4().hex[:8]}",
+                                          "enable.auto.commit": False})
+    c = Consumer(conf)
     try:
-        try:
-            md = c.list_topics(settings.alerts_topic, timeout=10)
-        except KafkaException as e:
-            raise BrokerUnavailableError(f"Kafka at {settings.kafka_bootstrap}: {e.args[0]}") from e
+        md = metadata(c, watch_of(conf), settings, settings.alerts_topic, timeout_s=10)
         t = md.topics.get(settings.alerts_topic)
         if t is None or t.error is not None:
             raise BrokerUnavailableError(f"topic {settings.alerts_topic} not found: run `riskstream topics create`")

@@ -135,3 +135,23 @@ def test_a_message_without_a_key_goes_to_the_dlq_as_missing_key():
     (rec,) = _dlq(p, producer)
     assert (rec["reason"], rec["index"], rec["offset"]) == ("missing_key", None, 0)
     assert r.done == [(p.s.clicks_topic, 0, 0)] and r.applied == 0 and producer.records[0][1] is None
+
+
+def test_keep_original_false_puts_nothing_of_the_input_in_the_record():
+    from tests.contracts import assert_valid_dlq
+
+    producer = QueueProducer()
+    p = _with(producer, dlq_keep_original=False)
+    secret = "alice.personal@example.org"
+    bad_type = orjson.dumps({"v": 1, "event_id": f"id-{secret}", "user_id": secret, "type": f"doom-{secret}",
+                             "ts": at(0, 12), "session_id": "s", "item_id": "i"})
+    broken = f'{{"user_id":"{secret}", oops'.encode()
+    step(p, [(p.s.views_topic, 0, 0, secret.encode(), bad_type), (p.s.views_topic, 0, 1, secret.encode(), broken)])
+    recs = _dlq(p, producer)
+    assert [r["reason"] for r in recs] == ["out_of_range", "malformed_json"]
+    for (_, key, value), raw, rec in zip(producer.records, (bad_type, broken), recs, strict=True):
+        assert key is None and secret.encode() not in value and b"doom" not in value
+        assert_valid_dlq(value)
+        assert rec["original_b64"] == "" and rec["original_truncated"] is True
+        assert rec["original_size"] == len(raw) and rec["original_sha256"] == hashlib.sha256(raw).hexdigest()
+        assert rec["detail"] == "" and all(r["detail"] == "" and r["event_id"] is None for r in rec["rejections"])

@@ -39,7 +39,7 @@ EXPORTED = {
     ],
     "stream.errors": [
         "BrokerUnavailableError", "ConfigError", "ModelContractError", "PipelineDiedError",
-        "RiskstreamError", "StaleStateError", "StoreUnavailableError",
+        "RiskstreamError", "SecurityError", "StaleStateError", "StoreUnavailableError",
     ],
     "stream.settings": [
         "ALERTS_TOPIC", "DLQ_TOPIC", "LEVELS_TOPIC", "Settings", "host_port", "load_settings", "mask_url",
