@@ -1,6 +1,6 @@
 """The peer in the bench: riskstream against a Faust no-op agent and Quix Streams apps (issue #17 item 4).
 
-    python bench/peer_bench.py [--events 276000] [--users 56] [--repeats 2] [--envelopes 1 8 20]
+    python bench/peer_bench.py [--events 276000] [--users 56] [--days 3] [--repeats 2] [--envelopes 1 8 20]
                                [--variants faust-noop worker quix-noop quix-tumbling quix-sliding]
                                [--peer-venv ~/.cache/riskstream/peer-venv] [--timeout 1800]
 
@@ -75,6 +75,26 @@ def quix_version(py: Path) -> str:
 
 
 # -- input shapes ----------------------------------------------------------------------------------
+def make_log(path: Path, events: int, users: int, days: float | None) -> None:
+    """bench/offline_bench.synth_log, its event times rescaled to span ``days`` (denser or sparser
+    users: an upload window under the worker's 1-hour lateness limit holds ~20 events only when a
+    user makes dozens an hour)."""
+    from bench.offline_bench import synth_log
+
+    synth_log(path, events, users)
+    if days is None:
+        return
+    with gzip.open(path, "rb") as f:
+        rows = [orjson.loads(line) for line in f.read().splitlines() if line]
+    t0 = min(r["ts"] for r in rows)
+    span = max(max(r["ts"] for r in rows) - t0, 1)
+    k = days * 86_400_000 / span
+    for r in rows:
+        r["ts"] = t0 + int((r["ts"] - t0) * k)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
+
+
 def _keys(log: Path) -> list[tuple[int, str, str, bytes]]:
     with gzip.open(log, "rb") as f:
         out = []
@@ -164,6 +184,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=276_000, help="events in the synthetic log")
     ap.add_argument("--users", type=int, default=56)
+    ap.add_argument("--days", type=float, default=3.0,
+                    help="span of the log's event times (rescaled; 0 = synth_log's own)")
     ap.add_argument("--repeats", type=int, default=2, help="alternating rounds per input shape")
     ap.add_argument("--envelopes", type=float, nargs="+", default=[1, 8, 20],
                     help="target events per message (1 = one event per message)")
@@ -175,8 +197,6 @@ def main() -> None:
     if a.events < 1000 or a.users < 1 or a.repeats < 1 or any(e < 1 for e in a.envelopes):
         raise SystemExit("peer_bench: --events ≥ 1000, --users ≥ 1, --repeats ≥ 1, --envelopes ≥ 1")
 
-    from bench.offline_bench import synth_log
-
     py = sys.executable
     peer_py = peer_python(a.peer_venv, a.quix_spec) if any(v.startswith("quix") for v in a.variants) else None
     model = ROOT / "models" / "riskstream.onnx"
@@ -184,11 +204,12 @@ def main() -> None:
         raise SystemExit(f"peer_bench: no model at {model} (python -m models.build)")
     tmp = Path(tempfile.mkdtemp(prefix="rs-peer-bench-"))
     log = tmp / "events.jsonl.gz"
-    synth_log(log, a.events, a.users)
+    make_log(log, a.events, a.users, a.days or None)
     keys = _keys(log)
     n = len(keys)
     span_d = (max(k[0] for k in keys) - min(k[0] for k in keys)) / 86_400_000
-    print(f"input: {n:,} events of {a.users:,} users over {span_d:.1f} days (bench/offline_bench.synth_log), "
+    print(f"input: {n:,} events of {a.users:,} users over {span_d:.1f} days (bench/offline_bench.synth_log"
+          f"{', rescaled' if a.days else ''}), "
           f"6 partitions per topic; quixstreams {quix_version(peer_py) if peer_py else '-'}; "
           f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", flush=True)
     parts = 6

@@ -1,6 +1,6 @@
 """Where the live worker's CPU per event goes (issue #17 item 1, the measuring half).
 
-    python bench/profile_pipeline.py [--events 200000] [--users 56] [--envelope 8] [--out DIR]
+    python bench/profile_pipeline.py [--events 200000] [--users 56] [--days 3] [--envelope 8] [--out DIR]
                                      [--no-py-spy] [--top 25]
 
 On the real stack. Fills a namespace with the same kind of input as bench/peer_bench.py (the
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 
 from bench import stream_bench as sb  # noqa: E402
-from bench.peer_bench import ENVELOPE_CAP, _keys, choose_window, write_uploads  # noqa: E402
+from bench.peer_bench import ENVELOPE_CAP, _keys, choose_window, make_log, write_uploads  # noqa: E402
 from stream.settings import load_settings  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
 
@@ -138,6 +138,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--users", type=int, default=56)
+    ap.add_argument("--days", type=float, default=3.0, help="span of the event times (as peer_bench; 0: as generated)")
     ap.add_argument("--envelope", type=float, default=8, help="target events per message (1: one per message)")
     ap.add_argument("--out", type=Path, default=Path("profile-out"))
     ap.add_argument("--no-py-spy", action="store_true", help="CPU per event only")
@@ -147,13 +148,11 @@ def main() -> None:
     spy = None if a.no_py_spy else shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if spy is not None and not Path(spy).exists():
         raise SystemExit("profile_pipeline: py-spy not found (pip install py-spy), or pass --no-py-spy")
-    from bench.offline_bench import synth_log
-
     model = ROOT / "models" / "riskstream.onnx"
     tmp = Path(tempfile.mkdtemp(prefix="rs-profile-"))
     a.out.mkdir(parents=True, exist_ok=True)
     log = tmp / "events.jsonl.gz"
-    synth_log(log, a.events, a.users)
+    make_log(log, a.events, a.users, a.days or None)
     keys = _keys(log)
     n = len(keys)
     ns = f"prof{uuid.uuid4().hex[:6]}"
