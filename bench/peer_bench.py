@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 
 from bench import stream_bench as sb  # noqa: E402
+from stream.core.ordering import DEFAULT_LATENESS_MS  # noqa: E402
 from stream.settings import load_settings  # noqa: E402
 from stream.topics import admin_client, ensure_topics  # noqa: E402
 
@@ -159,9 +160,13 @@ def run_variant(variant: str, *, py: str, peer_py: Path, s, ns: str, parts: int,
     state = Path(tempfile.mkdtemp(prefix="rs-peer-state-"))
     try:
         cmd = [str(peer_py), str(QUIX_APP), kind, "--bootstrap", s.kafka_bootstrap, "--group", qgroup,
-               "--topics", *topics, "--state-dir", str(state), "--grace-ms", str(grace_ms)]
+               "--topics", *topics, "--state-dir", str(state), "--grace-ms", str(grace_ms),
+               "--late-file", str(state / "late.txt")]
         return sb.drain(label, cmd, s.kafka_bootstrap, qgroup, topics, parts, msgs, epm, timeout=timeout)
     finally:
+        late = state / "late.txt"
+        if late.exists() and late.read_text().strip() not in ("", "0"):
+            print(f"    ({variant}: the windows dropped {int(late.read_text()):,} events as late)", flush=True)
         shutil.rmtree(state, ignore_errors=True)
 
 
@@ -224,7 +229,7 @@ def main() -> None:
             ensure_topics(s)
             sb.CREATED.append(s)
             if target <= 1:
-                src, cap, window_ms, lateness, grace = log, 1, 0, None, 0
+                src, cap, window_ms, lateness, grace = log, 1, 0, None, DEFAULT_LATENESS_MS  # the worker's default
                 shape = "one event per message"
             else:
                 window_ms, _ = choose_window(keys, target, ENVELOPE_CAP)
@@ -240,7 +245,7 @@ def main() -> None:
             epm = n / max(msgs, 1)
             shapes[target] = f"{shape}: {epm:.2f} events/message"
             print(f"\n[{shapes[target]}] {msgs:,} messages (published in {time.perf_counter() - t:.1f} s)"
-                  + (f"; worker --lateness-ms {lateness}, Quix grace {grace} ms" if lateness else ""), flush=True)
+                  + f"; worker lateness {lateness or DEFAULT_LATENESS_MS} ms, Quix windows' grace {grace} ms", flush=True)
             for r in range(a.repeats):
                 for v in a.variants:
                     try:

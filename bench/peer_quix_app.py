@@ -28,6 +28,15 @@ from quixstreams import Application
 from quixstreams.dataframe.windows import Count, Sum
 
 
+LATE = [0]
+
+
+def _late(*_args: object) -> bool:
+    """Count events a window refused as late (instead of one log line each); see --late-file."""
+    LATE[0] += 1
+    return False
+
+
 def _events(value: dict) -> list[dict]:
     return value["events"] if "events" in value else [value]
 
@@ -41,6 +50,7 @@ def main() -> None:
     ap.add_argument("--state-dir", required=True)
     ap.add_argument("--grace-ms", type=int, default=0)
     ap.add_argument("--commit-interval", type=float, default=0.5)
+    ap.add_argument("--late-file", help="write the number of events dropped as late here on exit")
     a = ap.parse_args()
     app = Application(broker_address=a.bootstrap, consumer_group=a.group, auto_offset_reset="earliest",
                       commit_interval=a.commit_interval, state_dir=a.state_dir, loglevel="WARNING",
@@ -56,13 +66,18 @@ def main() -> None:
         sdf = sdf.set_timestamp(lambda value, key, ts, headers: value["ts"])
         sdf = sdf.apply(lambda e: e.get("dwell_ms", 0))
         if a.kind == "tumbling":
-            sdf = sdf.tumbling_window(timedelta(minutes=1), grace_ms=a.grace_ms).agg(
+            sdf = sdf.tumbling_window(timedelta(minutes=1), grace_ms=a.grace_ms, on_late=_late).agg(
                 count=Count(), dwell_ms=Sum()).final()
         else:
-            sdf = sdf.sliding_window(timedelta(hours=1), grace_ms=a.grace_ms).agg(
+            sdf = sdf.sliding_window(timedelta(hours=1), grace_ms=a.grace_ms, on_late=_late).agg(
                 count=Count(), dwell_ms=Sum()).current()
     del sdf  # registered with the app by app.dataframe(); run() runs every registered dataframe
-    app.run()
+    try:
+        app.run()  # until SIGTERM (the bench stops it once its group has committed the input)
+    finally:
+        if a.late_file:
+            with open(a.late_file, "w") as f:
+                f.write(str(LATE[0]))
 
 
 if __name__ == "__main__":
