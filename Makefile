@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack
 
-.PHONY: install asyncapi-tools run test test-unit stack-up stack-down bench model clean
+.PHONY: install asyncapi-tools run test test-unit stack-up stack-down bench bench-peer model clean
 
 $(BIN)/riskstream: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "make: $(PY) not found: install Python 3.11+" >&2; exit 1; }
@@ -50,6 +50,13 @@ test-unit: install
 
 bench: install
 	$(BIN)/python bench/offline_bench.py
+
+# The peer in the bench (issue #17): the worker against a Faust no-op agent and Quix Streams apps on the
+# same topics (the stack must be up; Quix Streams goes into its own venv under ~/.cache/riskstream).
+# A short run: make bench-peer PEER_ARGS='--events 100000 --repeats 1'
+PEER_ARGS ?=
+bench-peer: install
+	$(BIN)/python bench/peer_bench.py $(PEER_ARGS)
 
 clean:
 	$(STACK) clean --secure || true

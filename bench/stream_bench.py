@@ -101,6 +101,10 @@ def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
 
 
 # -- harness ---------------------------------------------------------------------------------------
+class TooSmall(SystemExit):
+    """A drain too fast for the input: the committed offsets jumped over most of the 10–90 % span."""
+
+
 def drain(name: str, cmd: list[str], bootstrap: str, group: str, topics: list[str], partitions: int,
           total_msgs: int, events_per_msg: float, timeout: float = 600, env: dict[str, str] | None = None) -> float:
     """Run ``cmd`` until the group's committed offsets reach ``total_msgs``; events/s in between.
@@ -139,6 +143,10 @@ def drain(name: str, cmd: list[str], bootstrap: str, group: str, topics: list[st
                       f"{now - t_lo:.1f} s)", flush=True)
             if c >= total_msgs and rate is not None:  # all done (Redis CPU is measured over all of it)
                 return rate
+            if c >= total_msgs or (c_lo is not None and c_lo >= 0.5 * total_msgs):
+                # the first commit seen past 10 % was past half the input: too few commits in between
+                raise TooSmall(f"{name}: the input drained in too few commits ({total_msgs} messages): "
+                               "too small to measure, use more events")
             time.sleep(0.1)
         raise SystemExit(f"{name} did not drain within {timeout:.0f} s ({c}/{total_msgs} messages committed)")
     finally:
