@@ -144,6 +144,53 @@ def user_show(user_id: str, bootstrap: str | None, redis_url: str | None, namesp
     click.echo(orjson.dumps(report.to_json()).decode() if as_json else format_report(report))
 
 
+@main.command("dashboard")
+@common_options
+@click.option("--listen", envvar="RISKSTREAM_DASHBOARD_ADDR", default="127.0.0.1:8090", show_default=True,
+              metavar="HOST:PORT", help="where to serve the page [env RISKSTREAM_DASHBOARD_ADDR]; "
+              "anything but loopback needs RISKSTREAM_DASHBOARD_TOKEN")
+@click.option("--metrics", "metrics_addrs", envvar="RISKSTREAM_DASHBOARD_METRICS", default="127.0.0.1:8080",
+              show_default=True, metavar="HOST:PORT[,…]",
+              help="the workers' HTTP addresses (their RISKSTREAM_HTTP_ADDR) to scrape /metrics from "
+              "[env RISKSTREAM_DASHBOARD_METRICS]")
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="RISKSTREAM_MODEL_PATH", help="score drill-downs with this model [default: the shipped one]")
+@click.option("--no-model", is_flag=True, help="do not score drill-downs")
+@click.option("--policy-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="RISKSTREAM_POLICY_CONFIG", help="alert policy TOML (for the rule profile) [default: packaged]")
+def dashboard(bootstrap: str | None, redis_url: str | None, namespace: str | None, listen: str,
+              metrics_addrs: str, model: Path | None, no_model: bool, policy_config: Path | None) -> None:
+    """Serve the live monitoring page (rates, alerts, levels, a user's timeline)."""
+    import logging
+    import os
+
+    from stream.core.policy import load_policy_config
+    from stream.tools.dashboard import check_bind, run_dashboard
+    from stream.tools.user import user_report
+
+    token = os.environ.get("RISKSTREAM_DASHBOARD_TOKEN") or None
+    check_bind(listen, token)  # before anything slow: a bad address or a missing token is one line
+    addrs = [a.strip() for a in metrics_addrs.split(",") if a.strip()]
+    for a in addrs:
+        try:
+            from stream.settings import host_port
+
+            host_port(a)
+        except ValueError as e:
+            raise ConfigError(f"invalid setting dashboard_metrics (RISKSTREAM_DASHBOARD_METRICS): {e}") from None
+    s = settings_from(bootstrap, redis_url, namespace)
+    scorer = None if no_model else _load_scorer(model, required=False)
+    cfg = load_policy_config(policy_config)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def report(uid: str) -> dict[str, Any] | None:
+        r = user_report(s, uid, scorer=scorer, policy_config=cfg)
+        return None if r is None else r.to_json()
+
+    run_dashboard(s, listen=listen, token=token, metrics_addrs=addrs, user_report=report,
+                  announce=lambda line: click.echo(line, err=True))
+
+
 # -- models --------------------------------------------------------------------------------------
 def _load_scorer(model: Path | None, *, required: bool) -> Any:
     from stream.core.scoring import load_scorer

@@ -11,6 +11,8 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from stream.core import layout as L
 from stream.core.features import FEATURE_NAMES, compute
 from stream.core.ordering import tick_ceil
@@ -20,7 +22,7 @@ from stream.core.windows import Snapshot
 from stream.settings import Settings
 from stream.state import RedisWindowStore, redis_client
 
-__all__ = ["UserReport", "format_report", "user_report"]
+__all__ = ["DayFigures", "UserReport", "daily_timeline", "format_report", "user_report"]
 
 # The seven-day figures a person reads first, in this order, with their wording.
 _SUMMARY = (
@@ -32,6 +34,39 @@ _SUMMARY = (
     ("long_sess_30m_day_7d", "sessions over 30 min a day"),
     ("sess_len_mean_s_7d", "mean session length, s"),
 )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DayFigures:
+    """One local day of the user's day ring (28 days) and, for the last 7 days, the hour ring."""
+
+    day: str  # local date, YYYY-MM-DD
+    active_min: float
+    sessions: int
+    night_min: float | None  # active minutes 00:00-06:00 local; None beyond the 7-day hour ring
+
+
+def daily_timeline(scalars: tuple[int, ...], rings: bytes) -> list[DayFigures]:
+    """The per-day series the stored rings hold, oldest day first (docs/state-layout.md §4).
+
+    Days before the user's first day are left out; a day inside the window without activity is 0.
+    """
+    words = np.frombuffer(rings, dtype=L.RING_DTYPE).astype(np.int64)
+    dh, hh, first = scalars[L.S_DH], scalars[L.S_HH], scalars[L.S_FD]
+    if dh == L.NONE:
+        return []
+    out: list[DayFigures] = []
+    for db in range(dh - L.DAY_SLOTS + 1, dh + 1):
+        if first != L.NONE and db < first:
+            continue
+        night: float | None = None
+        if hh != L.NONE and db * 24 > hh - L.HOUR_SLOTS:
+            hours = [hb for hb in range(db * 24, db * 24 + 6) if hh - L.HOUR_SLOTS < hb <= hh]
+            night = round(sum(int(words[L.h_index(hb, L.H_ACTIVE)]) for hb in hours) / 60_000, 2)
+        day = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=db)
+        out.append(DayFigures(day=f"{day:%Y-%m-%d}", active_min=round(int(words[L.d_index(db, L.D_ACTIVE)]) / 60_000, 2),
+                              sessions=int(words[L.d_index(db, L.D_SESSIONS)]), night_min=night))
+    return out
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,6 +84,7 @@ class UserReport:
     score: float | None
     model_version: str | None
     policy: dict[str, Any]
+    timeline: list[DayFigures] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -89,7 +125,8 @@ def user_report(settings: Settings, user_id: str, *, scorer: Scorer | None,
         last_event_ms=newest, tick_end_ms=tick_end, tz_offset_min=None if tz == L.NONE else tz - L.TZ_BIAS,
         today_active_min=round(float(rules.today_active_min[0]), 2),
         session_min=round(float(rules.session_min[0]), 2), history_days=int(rules.history_days[0]),
-        features=features, score=score, model_version=model_version, policy=pol)
+        features=features, score=score, model_version=model_version, policy=pol,
+        timeline=daily_timeline(scalars, rings))
 
 
 def _iso(ms: int) -> str:
