@@ -5,7 +5,9 @@ Labels are outcomes, kinds, reasons and partitions, never user ids. Latencies ar
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 __all__ = ["Metrics"]
 
@@ -13,7 +15,11 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """``child_pid`` (the pipeline process's pid, or None) adds ``riskstream_pipeline_process_*``:
+    the same process metrics as the worker's own ``process_*``, read from /proc for the child."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 child_pid: Callable[[], int | None] | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.messages = Counter("riskstream_messages", "Kafka messages consumed", registry=r)
@@ -37,3 +43,19 @@ class Metrics:
         self.watermark_lag = Gauge("riskstream_watermark_lag_seconds",
                                    "Wall clock minus the partition watermark (event time)", ["partition"],
                                    registry=r)
+        self.consumer_lag = Gauge(
+            "riskstream_consumer_lag",
+            "Offset lag of an input partition: high watermark minus the offset the group committed",
+            ["topic", "partition"], registry=r)
+        self.pipeline_up = Gauge("riskstream_pipeline_up", "1 while the pipeline child process is alive",
+                                 registry=r)
+        self.model = Info("riskstream_model", "The ONNX model being served", registry=r)
+        self.model_reloads = Counter("riskstream_model_reloads", "Model files hot-reloaded", registry=r)
+        ProcessCollector(registry=r)  # process_* of this (the worker's) process
+        if child_pid is not None:
+            ProcessCollector(namespace="riskstream_pipeline", pid=lambda: _pid_or_none(child_pid), registry=r)
+
+
+def _pid_or_none(child_pid: Callable[[], int | None]) -> int | str:
+    pid = child_pid()
+    return "none" if pid is None else pid  # no /proc entry: ProcessCollector reports nothing

@@ -206,7 +206,9 @@ class Pipeline:
         t0 = time.perf_counter()
         self._done = []
         rep = self._report = Report()
-        self.detector.refresh_model()
+        rep.model_reloads = int(self.detector.refresh_model())
+        scorer = self.detector.scorer
+        rep.model_version = None if scorer is None else str(scorer.info.model_version)
         if self.store is not None:
             self.store.set_generation(step.generation)  # fences the writes of users loaded from now on
         if self.ledger is None:

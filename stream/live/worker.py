@@ -118,6 +118,8 @@ class Engine:
         self._redis: Any = None
         self.redis_ok_at = -float("inf")  # the Faust side pings Redis too, for readiness only
         self.fatal: BaseException | None = None
+        self._model_version: str | None = None
+        self._lag_labels: set[tuple[str, str]] = set()
 
     # -- consuming ----------------------------------------------------------------------------------
     def submit(self, batch: Sequence[Any]) -> asyncio.Future[None]:
@@ -223,6 +225,30 @@ class Engine:
                              and self._fetched_lately(topic, p, int(time.time() * 1000)))
                 flags[(p, kind)] = caught_up and now - st.last_seen >= idle_s
         await self._finish(self._send([], [], flags))
+
+    def export_gauges(self) -> None:
+        """Offset lag per input partition (high watermark - committed offset) and pipeline liveness.
+
+        The committed offset is the group's (what a restart resumes from): Faust reads it at
+        assignment and updates it as it commits; a partition with none yet, or not fetched yet, has
+        no value. Runs on the Kafka probe timer.
+        """
+        m = self.metrics
+        m.pipeline_up.set(1 if self.link.alive() else 0)
+        committed = faust_compat.committed_offsets(self.app)
+        seen: set[tuple[str, str]] = set()
+        for tp in self.app.consumer.assignment():
+            if tp.topic not in self.inputs:
+                continue
+            high, done = self._highwater(tp.topic, tp.partition), committed.get(tp)
+            if high is None or done is None:  # unknown until the first fetch and the first commit
+                continue
+            key = (tp.topic, str(tp.partition))
+            seen.add(key)
+            m.consumer_lag.labels(topic=key[0], partition=key[1]).set(max(0, high - done))
+        for key in self._lag_labels - seen:  # revoked: not ours to report any more
+            m.consumer_lag.remove(*key)
+        self._lag_labels = seen
 
     def watch_kafka(self) -> None:
         """Exit (75) once Kafka has not answered a metadata request for ``produce_timeout_s``.
@@ -388,6 +414,11 @@ class Engine:
             m.forced_releases.inc(rep.forced_releases)
         if rep.dlq_failed:
             m.dlq_failed.inc(rep.dlq_failed)
+        if rep.model_reloads:
+            m.model_reloads.inc(rep.model_reloads)
+        if rep.model_version is not None and rep.model_version != self._model_version:
+            self._model_version = rep.model_version
+            m.model.info({"version": rep.model_version})
         m.batch_seconds.observe(rep.seconds)
         now = time.time()
         for p, wm in rep.watermarks.items():
@@ -443,9 +474,10 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
                       registry: CollectorRegistry | None = None) -> tuple[faust.App, Engine]:
     """The worker's Faust app with its agent and idle timer attached."""
     app = create_app(settings, broker_commit_interval=settings.commit_interval_s)
-    metrics = Metrics(registry)
     engine: Engine
     link = open_link(settings, model_path, on_death=lambda e: engine._die(e))
+    proc = getattr(link, "proc", None)  # the pipeline child of a ProcessLink
+    metrics = Metrics(registry, child_pid=None if proc is None else (lambda: proc.pid))
     engine = Engine(settings, app, metrics, link)
     topic = app.topic(settings.clicks_topic, settings.views_topic, value_serializer="raw",
                       key_serializer="raw")
@@ -485,6 +517,7 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
     @app.timer(interval=KAFKA_PROBE_S, name="riskstream.kafka_watch")  # type: ignore[untyped-decorator]
     async def kafka_watch() -> None:
         engine.watch_kafka()
+        engine.export_gauges()
 
     if settings.http_addr:
         from stream.live.http import HealthServer, recent
