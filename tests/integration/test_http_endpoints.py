@@ -37,6 +37,31 @@ def _wait(pred, what: str, proc, timeout: float = 90) -> tuple[int, bytes]:  # t
     raise AssertionError(f"{what}: last /readyz answer {last}")
 
 
+def _publish(settings, n: int) -> None:
+    from confluent_kafka import Producer
+
+    from stream.core.events import encode_event
+    from tests.scenarios import random_log
+
+    p = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for e in random_log(7, users=4, hours=0.2)[:n]:
+        topic = settings.clicks_topic if e.type == "click" else settings.views_topic
+        p.produce(topic, encode_event(e), key=e.user_id.encode())
+    assert p.flush(10) == 0
+
+
+def _metric_lines(prefix: str, proc, until, timeout: float = 60) -> list[str]:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        lines = [ln for ln in _get("/metrics")[1].decode().splitlines() if ln.startswith(prefix)]
+        if until(lines):
+            return lines
+        time.sleep(0.5)
+    raise AssertionError(f"{prefix}: last {lines}")
+
+
 def test_readiness_follows_the_group_and_redis_liveness_stays(settings):
     rs = _own_redis(16393)
     proc = _worker("--namespace", settings.namespace, "--redis-url", "redis://127.0.0.1:16393/0",
@@ -52,6 +77,14 @@ def test_readiness_follows_the_group_and_redis_liveness_stays(settings):
         assert _get("/livez")[0] == 200
         status, text = _get("/metrics")
         assert status == 200 and b"riskstream_messages_total" in text
+        assert b"\nriskstream_pipeline_up 1.0" in text  # the detector child is alive
+        assert b"\nprocess_resident_memory_bytes " in text
+        assert b"\nriskstream_pipeline_process_resident_memory_bytes " in text
+        # offset lag per partition, once events were consumed and committed: back to 0
+        _publish(settings, 30)
+        lag = _metric_lines("riskstream_consumer_lag{", proc, until=lambda ls: len(ls) >= 2 and all(
+            ln.endswith(" 0.0") for ln in ls))
+        assert all(f'topic="{settings.clicks_topic}"' in ln or f'topic="{settings.views_topic}"' in ln for ln in lag)
 
         rs.terminate()
         rs.wait(timeout=10)
