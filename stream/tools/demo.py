@@ -40,6 +40,8 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=9)
     ap.add_argument("--speed", type=float, default=8_000.0, help="event-time speed-up factor")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--dashboard", default="127.0.0.1:8090", metavar="HOST:PORT",
+                    help="where the monitoring page is served (loopback)")
     a = ap.parse_args()
 
     started_stack = subprocess.run([str(STACK), "status"], capture_output=True).returncode != 0
@@ -88,10 +90,14 @@ def main() -> int:
             _say("stopping the stack this demo started …")
             subprocess.run([str(STACK), "down"])
 
-    env = {**os.environ, "RISKSTREAM_IDLE_MS": "1000"}
+    worker_http = "127.0.0.1:18080"
+    env = {**os.environ, "RISKSTREAM_IDLE_MS": "1000", "RISKSTREAM_HTTP_ADDR": worker_http}
     try:
         _say("starting the worker (riskstream worker) …")
         procs.append(_riskstream("worker", "--namespace", ns, "--loglevel", "WARNING", env=env))
+        procs.append(_riskstream("dashboard", "--namespace", ns, "--listen", a.dashboard, "--metrics", worker_http,
+                                 stdout=subprocess.DEVNULL))
+        _say(f"monitoring page: http://{a.dashboard}/ (riskstream dashboard)")
 
         def start_replay() -> None:
             _say(f"streaming the population at {a.speed:g}× event time (riskstream replay) …")

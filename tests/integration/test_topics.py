@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import ConfigResource
 
 from stream.errors import ConfigError
@@ -19,7 +21,15 @@ def _replicas_and_min_isr(s, topic: str) -> tuple[int, str]:  # type: ignore[no-
     admin = admin_client(s)
     md = admin.list_topics(topic, timeout=10).topics[topic]
     r = ConfigResource(ConfigResource.Type.TOPIC, topic)
-    cfg = admin.describe_configs([r])[r].result()
+    deadline = time.monotonic() + 15
+    while True:  # the broker asked may not know a topic created a moment ago (KRaft metadata lag)
+        try:
+            cfg = admin.describe_configs([r])[r].result()
+            break
+        except KafkaException as e:
+            if e.args[0].code() != 3 or time.monotonic() > deadline:  # UNKNOWN_TOPIC_OR_PART
+                raise
+            time.sleep(0.2)
     return len(md.partitions[0].replicas), cfg["min.insync.replicas"].value
 
 
@@ -30,7 +40,7 @@ def test_new_topics_get_the_replication_their_cluster_can_hold(stack: None, clus
     try:
         lines = ensure_topics(s)
         assert any(f"replication factor {want[0]}, min.insync.replicas {want[1]}" in line for line in lines)
-        for topic in (s.clicks_topic, s.views_topic, s.alerts_topic, s.dlq_topic):
+        for topic in (s.clicks_topic, s.views_topic, s.alerts_topic, s.dlq_topic, s.levels_topic):
             assert _replicas_and_min_isr(s, topic) == want
     finally:
         delete_namespace(s)
