@@ -9,7 +9,6 @@ the offline sequence exactly. Every record read is validated against levels.v1.s
 
 from __future__ import annotations
 
-import signal
 import time
 import uuid
 from typing import Any
@@ -39,10 +38,10 @@ from stream.topics import LEVELS_CONFIG, admin_client, ensure_topics
 from tests.contracts import assert_valid_levels
 from tests.eventgen import ev
 from tests.integration.test_worker_parity import (  # noqa: F401  (artifacts is a fixture)
-    _committed,
     artifacts,
     published_alerts,
     replay,
+    sigkill_mid_stream,
     start_worker,
     stop,
     wait_drained,
@@ -143,16 +142,7 @@ def test_sigkill_mid_stream_and_restart_leaves_the_offline_final_levels(settings
     replay(settings, artifacts)
     proc = start_worker(settings, artifacts, "--batch-size", "10", env={"RISKSTREAM_COMMIT_INTERVAL_S": "0.02"})
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            done, end = _committed(settings, settings.group_id)
-            if done >= end // 4:
-                break
-            assert time.monotonic() < deadline, "the worker committed nothing"
-            time.sleep(0.005)
-        assert done < end, "the kill must happen mid-stream"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        sigkill_mid_stream(settings, proc)
         proc = start_worker(settings, artifacts, "--batch-size", "10")
         published_alerts(settings, want_alerts, proc)
         wait_drained(settings)

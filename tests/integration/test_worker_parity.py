@@ -302,6 +302,21 @@ def _committed(settings, group: str) -> tuple[int, int]:
         c.close()
 
 
+def sigkill_mid_stream(settings, proc: subprocess.Popen) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL the worker once a quarter, but not all, of the input offsets are committed."""
+    deadline = time.monotonic() + 120
+    while True:
+        done, end = _committed(settings, settings.group_id)
+        if done >= end // 4:
+            break
+        assert time.monotonic() < deadline, "the worker committed nothing"
+        time.sleep(0.005)
+    assert done < end, "the kill must happen mid-stream"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
 def test_sigkill_mid_stream_and_restart_gives_the_same_state_and_alerts(settings, artifacts):
     """The log is published first (a backlog, as after an outage); the worker is killed while it
     drains it, once some but not all offsets are committed, then restarted."""
@@ -312,17 +327,7 @@ def test_sigkill_mid_stream_and_restart_gives_the_same_state_and_alerts(settings
     fast_commits = {"RISKSTREAM_COMMIT_INTERVAL_S": "0.02"}
     proc = start_worker(settings, artifacts, "--batch-size", "10", env=fast_commits)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            done, end = _committed(settings, settings.group_id)
-            if done >= end // 4:
-                break
-            assert time.monotonic() < deadline, "the worker committed nothing"
-            time.sleep(0.005)
-        assert done < end, "the kill must happen mid-stream"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
+        sigkill_mid_stream(settings, proc)
         proc = start_worker(settings, artifacts, "--batch-size", "10")
         got = published_alerts(settings, want, proc)
         wait_drained(settings)
