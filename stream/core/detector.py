@@ -34,7 +34,7 @@ from stream.core.alerts import Reason as AlertReason
 from stream.core.events import Event, Reason
 from stream.core.layout import TICK_MS
 from stream.core.levels import LevelsRecord, LevelsUpdate, fold
-from stream.core.ordering import canonical_key
+from stream.core.ordering import canonical_key, canonical_order
 from stream.core.policy import (
     AlertPolicy,
     Decision,
@@ -46,6 +46,7 @@ from stream.core.scoring import Scorer
 from stream.core.windows import (
     ColumnarStore,
     EventColumns,
+    FencedColumnarStore,
     Item,
     Snapshots,
     UserBatch,
@@ -241,6 +242,9 @@ class Detector:
         return out, res.too_late
 
     def _apply(self, rel: Release[M], position: Position[M] | None, out: Outcome[M]) -> Snapshots:
+        store = self.store
+        if position is not None and isinstance(store, FencedColumnarStore) and store.fenced_columns:
+            return self._apply_columns(store, rel, position, out)
         per_user: dict[str, list[tuple[Item, M]]] = defaultdict(list)
         new = tuple.__new__
         for events, late in ((rel.released, False), (rel.late, True)):
@@ -273,6 +277,45 @@ class Detector:
         out.duplicates += duplicates
         out.applied += len(rel.released) + len(rel.late) - duplicates - rejected
         return all_snapshots(results)
+
+    def _apply_columns(self, store: FencedColumnarStore, rel: Release[M], position: Position[M],
+                       out: Outcome[M]) -> Snapshots:
+        """:meth:`_apply` as one columnar store call (the live path; no per-user batches): the same
+        users, fences, rejections (in the same order) and snapshots."""
+        released, late = rel.released, rel.late
+        items = [*released, *late] if late else released
+        out.late += len(late)
+        events: Sequence[Event]
+        metas: Sequence[M]
+        events, metas = zip(*items) if items else ((), ())
+        cols = EventColumns.from_events(events, [False] * len(released) + [True] * len(late) if late else False)
+        due = self._due(rel.group, rel.watermark_ms, set(cols.user_ids))
+        if not events and not due:
+            return Snapshots.empty()
+        first_seen = cols.user_ids  # the per-user path's user order: first appearance, released then late
+        if late:
+            # released events are in canonical order; late ones go in between, per user (a stable
+            # sort: an event equal in canonical key to a released one stays after it, as per user)
+            order = canonical_order(cols.ts, cols.view, cols.event_ids)
+            cols = cols.take(order)
+            il = order.tolist()
+            events = [events[i] for i in il]
+            metas = [metas[i] for i in il]
+        if metas:
+            tps, positions = zip(*map(position, metas))
+        else:
+            tps = positions = ()
+        res = store.apply_fenced(cols, tps, positions, due, rel.watermark_ms, rel.commit_floor)
+        for u, pt in zip(res.users, res.pending):
+            self._set_pending(rel.group, u, pt)
+        if len(res.too_late):
+            rank = {u: r for r, u in enumerate(dict.fromkeys(first_seen))}
+            uids = cols.user_ids
+            for i in sorted(res.too_late.tolist(), key=lambda i: (rank[uids[i]], i)):
+                out.rejected.append((events[i], metas[i], Reason.TOO_LATE))
+        out.duplicates += res.duplicates
+        out.applied += len(events) - res.duplicates - len(res.too_late)
+        return res.snapshots
 
     def policy_fields(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The persisted policy state of users, wherever it lives (store, or resident offline)."""

@@ -135,6 +135,28 @@ class ReorderBuffer(Generic[M]):
         heapq.heappush(self._heap, (ev.ts_ms, ev.type, ev.event_id, self._seq, ev, meta))
         return True
 
+    def push_many(self, input_name: str, events: Sequence[Event], metas: Sequence[M]) -> list[int]:
+        """:meth:`push` of several events of one input (one message's); returns the indices of the
+        late ones (not buffered)."""
+        inp = self._inputs[input_name]
+        inp.idle = False
+        if events:
+            inp.max_ts = max(inp.max_ts, max(ev.ts_ms for ev in events))
+        heap = self._heap
+        push = heapq.heappush
+        floor = self.released_to
+        seq = self._seq
+        late: list[int] = []
+        for i, (ev, meta) in enumerate(zip(events, metas)):
+            ts = ev.ts_ms
+            if ts < floor:
+                late.append(i)
+                continue
+            seq += 1
+            push(heap, (ts, ev.type, ev.event_id, seq, ev, meta))
+        self._seq = seq
+        return late
+
     def set_idle(self, input_name: str, idle: bool = True) -> None:
         self._inputs[input_name].idle = idle
 

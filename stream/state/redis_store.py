@@ -48,7 +48,13 @@ from redis.exceptions import (
 
 from stream.core import layout as L
 from stream.core.policy import POLICY_PREFIX
-from stream.core.windows import StateTable, UserBatch, UserResult
+from stream.core.windows import (
+    EventColumns,
+    FencedResult,
+    StateTable,
+    UserBatch,
+    UserResult,
+)
 from stream.errors import SecurityError, StaleStateError, StoreUnavailableError
 from stream.state.codec import (
     _F_POLICY,
@@ -160,6 +166,29 @@ class RedisWindowStore:
         self._dirty.update(users)
         self._touch(users)
         return results
+
+    @property
+    def fenced_columns(self) -> bool:
+        """Whether :meth:`apply_fenced` serves (no outbox: the worker's store)."""
+        return not self._table.keep_outbox
+
+    def apply_fenced(self, cols: EventColumns, tps: Sequence[str | None], positions: Sequence[int | None],
+                     due: Sequence[str], watermark_ms: int,
+                     commit_floor: Mapping[str, int] | None = None) -> FencedResult:
+        """:meth:`apply` of columns (the live columnar path, ``StateTable.apply_fenced``), with the
+        same loading, decided-tick and dirty bookkeeping."""
+        if self._invalidate_requested and self._all_written():
+            self._drop_cache()
+        self._load([*dict.fromkeys(cols.user_ids), *due])
+        res = self._table.apply_fenced(cols, tps, positions, due, watermark_ms, commit_floor)
+        decided = self._decided
+        snaps = res.snapshots
+        for u, newest in zip(snaps.user_ids, snaps.tick_end.tolist()):
+            if newest > decided.get(u, newest - 1):
+                decided[u] = newest
+        self._dirty.update(res.users)
+        self._touch(res.users)
+        return res
 
     def prefetch(self, user_ids: Sequence[str]) -> None:
         """Load the users not cached yet (one pipeline) and nothing else: the only I/O of a

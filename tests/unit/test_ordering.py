@@ -120,3 +120,28 @@ def test_a_replay_of_history_is_unaffected_by_the_wall_clock():
         seen.append(rb.drain())
         runs.append(seen)
     assert runs[0] == runs[1]
+
+
+def test_push_many_is_push_event_by_event():
+    """A message's events pushed at once (the pipeline's path) buffer, refuse as late and release
+    exactly as the same events pushed one by one."""
+    import random
+
+    rng = random.Random(7)
+    one, many = (ReorderBuffer(["click", "view"], lateness_ms=5_000, max_events=50) for _ in range(2))
+    t = 1_000_000
+    lates = 0
+    for k in range(300):
+        kind = rng.choice(("click", "view"))
+        evs = [Event(f"u{rng.randrange(3)}", t + rng.randrange(-20_000, 20_000), kind, f"e{k}-{i}",
+                     "other", 0, None, None, None, None) for i in range(rng.randrange(0, 12))]
+        metas = [(k, i) for i in range(len(evs))]
+        late_one = [i for i, (e, m) in enumerate(zip(evs, metas)) if not one.push(kind, e, m)]
+        assert many.push_many(kind, evs, metas) == late_one
+        lates += len(late_one)
+        t += rng.randrange(0, 3_000)
+        if k % 7 == 0:
+            assert one.release() == many.release()
+            assert (one.released_to, one.forced, len(one)) == (many.released_to, many.forced, len(many))
+    assert one.drain() == many.drain()
+    assert lates  # the late path was exercised

@@ -55,6 +55,14 @@ class FlakyStore(MemoryWindowStore):
         self._io([b.user_id for b in batches])
         return super().apply(batches, watermark_ms, commit_floor)
 
+    def apply_fenced(self, cols: Any, tps: Any, positions: Any, due: Any, watermark_ms: int,
+                     commit_floor: Any = None) -> Any:  # the live columnar path: the same failures
+        self.applies += 1
+        if self.applies == self.fail_apply_on:
+            raise StoreUnavailableError("simulated: Redis failed after the loads")
+        self._io([*dict.fromkeys(cols.user_ids), *due])
+        return super().apply_fenced(cols, tps, positions, due, watermark_ms, commit_floor)
+
     def finish_write(self) -> None:
         pass
 

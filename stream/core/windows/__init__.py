@@ -28,7 +28,12 @@ before that ``apply`` replaces the first (the detector's confirms per user only 
 from stream.core.windows.fence import MAX_FENCE_OFFSETS, Fence, fence_mark, fence_seen
 from stream.core.windows.kernel import APPLIED, TOO_LATE
 from stream.core.windows.memory import MemoryWindowStore
-from stream.core.windows.store import ColumnarStore, DeferredWriteStore, WindowStore
+from stream.core.windows.store import (
+    ColumnarStore,
+    DeferredWriteStore,
+    FencedColumnarStore,
+    WindowStore,
+)
 from stream.core.windows.table import StateRows, StateTable
 from stream.core.windows.types import (
     CATEGORY_CODE,
@@ -36,6 +41,7 @@ from stream.core.windows.types import (
     ApplyResults,
     ColumnResult,
     EventColumns,
+    FencedResult,
     Item,
     Snapshot,
     Snapshots,
@@ -46,22 +52,24 @@ from stream.core.windows.types import (
 
 __all__ = [
     "APPLIED",
-    "ApplyResults",
     "CATEGORY_CODE",
+    "MAX_FENCE_OFFSETS",
+    "TOO_LATE",
+    "TZ_ABSENT",
+    "ApplyResults",
     "ColumnResult",
     "ColumnarStore",
     "DeferredWriteStore",
     "EventColumns",
     "Fence",
+    "FencedColumnarStore",
+    "FencedResult",
     "Item",
-    "MAX_FENCE_OFFSETS",
     "MemoryWindowStore",
     "Snapshot",
+    "Snapshots",
     "StateRows",
     "StateTable",
-    "Snapshots",
-    "TOO_LATE",
-    "TZ_ABSENT",
     "UserBatch",
     "UserResult",
     "WindowStore",

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from stream.core.windows.table import StateTable
-from stream.core.windows.types import ColumnResult, EventColumns, UserBatch, UserResult
+from stream.core.windows.types import (
+    ColumnResult,
+    EventColumns,
+    FencedResult,
+    UserBatch,
+    UserResult,
+)
 
 __all__ = ["MemoryWindowStore"]
 
@@ -37,6 +43,16 @@ class MemoryWindowStore:
     def apply_columns(self, cols: EventColumns, watermark_ms: int) -> ColumnResult:
         """The columnar path (offline; see :meth:`StateTable.apply_columns`)."""
         return self.table.apply_columns(cols, watermark_ms)
+
+    @property
+    def fenced_columns(self) -> bool:
+        return not self.table.keep_outbox
+
+    def apply_fenced(self, cols: EventColumns, tps: Sequence[str | None], positions: Sequence[int | None],
+                     due: Sequence[str], watermark_ms: int,
+                     commit_floor: Mapping[str, int] | None = None) -> FencedResult:
+        """The live columnar path (see :meth:`StateTable.apply_fenced`)."""
+        return self.table.apply_fenced(cols, tps, positions, due, watermark_ms, commit_floor)
 
     def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         return self.table.load_policy(user_ids)

@@ -5,9 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from stream.core.windows.types import ColumnResult, EventColumns, UserBatch, UserResult
+from stream.core.windows.types import (
+    ColumnResult,
+    EventColumns,
+    FencedResult,
+    UserBatch,
+    UserResult,
+)
 
-__all__ = ["ColumnarStore", "DeferredWriteStore", "WindowStore"]
+__all__ = ["ColumnarStore", "DeferredWriteStore", "FencedColumnarStore", "WindowStore"]
 
 
 class WindowStore(Protocol):
@@ -46,6 +52,25 @@ class ColumnarStore(WindowStore, Protocol):
 
     def apply_columns(self, cols: EventColumns, watermark_ms: int) -> ColumnResult:
         """Apply canonical-order event columns of any users and decide what the watermark passed."""
+        ...
+
+
+@runtime_checkable
+class FencedColumnarStore(WindowStore, Protocol):
+    """A store with the live columnar path: columns with Kafka positions (offset fence), no outbox.
+
+    ``fenced_columns`` says whether this instance can take it (a store that keeps an outbox for
+    redelivery cannot: the per-user :meth:`WindowStore.apply` serves it)."""
+
+    @property
+    def fenced_columns(self) -> bool:
+        ...
+
+    def apply_fenced(self, cols: EventColumns, tps: Sequence[str | None], positions: Sequence[int | None],
+                     due: Sequence[str], watermark_ms: int,
+                     commit_floor: Mapping[str, int] | None = None) -> FencedResult:
+        """Apply canonical-order event columns (per user) through each user's offset fence, and
+        decide the ``due`` users' pending ticks the watermark passed (see :meth:`StateTable.apply_fenced`)."""
         ...
 
 

@@ -18,6 +18,7 @@ from stream.core.windows.types import (
     ApplyResults,
     ColumnResult,
     EventColumns,
+    FencedResult,
     Snapshots,
     UserBatch,
     UserResult,
@@ -153,6 +154,92 @@ class StateTable:
         grouped = cols.take(order)
         snaps, _, status = self._run(grouped, seg_slot.astype(np.int64), seg_lo, seg_hi, watermark_ms)
         return ColumnResult(snaps, order[np.flatnonzero(status == TOO_LATE)], len(seg_slot))
+
+    # -- the columnar path with the offset fence (live) -------------------------------------------------
+    def apply_fenced(self, cols: EventColumns, tps: Sequence[str | None], positions: Sequence[int | None],
+                     due: Sequence[str], watermark_ms: int,
+                     commit_floor: Mapping[str, int] | None = None) -> FencedResult:
+        """:meth:`apply` without per-user batches: the same result for the same events.
+
+        ``cols``: events of any users, canonical order per user; ``tps``/``positions``: each event's
+        fence key and Kafka position (None: no fence, as an :class:`Item` without them); ``due``:
+        users without events here whose pending tick is to be decided. Each user is one segment
+        (users in order of first appearance, then ``due``), its events checked against and marked
+        in its offset fence in order, exactly as :meth:`apply` does item by item. Only without an
+        outbox (``keep_outbox=False``: the worker), which is what makes per-user results unnecessary.
+        """
+        if self.keep_outbox:
+            raise ValueError("apply_fenced needs a table without an outbox (keep_outbox=False)")
+        floors = commit_floor or {}
+        n = len(cols)
+        slots = self.slots(cols.user_ids)
+        # one segment per user, in order of first appearance; a stable sort keeps each user's events
+        # in their (canonical) order
+        uniq, first, inv = np.unique(slots, return_index=True, return_inverse=True)
+        rank = np.empty(len(uniq), np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))
+        order = np.argsort(rank[inv], kind="stable")
+        keep = np.ones(n, np.bool_)
+        duplicates = 0
+        fences = self._fence
+        slot_list = slots.tolist()
+        # fence_seen + fence_mark per event, as apply does; only a user's first event of a fence key
+        # in this call can move its frontier (the floor is the same for all), so the rest test and
+        # add to the entry directly (the same outcome, without two calls per event)
+        settled: dict[int, dict[str, tuple[int, set[int]]]] = {}
+        for i in order.tolist():
+            tp, off = tps[i], positions[i]
+            if tp is None or off is None:
+                continue
+            s = slot_list[i]
+            done = settled.get(s)
+            ent = None if done is None else done.get(tp)
+            if ent is None:
+                fence = fences.get(s)
+                if fence is None:
+                    fence = fences[s] = {}
+                if fence_seen(fence, tp, off, floors.get(tp)):
+                    keep[i] = False
+                    duplicates += 1
+                else:
+                    fence_mark(fence, tp, off)  # now: a redelivery inside this call is a duplicate
+                if tp in fence:
+                    settled.setdefault(s, {})[tp] = fence[tp]
+                continue
+            frontier, applied = ent
+            if off <= frontier or off in applied:
+                keep[i] = False
+                duplicates += 1
+            else:
+                applied.add(off)
+        kept_sorted = keep[order]
+        rows = order[kept_sorted]  # the applied events, user by user
+        s_sorted = slots[order]
+        starts = np.flatnonzero(np.diff(s_sorted, prepend=-1)) if n else np.empty(0, np.intp)
+        cum = np.concatenate([[0], np.cumsum(kept_sorted, dtype=np.int64)])
+        seg_slot = s_sorted[starts].astype(np.int64)
+        seg_lo = cum[starts]
+        seg_hi = cum[np.append(starts[1:], n).astype(np.intp)]
+        if len(due):
+            due_slots = self.slots(due)
+            seg_slot = np.concatenate([seg_slot, due_slots])
+            seg_lo = np.concatenate([seg_lo, np.full(len(due_slots), len(rows), np.int64)])
+            seg_hi = np.concatenate([seg_hi, np.full(len(due_slots), len(rows), np.int64)])
+        if not len(seg_slot):
+            return FencedResult(_EMPTY, np.empty(0, np.intp), duplicates, [], [])
+        grouped = cols.take(rows) if len(rows) != n or n == 0 or (order != np.arange(n)).any() else cols
+        snaps, _, status = self._run(grouped, seg_slot, seg_lo.astype(np.int64), seg_hi.astype(np.int64),
+                                     watermark_ms)
+        too_late = rows[np.flatnonzero(status == TOO_LATE)]
+        for i in too_late.tolist():
+            tp, off = tps[i], positions[i]
+            if tp is not None and off is not None:
+                # refused events are not applied: a redelivery is refused again, not skipped
+                fences[slot_list[i]][tp][1].discard(off)
+        seg = seg_slot.tolist()
+        uids = self._uids
+        pending = [None if pt == L.NONE else pt for pt in self._sc[seg_slot, L.S_PT].tolist()]
+        return FencedResult(snaps, too_late, duplicates, [uids[s] for s in seg], pending)
 
     # -- the WindowStore operations --------------------------------------------------------------------
     def apply(

@@ -20,6 +20,7 @@ __all__ = [
     "ApplyResults",
     "ColumnResult",
     "EventColumns",
+    "FencedResult",
     "Item",
     "Snapshot",
     "Snapshots",
@@ -259,3 +260,14 @@ class ColumnResult:
     snapshots: Snapshots
     too_late: NDArray[np.intp]  # indices into the input columns
     users: int = 0
+
+
+@dataclass(slots=True)
+class FencedResult:
+    """What :meth:`StateTable.apply_fenced` did (the live columnar path)."""
+
+    snapshots: Snapshots  # every newly decided snapshot, user by user
+    too_late: NDArray[np.intp]  # indices into the input columns of the refused (too late) events
+    duplicates: int  # events the offset fence skipped (applied before)
+    users: list[str]  # every user the call touched (with events, or due), in segment order
+    pending: list[int | None]  # each user's pending tick after the call
