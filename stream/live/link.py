@@ -104,6 +104,11 @@ def serve(sock: socket.socket, settings: Settings, model_path: Path | None, logl
         send_reply(sock, False, e)
         return
     gc.freeze()  # the long-lived objects (kernels, model, modules): full collections skip them (60 → 5 ms)
+    # The reorder buffers hold many small objects (events, their positions) for up to the lateness
+    # bound: with the default thresholds the collector walks them again and again (a third of the
+    # pipeline's CPU per event with uploads, docs/perf-profile.md). Nothing here makes reference
+    # cycles per event, so collect rarely: young objects every 100,000 allocations, all far less often.
+    gc.set_threshold(100_000, 50, 100)
     send_reply(sock, True, None)
     held: Report | None = None  # answered once its write is settled
     while True:
