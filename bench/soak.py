@@ -125,13 +125,24 @@ def start_worker(py: str, s: Settings, label: str, port: int, log_dir: Path, env
     return Worker(label, port, proc)
 
 
-def lag(probe: Consumer, tps: list[TopicPartition]) -> int:
+def offsets(probe: Consumer, tps: list[TopicPartition]) -> tuple[int, int]:
+    """(lag, committed) of the group, summed over the input partitions."""
     committed = probe.committed(tps, timeout=10)
-    total = 0
+    total = done = 0
     for tp in committed:
         _, high = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10, cached=False)
         total += high - max(tp.offset, 0)
-    return total
+        done += max(tp.offset, 0)
+    return total, done
+
+
+def cpu_of_pid(pid: int) -> float | None:
+    """utime + stime of a process, in seconds (/proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def drift(values: list[float]) -> float:
@@ -156,6 +167,7 @@ def main() -> int:
     if a.warmup_min >= a.minutes:
         ap.error("--warmup-min must be shorter than --minutes")
     a.out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM stops the processes it started too
 
     from bench.offline_bench import synth_log
 
@@ -218,6 +230,8 @@ def main() -> int:
                 row[f"rss_{slot}"] = metric(text, "process_resident_memory_bytes") or float("nan")
                 row[f"pipe_{slot}"] = metric(text, "riskstream_pipeline_process_resident_memory_bytes") or float("nan")
                 row[f"worker_{slot}"] = w.label
+                row[f"cpu_{slot}"] = metric(text, "process_cpu_seconds_total") or float("nan")
+                row[f"pcpu_{slot}"] = metric(text, "riskstream_pipeline_process_cpu_seconds_total") or float("nan")
                 child_start = metric(text, "riskstream_pipeline_process_start_time_seconds")
                 if child_start is not None:
                     if w.child_start is not None and child_start != w.child_start:
@@ -233,7 +247,11 @@ def main() -> int:
             row["kafka_rss"] = (rss_of_pid(kafka_pid) if kafka_pid else None) or float("nan")
             row["redis_rss"] = (rss_of_pid(redis_pid) if redis_pid else None) or float("nan")
             row["redis_used"] = float(r.info("memory")["used_memory"])
-            row["lag"] = float(lag(probe, tps))
+            info = r.info("cpu")
+            row["redis_cpu"] = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+            row["kafka_cpu"] = (cpu_of_pid(kafka_pid) if kafka_pid else None) or float("nan")
+            lag, done = offsets(probe, tps)
+            row["lag"], row["committed"] = float(lag), float(done)
             (p50, p99), count = histogram_quantiles(merged, (0.5, 0.99)) if merged else ((float("nan"),) * 2, 0)
             row["p50_ms"], row["p99_ms"], row["alerts"] = p50 * 1000, p99 * 1000, float(count)
             rows.append(row)
@@ -309,6 +327,19 @@ def report(a: argparse.Namespace, rows: list[dict[str, float | str]], unplanned:
         p99s.sort()
         print(f"  decidable→acknowledged p99 per {a.sample_s:g}-s interval: median {p99s[len(p99s) // 2]:.0f} ms, "
               f"worst {p99s[-1]:.0f} ms; alerts {sum(float(x['alerts']) for x in rows):,.0f}")
+    # CPU per event over the first half after warm-up (both original workers running, no restart)
+    span = [x for x in warm if float(x["t_s"]) < half]
+    if len(span) >= 2:
+        x0, x1 = span[0], span[-1]
+        events = float(x1["committed"]) - float(x0["committed"])
+        if events > 0:
+            parts = {"worker processes (Faust)": ("cpu_a", "cpu_b"), "pipeline processes": ("pcpu_a", "pcpu_b"),
+                     "Redis": ("redis_cpu",), "Kafka broker": ("kafka_cpu",)}
+            costs = {name: sum(float(x1[k]) - float(x0[k]) for k in keys) / events * 1e6
+                     for name, keys in parts.items()}
+            wall = float(x1["t_s"]) - float(x0["t_s"])
+            print(f"  CPU per event over {events:,.0f} events ({events / wall:,.0f}/s, "
+                  f"{wall / 60:.1f} min): " + ", ".join(f"{k} {v:.1f} µs" for k, v in costs.items()))
     print(f"  unplanned exits/restarts: {len(unplanned)}" + (f" ({'; '.join(unplanned)})" if unplanned else ""))
     plot(rows, out / "soak.png", a)
     print(f"wrote {out / 'soak.csv'} and {out / 'soak.png'}; targets {'met' if ok else 'MISSED'}")
