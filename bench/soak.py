@@ -321,7 +321,7 @@ def report(a: argparse.Namespace, rows: list[dict[str, float | str]], unplanned:
     lag_first, lag_last = max(lags[: max(1, len(lags) // 2)]), max(lags[len(lags) // 2:])
     bounded = lag_last <= max(2 * lag_first, a.rate * 5)  # no growth: within 5 s of input or the first half's max
     ok = ok and bounded
-    print(f"  consumer lag (messages): max {max(lags):,.0f} in the first half, {lag_last:,.0f} in the second "
+    print(f"  consumer lag (messages): max {lag_first:,.0f} in the first half, {lag_last:,.0f} in the second "
           f"— {'bounded' if bounded else 'GROWING'}")
     if p99s:
         p99s.sort()
