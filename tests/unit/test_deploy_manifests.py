@@ -19,6 +19,7 @@ A missing tool fails the test in CI (``CI=true``) and skips it with the command 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -84,7 +85,7 @@ def _compose_schema_check(path: Path) -> subprocess.CompletedProcess[str]:
 def _compose() -> dict[str, Any]:
     doc = yaml.safe_load(COMPOSE.read_text())  # merges the x-worker anchors
     assert isinstance(doc, dict)
-    return doc
+    return json.loads(json.dumps(doc))  # each service its own objects (YAML aliases share them)
 
 
 def _worker_services(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -113,7 +114,7 @@ def test_the_compose_schema_check_fails_on_a_broken_copy(tmp_path: Path, mutatio
     assert "worker-1" in r.stdout + r.stderr
 
 
-def test_compose_services_have_images_and_loopback_ports_only() -> None:
+def test_compose_services_have_images_kraft_kafka_and_redis_aof() -> None:
     doc = _compose()
     assert {"kafka", "redis", "topics", "prometheus", "grafana"} <= set(doc["services"])
     assert len(_worker_services(doc)) == 2
@@ -122,8 +123,6 @@ def test_compose_services_have_images_and_loopback_ports_only() -> None:
         if "build" in svc:
             assert (COMPOSE.parent / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve() \
                 == ROOT / "Dockerfile", name
-        for port in svc.get("ports", []):
-            assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name}: {port!r} not on loopback"
     kafka = doc["services"]["kafka"]
     assert kafka["image"].startswith("apache/kafka:3.9.")
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
@@ -146,7 +145,8 @@ def test_compose_start_order_and_health_checks() -> None:
         probe = " ".join(w["healthcheck"]["test"])
         assert f"127.0.0.1:{port}/readyz" in probe, name
         assert any(p.endswith(f":{port}") for p in w["ports"]), f"{name}: HTTP port {port} not published"
-        policy_mount = [v for v in w["volumes"] if v.endswith(":" + w["environment"]["RISKSTREAM_POLICY_CONFIG"] + ":ro")]
+        policy = w["environment"]["RISKSTREAM_POLICY_CONFIG"]
+        policy_mount = [v for v in w["volumes"] if v.endswith(f":{policy}:ro")]
         assert policy_mount and (COMPOSE.parent / policy_mount[0].split(":")[0]).resolve() == POLICY
 
 
@@ -170,21 +170,48 @@ def test_compose_worker_environment_names_real_settings_and_loads(monkeypatch: p
         assert s.kafka_bootstrap == "kafka:9092" and s.partitions == 6
 
 
-def test_compose_has_no_secret_in_plain_text() -> None:
-    doc = _compose()
+def _plain_secrets_and_open_ports(doc: dict[str, Any]) -> list[str]:
+    """What the compose file must not have: a literal password (environment, URL user info,
+    redis --requirepass) or a port published beyond loopback."""
+    found = []
     for name, svc in doc["services"].items():
         for k, v in (svc.get("environment") or {}).items():
             v = str(v)
-            if _SECRETISH.search(k) or k in SECRET_SETTINGS:
+            if _SECRETISH.search(k) or k in SECRET_SETTINGS or "://" in v:
                 password = urlsplit(v).password if "://" in v else v
-                assert password is None or _INTERPOLATION.match(password), \
-                    f"{name}: {k} holds a literal secret; use ${{VAR:?…}} from the environment"
+                if password is not None and not _INTERPOLATION.match(password):
+                    found.append(f"{name}: {k} holds a literal secret; use ${{VAR:?…}} from the environment")
         for arg in svc.get("command") or []:
-            assert not re.search(r"--requirepass\s+(?![\"']?\$\$)", str(arg)), f"{name}: literal requirepass"
+            if re.search(r"--requirepass\s+(?![\"']?\$\$)", str(arg)):
+                found.append(f"{name}: literal --requirepass")
+        for port in svc.get("ports", []):
+            if not (isinstance(port, str) and port.startswith("127.0.0.1:")):
+                found.append(f"{name}: port {port!r} not on loopback")
+    return found
+
+
+def test_compose_has_no_secret_in_plain_text_and_loopback_ports_only() -> None:
+    assert _plain_secrets_and_open_ports(_compose()) == []
     ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/compose/.env"], cwd=ROOT).returncode
     assert ignored == 0, "deploy/compose/.env (the passwords) must be ignored by git"
     example = (COMPOSE.parent / ".env.example").read_text()
     assert all(not line.split("=", 1)[1] for line in example.splitlines() if "=" in line and not line.startswith("#"))
+
+
+@pytest.mark.parametrize("mutation", ["literal Redis password", "password in the Redis URL", "literal requirepass",
+                                      "port on every interface"])
+def test_the_secret_and_port_check_finds_a_broken_copy(mutation: str) -> None:
+    doc = _compose()
+    services = doc["services"]
+    if mutation == "literal Redis password":
+        services["redis"]["environment"]["REDIS_PASSWORD"] = "hunter2hunter2"
+    elif mutation == "password in the Redis URL":
+        services["worker-2"]["environment"]["RISKSTREAM_REDIS_URL"] = "redis://:hunter2@redis:6379/0"
+    elif mutation == "literal requirepass":
+        services["redis"]["command"] = ["redis-server", "--appendonly", "yes", "--requirepass hunter2"]
+    else:
+        services["grafana"]["ports"] = ["3000:3000"]
+    assert len(_plain_secrets_and_open_ports(doc)) == 1, mutation
 
 
 def test_compose_mounts_the_prometheus_and_grafana_files() -> None:
@@ -563,7 +590,8 @@ def test_keda_scales_on_the_workers_group_and_input_topics_up_to_their_partition
             assert keys[k] is None or v in keys[k], f"{k}: {v!r} not one of {keys[k]}"
         assert md["consumerGroup"] == s.group_id and md["bootstrapServers"] == s.kafka_bootstrap
         assert int(md["lagThreshold"]) > 0 and md["allowIdleConsumers"] == "false"
-        assert md["sasl"] == sasl[s.kafka_sasl_mechanism] and md["tls"] == ("enable" if s.kafka_security_protocol.endswith("SSL") else "disable")
+        assert md["sasl"] == sasl[s.kafka_sasl_mechanism]
+        assert md["tls"] == ("enable" if s.kafka_security_protocol.endswith("SSL") else "disable")
         assert t["authenticationRef"]["name"] == auth["metadata"]["name"]
     # KEDA reads the same Secrets as the worker
     worker_refs = {e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
