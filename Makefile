@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack
 
-.PHONY: install asyncapi-tools deploy-tools run test test-unit stack-up stack-down bench bench-peer model clean
+.PHONY: install asyncapi-tools deploy-tools run test test-unit stack-up stack-down bench bench-peer soak model clean
 
 $(BIN)/riskstream: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "make: $(PY) not found: install Python 3.11+" >&2; exit 1; }
@@ -85,6 +85,13 @@ bench: install
 PEER_ARGS ?=
 bench-peer: install
 	$(BIN)/python bench/peer_bench.py $(PEER_ARGS)
+
+# The soak (issue #13): 30 min at a steady input rate, two workers, a rolling restart half-way; RSS, Redis
+# memory, lag and decidable→ack p99 every 10 s; a table, test-artifacts/soak/soak.{csv,png}. The stack
+# must be up. A short run: make soak SOAK_ARGS='--minutes 5 --warmup-min 1'
+SOAK_ARGS ?=
+soak: install
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	$(STACK) clean --secure || true
