@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack
 
-.PHONY: install asyncapi-tools deploy-tools run test test-unit stack-up stack-down bench bench-peer soak model clean
+.PHONY: install asyncapi-tools deploy-tools run test test-faults test-unit stack-up stack-down bench bench-peer soak model clean
 
 $(BIN)/riskstream: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "make: $(PY) not found: install Python 3.11+" >&2; exit 1; }
@@ -72,6 +72,11 @@ run: install
 # All tests: unit, contract (memory, Redis, Redis Cluster) and integration on the real stack.
 test: install asyncapi-tools deploy-tools stack-up
 	$(BIN)/python -m pytest -q
+
+# Long fault-injection tests (broker freeze, Redis Cluster master failover) on the cluster stack;
+# `make test` runs the rest (pytest deselects the `faults` marker by default).
+test-faults: install stack-up
+	$(BIN)/python -m pytest -q -m faults tests/integration
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit
