@@ -13,24 +13,44 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from stream.settings import Settings, load_settings
 from stream.tools.namespace import delete_namespace
 from stream.topics import ensure_topics
 from tests.integration.conftest import HISTORY_RETENTION_MS, STACK
-from tests.integration.test_worker_parity import (_committed, artifacts, assert_same_alerts,  # noqa: F401
-                                                  assert_same_state, offline, published_alerts, start_worker, stop)
+from tests.integration.test_worker_parity import (  # noqa: F401
+    _committed,
+    artifacts,
+    assert_same_alerts,
+    assert_same_state,
+    offline,
+    published_alerts,
+    start_worker,
+    stop,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "broker-faults"
 CLUSTER_BOOTSTRAP = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
 ON_CLUSTER = {"RISKSTREAM_KAFKA_BOOTSTRAP": CLUSTER_BOOTSTRAP}
+# While a broker is lost, no input moves: its led partitions have no leader until the controller
+# fences it (broker.session.timeout.ms, 9 s), the other partitions' high watermarks wait for it to
+# leave their ISR (acks=all), and the publisher's requests in flight to it wait for their timeout.
+# A worker cannot tell that stall from a quiet input; after idle_ms it would decide the tail of the
+# tick in progress and the stalled events would then be late (volume only) -- a live run equals the
+# offline one only if no input pauses for idle_ms mid-stream (docs/semantics.md §3, §10). The replay
+# runs ~800x faster than event time, so every second of stall is many event-time minutes: the
+# worker gets an idle_ms longer than the stall; the tail is decided that long after the last event.
+IDLE_MS = 45_000
 SESSION_TIMEOUT_S = 10.0  # stream/live/app.py broker_session_timeout; the brokers' own is 9 s (KRaft default)
 
 
@@ -72,11 +92,41 @@ def _leader_of_most_inputs(s: Settings) -> int:
     return node
 
 
-def _stream(s: Settings, art, rate: int) -> subprocess.Popen:
+def _stream(s: Settings, art, rate: int, out) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "stream", "replay", str(art["log"]), "--namespace", s.namespace,
                              "--rate", str(rate), "--no-progress"], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **ON_CLUSTER},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+class _Sampler(threading.Thread):
+    """Every 2 s: per input partition committed/end offsets and leader, into a file (diagnostics)."""
+
+    def __init__(self, s: Settings, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.s, self.path, self.halt = s, path, threading.Event()
+
+    def run(self) -> None:
+        s = self.s
+        c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": s.group_id, "enable.auto.commit": False})
+        admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+        with self.path.open("w") as f:
+            while not self.halt.wait(2.0):
+                try:
+                    md = admin.list_topics(timeout=5)
+                    tps = [TopicPartition(t, p) for t in (s.clicks_topic, s.views_topic) for p in range(3)]
+                    com = c.committed(tps, timeout=5)
+                    parts = []
+                    for tp, ct in zip(tps, com):
+                        end = c.get_watermark_offsets(tp, timeout=5)[1]
+                        pm = md.topics[tp.topic].partitions[tp.partition]
+                        parts.append(f"{tp.topic.rsplit('.', 1)[-1][0]}{tp.partition}:{ct.offset}/{end}"
+                                     f"@{pm.leader}isr{','.join(map(str, pm.isrs))}")
+                    f.write(f"{time.strftime('%H:%M:%S')} {' '.join(parts)}\n")
+                except Exception as e:  # noqa: BLE001 - diagnostics only
+                    f.write(f"{time.strftime('%H:%M:%S')} error {e}\n")
+                f.flush()
+        c.close()
 
 
 def _wait_some_committed(s: Settings, proc: subprocess.Popen, timeout: float = 90) -> tuple[int, int]:
@@ -103,31 +153,46 @@ def _drained(s: Settings, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def _run_with_fault(s: Settings, art, fault) -> None:
+def _run_with_fault(s: Settings, art, fault, name: str) -> None:
     """The worker runs, the log streams in at 100 messages/s; mid-stream ``fault(node)`` hits the broker
     leading most input partitions. The run must give the offline alerts and window state."""
     expected, mem = offline(art)
     want = {a.alert_id for a in expected}
-    proc = start_worker(s, art, "--batch-size", "50", "--idle-ms", "5000", env=ON_CLUSTER)
+    d = ARTIFACTS / name
+    d.mkdir(parents=True, exist_ok=True)
+    print(f"worker and replay output, offsets every 2 s, fault times: {d}")  # shown by pytest on a failure
+    wlog, rlog = (d / "worker.log").open("wb"), (d / "replay.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", "worker", "--namespace", s.namespace, "--model", str(art["model"]),
+         "--policy-config", str(art["policy"]), "--loglevel", "INFO", "--batch-size", "50", "--idle-ms", str(IDLE_MS)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **ON_CLUSTER}, stdout=wlog, stderr=subprocess.STDOUT)
+    sampler = _Sampler(s, d / "offsets.log")
+    sampler.start()
     pub = None
     try:
         time.sleep(4)  # joined, owns every partition
         node = _leader_of_most_inputs(s)
-        pub = _stream(s, art, rate=100)
+        (d / "fault.log").write_text(f"{time.strftime('%H:%M:%S')} node {node}\n")
+        pub = _stream(s, art, rate=100, out=rlog)
         done, end = _wait_some_committed(s, proc)
         assert pub.poll() is None, "the fault must hit mid-stream (the publisher already finished)"
+        with (d / "fault.log").open("a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} fault starts ({done}/{end} committed)\n")
         fault(node)
-        out, _ = pub.communicate(timeout=240)
-        assert pub.returncode == 0, f"the publisher failed with one broker down:\n{out.decode()[-2000:]}"
+        with (d / "fault.log").open("a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} fault over\n")
+        pub.wait(timeout=240)
+        assert pub.returncode == 0, f"the publisher failed with one broker down:\n{(d / 'replay.log').read_text()[-2000:]}"
         got = published_alerts(s, want, proc, timeout=240)
         _drained(s, proc, timeout=180)
         assert proc.poll() is None, "the worker must ride the broker fault out"
     finally:
         if pub is not None and pub.poll() is None:
             pub.kill()
-        wout = stop(proc)
+        stop(proc)
+        sampler.halt.set()
         _restore_cluster()
-    assert proc.returncode == 0, f"SIGTERM must stop the worker cleanly:\n{wout.decode()[-3000:]}"
+    assert proc.returncode == 0, f"SIGTERM must stop the worker cleanly:\n{(d / 'worker.log').read_text()[-3000:]}"
     assert_same_alerts(got, want)
     assert_same_state(s, mem)
 
@@ -144,7 +209,7 @@ def test_the_input_leader_broker_sigkilled_mid_stream_and_restarted(on_cluster, 
         time.sleep(8)  # the worker and the publisher run on two brokers meanwhile
         _restore_cluster()  # the broker comes back, catches up and rejoins the ISR
 
-    _run_with_fault(on_cluster, artifacts, kill_then_restart)
+    _run_with_fault(on_cluster, artifacts, kill_then_restart, 'sigkill')
 
 
 @pytest.mark.faults
@@ -157,4 +222,4 @@ def test_the_input_leader_broker_frozen_longer_than_the_session_timeout(on_clust
         finally:
             os.kill(pid, signal.SIGCONT)
 
-    _run_with_fault(on_cluster, artifacts, freeze_then_resume)
+    _run_with_fault(on_cluster, artifacts, freeze_then_resume, 'sigstop')
