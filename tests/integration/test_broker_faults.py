@@ -199,7 +199,7 @@ def _wait_some_committed(s: Settings, proc: subprocess.Popen, timeout: float = 9
         time.sleep(0.2)
 
 
-def _drained(s: Settings, proc: subprocess.Popen, timeout: float) -> None:
+def _drained(s: Settings, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -208,7 +208,7 @@ def _drained(s: Settings, proc: subprocess.Popen, timeout: float) -> None:
             done, end = -1, 0
         if done == end:
             return
-        assert proc.poll() is None, f"worker exited {proc.returncode}:\n{stop(proc).decode()[-3000:]}"
+        assert proc.poll() is None, f"worker exited {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}"
         assert time.monotonic() < deadline, f"the worker committed {done} of {end} offsets"
         time.sleep(0.5)
 
@@ -231,7 +231,7 @@ def _run_with_fault(s: Settings, art, fault, name: str) -> None:
     pub = None
     killed: dict[str, _Broker] = {}  # the broker a fault killed, to be restarted whatever happens
     try:
-        time.sleep(4)  # joined, owns every partition
+        time.sleep(4)  # the worker starts (the stream may begin before it joined: a small backlog then)
         node = _leader_of_most_inputs(s)
         (d / "fault.log").write_text(f"{time.strftime('%H:%M:%S')} node {node}\n")
         pub = _stream(s, art, rate=100, out=rlog)
@@ -245,13 +245,15 @@ def _run_with_fault(s: Settings, art, fault, name: str) -> None:
         pub.wait(timeout=240)
         assert pub.returncode == 0, f"the publisher failed with one broker down:\n{(d / 'replay.log').read_text()[-2000:]}"
         got = published_alerts(s, want, proc, timeout=240)
-        _drained(s, proc, timeout=180)
+        _drained(s, proc, d / "worker.log", timeout=180)
         assert proc.poll() is None, "the worker must ride the broker fault out"
     finally:
         if pub is not None and pub.poll() is None:
             pub.kill()
         stop(proc)
         sampler.halt.set()
+        wlog.close()
+        rlog.close()
         _restore_cluster(killed.get("broker"))
     assert proc.returncode == 0, f"SIGTERM must stop the worker cleanly:\n{(d / 'worker.log').read_text()[-3000:]}"
     assert_same_alerts(got, want)
