@@ -73,7 +73,7 @@ run: install
 test: install asyncapi-tools deploy-tools stack-up
 	$(BIN)/python -m pytest -q
 
-# Long fault-injection tests (broker freeze, Redis Cluster master failover) on the cluster stack;
+# Long fault-injection tests (a broker SIGKILLed or frozen mid-stream, 75-120 s each) on the cluster stack;
 # `make test` runs the rest (pytest deselects the `faults` marker by default).
 test-faults: install stack-up
 	$(BIN)/python -m pytest -q -m faults tests/integration
