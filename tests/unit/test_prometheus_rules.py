@@ -121,3 +121,10 @@ def test_the_name_check_can_fail() -> None:
     assert metric_names("rate(riskstream_event_total[5m]) + up") - known - PROMETHEUS_OWN == {"riskstream_event_total"}
     with pytest.raises(ValueError, match="without a metric name"):
         metric_names('sum(rate({__name__=~"riskstream_.*"}[5m]))')
+
+
+def test_redis_memory_of_a_server_or_of_a_clusters_primaries() -> None:
+    from stream.live.worker import used_memory
+
+    assert used_memory({"used_memory": 1_048_576, "maxmemory": 0}) == 1_048_576
+    assert used_memory({"127.0.0.1:7001": {"used_memory": 10}, "127.0.0.1:7002": {"used_memory": 32}}) == 42
