@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
+from typing import Any
 
 import promql_parser
 
-__all__ = ["PROMETHEUS_OWN", "exported_names", "metric_names"]
+__all__ = ["PROMETHEUS_OWN", "exported_names", "metric_names", "series_names"]
 
 PROMETHEUS_OWN = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
 """Series Prometheus adds for every target."""
@@ -49,8 +51,14 @@ def exported_names() -> set[str]:
 
     registry = CollectorRegistry()
     Metrics(registry, child_pid=os.getpid)
+    return series_names(registry.collect())
+
+
+def series_names(families: Iterable[Any]) -> set[str]:
+    """The series names of metric families (a registry's, or parsed from a /metrics page): a family
+    with no sample yet (a labelled counter before its first label) still names its series."""
     names: set[str] = set()
-    for family in registry.collect():
+    for family in families:
         n = family.name
         names |= {
             "counter": {f"{n}_total", f"{n}_created"},

@@ -2,7 +2,8 @@
 deploy/prometheus/rules/: the events the test sends come back through Prometheus' HTTP API as
 ``riskstream_events_total``, the rejected ones as ``riskstream_dlq_total{reason}``, Redis' memory
 is sampled, the rule groups
-load and evaluate without error, and the DLQ-share alert goes pending on real series.
+load and evaluate without error, the DLQ-share alert goes pending on real series, and every series
+the dashboard and the rules select is on the live worker's /metrics page.
 
 Missing prometheus: skipped on a developer machine, a failure in CI (``CI=true``).
 """
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -24,13 +26,16 @@ from typing import Any
 import pytest
 import yaml
 from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream.core.events import encode_event
 from tests.integration.test_worker_failures import _worker
+from tests.promql_names import PROMETHEUS_OWN, metric_names, series_names
 from tests.scenarios import random_log
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "riskstream.rules.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "riskstream.json"
 
 
 def _free_port() -> int:
@@ -95,10 +100,18 @@ def _start_prometheus(tmp_path: Path, worker_port: int) -> tuple[subprocess.Pope
         prom.wait("prometheus never became ready",
                   lambda: proc.poll() is None and urllib.request.urlopen(f"{prom.base}/-/ready", timeout=5).status == 200,
                   timeout=60)
-    except BaseException:
+    except AssertionError:  # not ready in time: show its log
         proc.kill()
         raise AssertionError(proc.communicate(timeout=10)[0].decode()[-3000:]) from None
     return proc, prom
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.status == 200
+    except urllib.error.HTTPError:
+        return False
 
 
 def _publish(settings: Any, events: list[Any], malformed: int) -> None:
@@ -123,17 +136,22 @@ def test_prometheus_scrapes_the_worker_and_loads_the_rules(settings, tmp_path: P
             return prom.scalar('up{job="riskstream"}') == 1 and prom.scalar("riskstream_pipeline_up") == 1
 
         prom.wait("the worker never showed up in Prometheus", up)
+        # joined, with its partitions assigned (as the HTTP endpoint test waits for it)
+        prom.wait("the worker never got ready", lambda: _ready(worker_port), timeout=90)
         events = random_log(7, users=4, hours=0.2)
         first, second = events[:10], events[10:60]
         # Phase 1 creates the labelled series (a counter's first value is no increase to rate()).
         _publish(settings, first, malformed=1)
         total = 'sum(riskstream_events_total{job="riskstream"})'
         dlq = 'sum(riskstream_dlq_total{job="riskstream", reason="malformed_json"})'
-        counts = lambda: (prom.scalar(total), prom.scalar(dlq), prom.scalar("riskstream_messages_total"),  # noqa: E731
-                          [(r["metric"].get("topic"), r["metric"]["partition"], r["value"][1]) for r in prom.query(
-                              "riskstream_consumer_lag or riskstream_watermark_lag_seconds")],
-                          prom.scalar("riskstream_partition_pauses_total"),
-                          prom.scalar("riskstream_buffer_forced_releases_total"))
+
+        def counts() -> tuple[Any, ...]:  # what a failed wait shows
+            return (prom.scalar(total), prom.scalar(dlq), prom.scalar("riskstream_messages_total"),
+                    [(r["metric"].get("topic"), r["metric"]["partition"], r["value"][1]) for r in prom.query(
+                        "riskstream_consumer_lag or riskstream_watermark_lag_seconds")],
+                    prom.scalar("riskstream_partition_pauses_total"),
+                    prom.scalar("riskstream_buffer_forced_releases_total"))
+
         prom.wait("phase 1 not in Prometheus", lambda: counts()[:2] == (len(first), 1), diag=counts)
         _publish(settings, second, malformed=4)
         prom.wait("phase 2 not in Prometheus", lambda: counts()[:2] == (len(first) + len(second), 5), diag=counts)
@@ -143,6 +161,15 @@ def test_prometheus_scrapes_the_worker_and_loads_the_rules(settings, tmp_path: P
                 for r in prom.query('riskstream_dlq_total{job="riskstream"}')} == {"malformed_json": 5.0}
         by_outcome = {r["metric"]["outcome"] for r in prom.query('riskstream_events_total{job="riskstream"}')}
         assert by_outcome == {"applied", "late", "duplicate"}
+        # Every series the dashboard and the rules select is on this live worker's /metrics page
+        # (or is Prometheus' own, or a recording rule).
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/metrics", timeout=5) as r:
+            live = series_names(text_string_to_metric_families(r.read().decode()))
+        rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+        known = live | PROMETHEUS_OWN | {r["record"] for r in rules if "record" in r}
+        dashboard = json.loads(DASHBOARD.read_text())
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])] + [r["expr"] for r in rules]
+        assert {e: metric_names(e) - known for e in exprs if metric_names(e) - known} == {}
         # Redis' INFO memory, sampled by the worker every 15 s (the stack's Redis holds at least our state)
         prom.wait("no Redis memory sample", lambda: (prom.scalar("riskstream_redis_used_memory_bytes") or 0) > 1e5,
                   timeout=60)

@@ -37,7 +37,7 @@ def promtool() -> str:
 
 def _run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([promtool(), *map(str, args)], capture_output=True, text=True, timeout=120,
-                          cwd=cwd)
+                          cwd=cwd, check=False)
 
 
 def _rules() -> list[dict]:  # type: ignore[type-arg]
