@@ -26,6 +26,8 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DataSourceRef,
+    Threshold,
+    ThresholdsMode,
     VariableOption,
     VariableRefresh,
     VariableSort,
@@ -52,19 +54,10 @@ def _panel(title: str, description: str, unit: str, queries: list[tuple[str, str
     for ref_id, (expr, legend) in zip("ABCDEFGH", queries, strict=False):
         panel = panel.with_target(_query(expr, legend, ref_id))
     if threshold is not None:  # a budget drawn as a dashed line
-        panel = (panel.thresholds(dash_b.ThresholdsConfig().mode(_thresholds_mode()).steps(_steps(threshold)))
+        steps = [Threshold(value=None, color="green"), Threshold(value=threshold, color="red")]
+        panel = (panel.thresholds(dash_b.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(steps))
                  .thresholds_style(common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.DASHED)))
     return panel
-
-
-def _thresholds_mode() -> Any:
-    from grafana_foundation_sdk.models.dashboard import ThresholdsMode
-    return ThresholdsMode.ABSOLUTE
-
-
-def _steps(value: float) -> list[Any]:
-    from grafana_foundation_sdk.models.dashboard import Threshold
-    return [Threshold(value=None, color="green"), Threshold(value=value, color="red")]
 
 
 def _quantiles(histogram: str) -> list[tuple[str, str]]:
