@@ -67,7 +67,7 @@ def _wait_rejoined(port: int, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def test_redis_cluster_master_sigkilled_mid_stream_fails_over_and_loses_nothing(settings, artifacts, cluster_stack):
+def test_redis_cluster_master_sigkilled_mid_stream_fails_over_and_loses_nothing(settings, artifacts, cluster_stack):  # noqa: F811
     """The log streams in (≈ 100 messages/s); once a quarter of it is committed, the master that
     holds most of the test's keys is SIGKILLed; its replica is promoted (cluster-node-timeout 3 s);
     the killed node is restarted and rejoins as a replica. The worker keeps running throughout
