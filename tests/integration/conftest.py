@@ -47,15 +47,21 @@ def stack() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def cluster_stack() -> Iterator[None]:
-    """The 3-broker Kafka cluster and the Redis Cluster (`stack up --cluster`), started if down."""
-    was_up = _stack("status", "--cluster").returncode == 0
+    """The 3-broker Kafka cluster and the Redis Cluster (`stack up --cluster`), started if down.
+
+    Stopped afterwards only if none of it was running before: a cluster that is merely unhealthy
+    (a node killed by someone's fault test, replicas missing) is repaired by `up` and left running
+    for whoever else uses it."""
+    status = _stack("status", "--cluster")
+    was_up = status.returncode == 0
+    in_use = was_up or " running " in status.stdout
     if not was_up:
         r = _stack("up", "--cluster")
         if r.returncode != 0:
             pytest.fail(f"deploy/local/stack up --cluster failed ({r.returncode}):\n{r.stdout}\n{r.stderr}",
                         pytrace=False)
     yield
-    if not was_up and os.environ.get("RISKSTREAM_KEEP_STACK") != "1":
+    if not in_use and os.environ.get("RISKSTREAM_KEEP_STACK") != "1":
         _stack("down", "--cluster")
 
 
