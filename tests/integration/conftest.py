@@ -55,7 +55,11 @@ def stack() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def cluster_stack() -> Iterator[None]:
-    """The 3-broker Kafka cluster and the Redis Cluster (`stack up --cluster`), started if down."""
+    """The 3-broker Kafka cluster and the Redis Cluster (`stack up --cluster`), started if down.
+
+    Stopped afterwards only if none of it was running before: a cluster that is merely unhealthy
+    (a node killed by someone's fault test, replicas missing) is repaired by `up` and left running
+    for whoever else uses it."""
     status = _stack("status", "--cluster")
     was_up = _anything_running(status)
     if status.returncode != 0:
