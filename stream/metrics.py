@@ -49,6 +49,10 @@ class Metrics:
             ["topic", "partition"], registry=r)
         self.pipeline_up = Gauge("riskstream_pipeline_up", "1 while the pipeline child process is alive",
                                  registry=r)
+        self.redis_memory = Gauge(
+            "riskstream_redis_used_memory_bytes",
+            "Memory Redis uses (INFO used_memory; summed over a cluster's primaries), sampled every 15 s",
+            registry=r)
         self.model = Info("riskstream_model", "The ONNX model being served", registry=r)
         self.model_reloads = Counter("riskstream_model_reloads", "Model files hot-reloaded", registry=r)
         ProcessCollector(registry=r)  # process_* of this (the worker's) process

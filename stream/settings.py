@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_ssl_ca_location: Path | None = None  # PEM CA bundle for rediss:// URLs; None: the system's
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
+    # A state write is done when this many replicas acknowledged it (WAIT); None: 1 on a Redis Cluster
+    # (a failover then loses no write whose offsets were committed), 0 standalone
+    redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)  # per WAIT; short: re-sent and retried
     state_key_secret: SecretStr | None = None  # pseudonymise user ids in Redis keys (HMAC-SHA-256)
     namespace: str = ""
     partitions: int = Field(default=6, ge=1, le=1024)
@@ -110,6 +114,13 @@ class Settings(BaseSettings):
             raise ValueError("RISKSTREAM_REDIS_SSL_CA_LOCATION is set but RISKSTREAM_REDIS_URL is not rediss:// "
                              "(TLS)")
         return self
+
+    @property
+    def redis_replicas_to_wait(self) -> int:
+        """How many replicas must acknowledge a state write (``redis_wait_replicas`` resolved)."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_cluster else 0
 
     @property
     def redis_tls(self) -> bool:

@@ -182,7 +182,7 @@ class Pipeline:
     """Reorder buffers, detector and producer of the partitions a worker owns."""
 
     def __init__(self, settings: Settings, detector: Detector, producer: Producer, *,
-                 store: DeferredWriteStore | None = None, retry_attempts: int = 8,
+                 store: DeferredWriteStore | None = None, retry_attempts: int = 12,
                  ledger: PoisonLedger | None = None) -> None:
         """``store``: the detector's store when it writes asynchronously and caches users (live);
         ``ledger``: attempt counts of suspect messages (poison quarantine), none: no quarantine."""

@@ -37,7 +37,9 @@ def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer |
                                                     ttl_s=settings.state_ttl_s,
                                                     max_cached_users=settings.state_cache_users,
                                                     keep_outbox=False, defer_writes=defer_writes,
-                                                    key_secret=settings.key_secret),
+                                                    key_secret=settings.key_secret,
+                                                    wait_replicas=settings.redis_replicas_to_wait,
+                                                    wait_timeout_ms=settings.redis_wait_timeout_ms),
                   attempts=START_ATTEMPTS, base_s=0.25, retriable=(StoreUnavailableError,))
     policy = AlertPolicy(load_policy_config(settings.policy_config),
                          model_thresholds=None if scorer is None else scorer.info.thresholds)

@@ -81,6 +81,7 @@ EXIT_SECURITY = 77  # EX_NOPERM: credentials or TLS trust refused; a restart alo
 BACKLOG_BATCHES = 4  # a backlog this many full batches long is a catch-up: fill batches to batch_size
 FETCH_FRESH_MS = 5_000  # an input is caught up only if its leader answered a fetch this recently
 KAFKA_PROBE_S = 5.0  # a metadata request this often (waiting at most this long) tells whether Kafka answers
+REDIS_MEMORY_S = 15.0  # Redis' INFO memory is sampled this often into riskstream_redis_used_memory_bytes
 BACKLOG_RECHECK_S = 0.005  # the backlog estimate reads fetch metadata of every input partition: not per message
 
 
@@ -117,6 +118,7 @@ class Engine:
         self._kafka_probe: asyncio.Future[None] | None = None
         self._redis: Any = None
         self.redis_ok_at = -float("inf")  # the Faust side pings Redis too, for readiness only
+        self._redis_memory_at = -float("inf")
         self.fatal: BaseException | None = None
         self._model_version: str | None = None
         self._lag_labels: set[tuple[str, str]] = set()
@@ -265,7 +267,7 @@ class Engine:
 
     def _probe_services(self) -> None:
         self._probe_kafka()
-        if self.s.http_addr:
+        if self.s.http_addr or self.s.metrics_port:
             self._probe_redis()
 
     def _probe_redis(self) -> None:
@@ -280,7 +282,18 @@ class Engine:
         except redis.RedisError as e:
             log.warning("Redis ping failed (%s)", e)
             return
-        self.redis_ok_at = time.monotonic()
+        self.redis_ok_at = now = time.monotonic()
+        if now - self._redis_memory_at >= REDIS_MEMORY_S:
+            self._redis_memory_at = now
+            try:
+                if self.s.redis_cluster:  # one answer per primary, keyed by node
+                    info = self._redis.info("memory", target_nodes=redis.RedisCluster.PRIMARIES)
+                else:
+                    info = self._redis.info("memory")
+            except redis.RedisError as e:
+                log.warning("Redis INFO memory failed (%s)", e)
+                return
+            self.metrics.redis_memory.set(used_memory(info))
 
     @property
     def kafka_ok_at(self) -> float:
@@ -468,6 +481,13 @@ class Engine:
         self.fatal = e
         logging.shutdown()
         os._exit(EXIT_UNAVAILABLE)
+
+
+def used_memory(info: dict[str, Any]) -> int:
+    """Bytes Redis uses (``used_memory`` of INFO memory), summed over the primaries of a cluster."""
+    if "used_memory" in info:
+        return int(info["used_memory"])
+    return sum(int(node["used_memory"]) for node in info.values())
 
 
 def create_worker_app(settings: Settings, model_path: Path | None, *,

@@ -40,8 +40,11 @@ from typing import Any, Final
 import orjson
 import redis
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
+    MasterDownError,
     NoScriptError,
+    ReadOnlyError,
     RedisClusterException,
     TryAgainError,
 )
@@ -72,6 +75,13 @@ __all__ = ["DEFAULT_CACHE_USERS", "STATE_LUA", "RedisWindowStore"]
 
 DEFAULT_CACHE_USERS: Final = 100_000  # ≈ 4.7 KB each (measured, arrays grow by doubling): ≈ 470 MB at most
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
+# Replies that mean "not this node (any more)": the slot moved, the node is a replica now (a failover)
+# or cut off. The slot map is refreshed and the write re-sent (AskError covers MovedError).
+_REDIRECTED = (AskError, ClusterDownError, TryAgainError, MasterDownError, ReadOnlyError)
+
+
+class _Redirected(StoreUnavailableError):
+    """A write reached a node that no longer serves its slot (or cannot serve it now)."""
 
 
 def _source(name: str) -> str:
@@ -86,14 +96,24 @@ class RedisWindowStore:
 
     def __init__(self, client: Client, *, key_prefix: str, ttl_s: int,
                  max_cached_users: int = DEFAULT_CACHE_USERS, writer_id: str | None = None,
-                 keep_outbox: bool = True, defer_writes: bool = False, key_secret: bytes | None = None) -> None:
+                 keep_outbox: bool = True, defer_writes: bool = False, key_secret: bytes | None = None,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         """Load the script (on every primary of a cluster) and keep its SHA.
 
         ``key_secret``: name users' keys by a keyed pseudonym of their id (see ``codec.user_key``).
 
-        ``defer_writes`` (the worker's pipeline process; standalone Redis only): ``confirm`` sends
-        its write pipeline and returns; the replies are read by :meth:`finish_write`, which the next
-        ``confirm`` calls first. Redis executes the writes while the caller computes the next batch.
+        ``defer_writes`` (the worker's pipeline process): ``confirm`` sends its write pipeline and
+        returns; the replies are read by :meth:`finish_write`, which the next ``confirm`` calls
+        first. Redis executes the writes while the caller computes the next batch. On a Redis
+        Cluster the calls are grouped by the node that serves their key's slot (the client's slot
+        map) and sent on each node's connection; a redirection (MOVED/ASK, a node that became a
+        replica, CLUSTERDOWN) or a lost connection refreshes the slot map and re-sends the whole
+        write synchronously (state.lua accepts a retry of the same write by the same writer).
+
+        ``wait_replicas`` > 0: every write ends with ``WAIT wait_replicas wait_timeout_ms`` on each
+        node it went to, and counts as done only when that many replicas acknowledged it; else it
+        raises :class:`StoreUnavailableError` and is re-sent. So a failover to a replica loses no
+        write that the caller was told is done (Redis replication is asynchronous otherwise).
 
         ``keep_outbox=False`` (the worker): ``apply`` returns only newly decided snapshots, not the
         unconfirmed ones of earlier calls. A worker never needs them again in-process — a batch that
@@ -110,6 +130,9 @@ class RedisWindowStore:
             raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s}")
         if max_cached_users < 1:
             raise ValueError(f"max_cached_users must be >= 1, got {max_cached_users}")
+        if wait_replicas < 0 or wait_timeout_ms < 1:
+            raise ValueError(f"wait_replicas must be >= 0 and wait_timeout_ms >= 1, got {wait_replicas}, "
+                             f"{wait_timeout_ms}")
         self._table = StateTable(keep_outbox=keep_outbox)  # this worker's copy of its users
         self._client = client
         self._prefix = key_prefix
@@ -125,6 +148,8 @@ class RedisWindowStore:
         self._recent: OrderedDict[str, None] = OrderedDict()  # cached users, least recently touched first
         self._invalidate_requested = False
         self.defer_writes = defer_writes
+        self._wait: list[tuple[Any, ...]] = [("WAIT", wait_replicas, wait_timeout_ms)] if wait_replicas else []
+        self._refresh_slots = False  # a cluster write was redirected or lost: reload the slot map first
         self._in_flight: tuple[list[str], list[list[Any]], Any] | None = None  # a sent, unread write
         self._unsettled: tuple[list[str], list[list[Any]]] | None = None  # its reply failed: outcome unknown
         self._sending: set[str] = set()  # its users (never evicted or dropped meanwhile)
@@ -334,8 +359,8 @@ class RedisWindowStore:
     def _write(self) -> None:
         """Write each dirty user whose decided ticks are all confirmed; one pipeline of EVALSHA.
 
-        With ``defer_writes`` (standalone Redis) the pipeline is only sent: :meth:`finish_write`
-        reads the replies, at the latest at the next write, load-free call or drop.
+        With ``defer_writes`` the pipeline is only sent: :meth:`finish_write` reads the replies,
+        at the latest at the next write, load-free call or drop.
         """
         self.finish_write()
         todo: list[str] = []
@@ -346,7 +371,7 @@ class RedisWindowStore:
         if not todo:
             return
         calls = self._write_args(todo)
-        if self.defer_writes and not isinstance(self._client, redis.RedisCluster):
+        if self.defer_writes:
             self._in_flight = (todo, calls, self._send_evalsha(calls))
             # clean as of what was sent: a change made while the write is in flight dirties again
             self._dirty.difference_update(todo)
@@ -373,10 +398,18 @@ class RedisWindowStore:
             return
         if self._in_flight is None:
             return
-        todo, calls, conn = self._in_flight
+        todo, calls, sent = self._in_flight
         self._in_flight, self._sending = None, set()
         try:
-            replies = self._settle(calls, self._call(lambda c: _read_raw(c, conn, len(calls))))
+            replies = self._settle(calls, self._read_evalsha(len(calls), sent))
+        except _Redirected:  # a stale slot map, now reloaded: re-send the write at once, synchronously
+            self._unsettled = (todo, calls)
+            try:
+                self.finish_write()
+            except StoreUnavailableError:
+                self._dirty.update(todo)  # as below
+                raise
+            return
         except StoreUnavailableError:
             self._dirty.update(todo)  # not known to be written: written again later in any case
             self._unsettled = (todo, calls)  # and this write is re-sent before anything counts as done
@@ -460,21 +493,83 @@ class RedisWindowStore:
                 raise r
         return results
 
-    def _send_evalsha(self, calls: list[list[Any]]) -> Any:
-        """Standalone: send the EVALSHA calls in one write; the connection to read them from."""
+    def _send_evalsha(self, calls: list[list[Any]]) -> list[tuple[redis.Redis, Any, list[int]]]:
+        """Send the EVALSHA calls (then WAIT, if asked) without reading a reply: per connection
+        written, (its client, the connection, the indexes of its calls) for :meth:`_read_evalsha`.
+        Standalone: one connection. Cluster: one per node serving some of the calls' slots."""
         commands = [("EVALSHA", self._sha, 1, *args) for args in calls]
-        return self._call(lambda c: _send_raw(c, commands))
+        client = self._client
+        if not isinstance(client, redis.RedisCluster):
+            conn = self._call(lambda c: _send_raw(c, commands + self._wait))
+            return [(client, conn, list(range(len(calls))))]
+        return self._call(lambda c: self._send_by_node(c, commands))  # type: ignore[no-any-return]
+
+    def _send_by_node(self, client: redis.RedisCluster, commands: list[tuple[Any, ...]]
+                      ) -> list[tuple[redis.Redis, Any, list[int]]]:
+        if self._refresh_slots:
+            client.nodes_manager.initialize()  # raises while no node answers: unavailable, retried
+            self._refresh_slots = False
+        groups: dict[str, tuple[redis.Redis, list[int]]] = {}
+        for i, cmd in enumerate(commands):
+            node = client.get_node_from_key(cmd[3])  # type: ignore[no-untyped-call]  # the primary of its slot
+            if node.name not in groups:
+                groups[node.name] = (node.redis_connection or client.get_redis_connection(node), [])
+            groups[node.name][1].append(i)
+        sent: list[tuple[redis.Redis, Any, list[int]]] = []
+        try:
+            for r, idx in groups.values():
+                sent.append((r, _send_raw(r, [commands[i] for i in idx] + self._wait), idx))
+        except BaseException:
+            _discard(sent)
+            self._refresh_slots = True
+            raise
+        return sent
+
+    def _read_evalsha(self, n: int, sent: list[tuple[redis.Redis, Any, list[int]]]) -> list[Any]:
+        """The replies of a sent write, in call order (errors as values).
+
+        Raises:
+            StoreUnavailableError: a connection failed, a reply was a redirection (the slot map is
+                refreshed before the next send), or fewer replicas than asked acknowledged the write.
+        """
+        results: list[Any] = [None] * n
+        short: list[str] = []
+        extra = len(self._wait)
+        for k, (r, conn, idx) in enumerate(sent):
+            try:
+                replies = _read_raw(r, conn, len(idx) + extra)
+            except _UNAVAILABLE as e:
+                _discard(sent[k + 1:])
+                self._refresh_slots = True
+                raise _unavailable(e) from e
+            except BaseException:
+                _discard(sent[k + 1:])
+                raise
+            if extra:
+                acked = replies.pop()
+                if isinstance(acked, Exception) or acked < self._wait[0][1]:
+                    short.append(f"{_node_name(r)}: {acked}")
+            for i, reply in zip(idx, replies, strict=True):
+                results[i] = reply
+        moved = next((x for x in results if isinstance(x, _REDIRECTED)), None)
+        if moved is not None:
+            self._refresh_slots = True
+            raise _Redirected(f"Redis Cluster redirected a state write ({type(moved).__name__}: {moved}); "
+                              "the slot map is reloaded and the write re-sent")
+        if short:
+            raise StoreUnavailableError(
+                f"a state write was not acknowledged by {self._wait[0][1]} replica(s) within "
+                f"{self._wait[0][2]} ms (acknowledged: {', '.join(short)}); it is re-sent — check the "
+                "replicas (locally: deploy/local/stack status --cluster), or set RISKSTREAM_REDIS_WAIT_REPLICAS=0 "
+                "to accept losing acknowledged writes on a failover")
+        return results
 
     def _evalsha(self, calls: list[list[Any]]) -> list[Any]:
-        if not isinstance(self._client, redis.RedisCluster):
-            conn = self._send_evalsha(calls)
-            return self._call(lambda c: _read_raw(c, conn, len(calls)))  # type: ignore[no-any-return]
-
-        def queue(pipe: Any) -> None:
-            ex = pipe.execute_command  # ClusterPipeline blocks .evalsha() by name; routing is by the key
-            for key, *argv in calls:
-                ex("EVALSHA", self._sha, 1, key, *argv)
-        return self._call(lambda c: _pipelined(c, queue, raise_on_error=False))  # type: ignore[no-any-return]
+        """Send and read; a redirected write is re-sent once at once, with the reloaded slot map."""
+        try:
+            return self._read_evalsha(len(calls), self._send_evalsha(calls))
+        except _Redirected:
+            return self._read_evalsha(len(calls), self._send_evalsha(calls))
 
     def _hgetall_all(self, keys: Sequence[str | bytes]) -> list[dict[bytes, bytes]]:
         """HGETALL per key, pipelined (standalone: one write, hiredis replies, ≈ 3× less client CPU
@@ -498,6 +593,18 @@ class RedisWindowStore:
             return fn(self._client)
         except _UNAVAILABLE as e:
             raise _unavailable(e) from e
+
+
+def _discard(sent: list[tuple[redis.Redis, Any, list[int]]]) -> None:
+    """Drop connections whose replies will never be read (they must not be reused)."""
+    for r, conn, _ in sent:
+        conn.disconnect()
+        r.connection_pool.release(conn)
+
+
+def _node_name(r: redis.Redis) -> str:
+    kw = r.connection_pool.connection_kwargs
+    return f"{kw.get('host')}:{kw.get('port')}"
 
 
 def _check_policy_fields(fields: Mapping[str, str]) -> None:

@@ -33,10 +33,18 @@ def _stack(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(STACK), *args], capture_output=True, text=True, timeout=600)
 
 
+def _anything_running(status: subprocess.CompletedProcess[str]) -> bool:
+    """Whether a `stack status` saw any of its services running. A session stops at its end only a
+    stack it found entirely stopped: one found degraded (e.g. a broker that a fault test sharing the
+    stack has just killed) is someone else's, and stopping it would pull it from under them."""
+    return status.returncode == 0 or any(line.split()[1:2] == ["running"] for line in status.stdout.splitlines())
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[None]:
-    was_up = _stack("status").returncode == 0
-    if not was_up:
+    status = _stack("status")
+    was_up = _anything_running(status)
+    if status.returncode != 0:
         r = _stack("up")
         if r.returncode != 0:
             pytest.fail(f"deploy/local/stack up failed ({r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
@@ -47,9 +55,14 @@ def stack() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def cluster_stack() -> Iterator[None]:
-    """The 3-broker Kafka cluster and the Redis Cluster (`stack up --cluster`), started if down."""
-    was_up = _stack("status", "--cluster").returncode == 0
-    if not was_up:
+    """The 3-broker Kafka cluster and the Redis Cluster (`stack up --cluster`), started if down.
+
+    Stopped afterwards only if none of it was running before: a cluster that is merely unhealthy
+    (a node killed by someone's fault test, replicas missing) is repaired by `up` and left running
+    for whoever else uses it."""
+    status = _stack("status", "--cluster")
+    was_up = _anything_running(status)
+    if status.returncode != 0:
         r = _stack("up", "--cluster")
         if r.returncode != 0:
             pytest.fail(f"deploy/local/stack up --cluster failed ({r.returncode}):\n{r.stdout}\n{r.stderr}",

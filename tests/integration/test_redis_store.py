@@ -245,39 +245,103 @@ def test_random_sequences_with_restarts_give_the_memory_stores_results(client, p
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_random_sequences_with_deferred_writes_give_the_memory_stores_results(clients, seed):
-    """Standalone Redis only: a cluster store ignores defer_writes and writes at once."""
-    if "redis" not in clients:
-        clients["redis"] = redis_client("redis")
-    client, p = clients["redis"], f"it{uuid.uuid4().hex[:12]}:rs:"
-    try:
-        steps, _ = _run_equivalence(seed, client, p, defer=True)
-    finally:
-        delete_prefix(client, p)
+def test_random_sequences_with_deferred_writes_give_the_memory_stores_results(client, prefix, seed):
+    """Standalone and Redis Cluster (calls grouped by the node serving their slot)."""
+    steps, _ = _run_equivalence(seed, client, prefix, defer=True)
     assert steps > 0
 
 
-def test_a_deferred_write_is_settled_by_the_next_confirm_and_its_errors_surface_there(clients):
+def test_a_deferred_write_is_settled_by_the_next_confirm_and_its_errors_surface_there(client, prefix):
+    p = prefix
+    a = new_store(client, p, defer_writes=True)
+    a.apply([UserBatch("d", [Item(ev("d", at(0, 7)), False, "t:0", 0)])], at(0, 8))
+    a.confirm({"d": (at(0, 7, 1), {})})
+    assert a.write_in_flight() and a.pending_writes() == 1
+    a.finish_write()
+    assert not a.write_in_flight() and a.pending_writes() == 0
+    assert a.stored_state_of("d") == a.state_of("d")
+    # another writer takes the user over while our next write is in flight
+    a.apply([UserBatch("d", [Item(ev("d", at(0, 7, 30)), False, "t:0", 1)])], at(0, 8))
+    b = new_store(client, p)
+    b.apply([UserBatch("d", [Item(ev("d", at(0, 7, 40)), False, "t:0", 2)])], at(0, 8))
+    b.confirm({"d": (at(0, 7, 41), {})})
+    a.confirm({"d": (at(0, 7, 31), {})})  # sent; refused by Redis, but nobody has read the reply yet
+    assert a.write_in_flight()
+    with pytest.raises(StaleStateError):
+        a.confirm({})  # the next confirm settles it first
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_a_cluster_write_sent_to_the_wrong_node_is_redirected_and_re_sent(clients, defer):
+    """A stale slot map (as after a failover or a resharding): the node answers MOVED, the store
+    reloads the map and re-sends the write; it lands once, on the right node."""
+    if "redis-cluster" not in clients:
+        clients["redis-cluster"] = redis_client("redis-cluster")
+    client: redis.RedisCluster = clients["redis-cluster"]
+    p = f"it{uuid.uuid4().hex[:12]}:rs:"
+    try:
+        store = new_store(client, p, defer_writes=defer)
+        users = [f"u{i}" for i in range(40)]
+        store.apply([UserBatch(u, [Item(ev(u, at(0, 7)), False, "t:0", i)]) for i, u in enumerate(users)], at(0, 8))
+        slots = client.nodes_manager.slots_cache
+        right = {client.keyslot(store.key_of(u)): slots[client.keyslot(store.key_of(u))][0] for u in users}
+        primaries = client.get_primaries()
+        assert len({n.name for n in right.values()}) > 1
+        for slot, node in right.items():  # point every slot of the batch at another primary
+            slots[slot] = [next(n for n in primaries if n.name != node.name)]
+        store.confirm({u: (at(0, 7, 1), {}) for u in users})
+        store.finish_write()  # deferred: MOVED is read here, and the write re-sent synchronously
+        assert store.pending_writes() == 0
+        assert client.nodes_manager.slots_cache[next(iter(right))][0].name == right[next(iter(right))].name
+        for u in users:
+            assert client.hget(store.key_of(u), "v") == b"1"
+            assert store.stored_state_of(u) == store.state_of(u)
+    finally:
+        delete_prefix(client, p)
+
+
+def test_a_cluster_write_waits_for_a_replica(clients):
+    """wait_replicas=1 on the stack's cluster (one replica per master): every write acknowledged."""
+    if "redis-cluster" not in clients:
+        clients["redis-cluster"] = redis_client("redis-cluster")
+    client: redis.RedisCluster = clients["redis-cluster"]
+    p = f"it{uuid.uuid4().hex[:12]}:rs:"
+    try:
+        for defer in (False, True):
+            store = new_store(client, p, defer_writes=defer, wait_replicas=1, wait_timeout_ms=5000)
+            users = [f"w{defer}{i}" for i in range(30)]
+            store.apply([UserBatch(u, [Item(ev(u, at(0, 7)), False, "t:0", i)]) for i, u in enumerate(users)],
+                        at(0, 8))
+            store.confirm({u: (at(0, 7, 1), {}) for u in users})
+            store.finish_write()
+            assert store.pending_writes() == 0
+            for u in users:
+                assert store.stored_state_of(u) == store.state_of(u)
+    finally:
+        delete_prefix(client, p)
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_a_write_without_the_replicas_it_waits_for_is_not_done(clients, defer):
+    """Standalone Redis has no replica: WAIT 1 times out, the write raises StoreUnavailableError,
+    stays pending, and is re-sent (and accepted: the same write by the same writer) once waiting stops."""
     if "redis" not in clients:
         clients["redis"] = redis_client("redis")
-    client, p = clients["redis"], f"it{uuid.uuid4().hex[:12]}:rs:"
+    client = clients["redis"]
+    p = f"it{uuid.uuid4().hex[:12]}:rs:"
     try:
-        a = new_store(client, p, defer_writes=True)
-        a.apply([UserBatch("d", [Item(ev("d", at(0, 7)), False, "t:0", 0)])], at(0, 8))
-        a.confirm({"d": (at(0, 7, 1), {})})
-        assert a.write_in_flight() and a.pending_writes() == 1
-        a.finish_write()
-        assert not a.write_in_flight() and a.pending_writes() == 0
-        assert a.stored_state_of("d") == a.state_of("d")
-        # another writer takes the user over while our next write is in flight
-        a.apply([UserBatch("d", [Item(ev("d", at(0, 7, 30)), False, "t:0", 1)])], at(0, 8))
-        b = new_store(client, p)
-        b.apply([UserBatch("d", [Item(ev("d", at(0, 7, 40)), False, "t:0", 2)])], at(0, 8))
-        b.confirm({"d": (at(0, 7, 41), {})})
-        a.confirm({"d": (at(0, 7, 31), {})})  # sent; refused by Redis, but nobody has read the reply yet
-        assert a.write_in_flight()
-        with pytest.raises(StaleStateError):
-            a.confirm({})  # the next confirm settles it first
+        store = new_store(client, p, defer_writes=defer, wait_replicas=1, wait_timeout_ms=50)
+        store.apply([UserBatch("r", [Item(ev("r", at(0, 7)), False, "t:0", 0)])], at(0, 8))
+        with pytest.raises(StoreUnavailableError, match="not acknowledged by 1 replica"):
+            store.confirm({"r": (at(0, 7, 1), {})})
+            store.finish_write()
+        assert store.pending_writes() == 1 and client.hget(store.key_of("r"), "v") == b"1"
+        store._wait = []  # as a store with wait_replicas=0 would: the re-send is accepted
+        store.finish_write()  # deferred: the unsettled write is re-sent (accepted: the same write)
+        store.confirm({})  # the user is still dirty: written (again, if deferred)
+        store.finish_write()
+        assert store.pending_writes() == 0 and store.stored_state_of("r") == store.state_of("r")
+        assert client.hget(store.key_of("r"), "v") == (b"2" if defer else b"1")
     finally:
         delete_prefix(client, p)
 

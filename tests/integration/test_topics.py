@@ -19,9 +19,13 @@ CLUSTER_BOOTSTRAP = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
 
 def _replicas_and_min_isr(s, topic: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
     admin = admin_client(s)
-    md = admin.list_topics(topic, timeout=10).topics[topic]
-    r = ConfigResource(ConfigResource.Type.TOPIC, topic)
     deadline = time.monotonic() + 15
+    while True:  # the broker asked may not have the new topic's partitions yet (KRaft metadata lag)
+        md = admin.list_topics(topic, timeout=10).topics[topic]
+        if 0 in md.partitions or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    r = ConfigResource(ConfigResource.Type.TOPIC, topic)
     while True:  # the broker asked may not know a topic created a moment ago (KRaft metadata lag)
         try:
             cfg = admin.describe_configs([r])[r].result()

@@ -131,7 +131,9 @@ def _store_with_write_in_flight(monkeypatch: pytest.MonkeyPatch, reads_fail: int
     st._client, st._dirty, st._sending, st._version, st._decided = object(), set(), {"u"}, {"u": 4}, {}
     st._recent = {}
     st._unsettled = None
-    st._in_flight = (["u"], [[b"rs:{u}:u", 4, "w", 1000]], object())  # sent, reply not read yet
+    st._wait, st._refresh_slots = [], False
+    # sent on one connection (client, connection, indexes of its calls), reply not read yet
+    st._in_flight = (["u"], [[b"rs:{u}:u", 4, "w", 1000]], [(object(), object(), [0])])
     reads = {"n": 0}
 
     def read(client: Any, conn: Any, n: int) -> list:

@@ -245,7 +245,8 @@ def scrape_totals(text: str) -> dict[str, float]:
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name == "riskstream_events_total":
-                out["events_in"] += s.value
+                if s.labels.get("outcome") != "late":  # late events are applied (for volume): a subset
+                    out["events_in"] += s.value
                 if s.labels.get("outcome") == "applied":
                     out["events_applied"] += s.value
             elif s.name == "riskstream_messages_total":
