@@ -125,7 +125,7 @@ def published_alerts(settings, want: set[str], proc: subprocess.Popen, timeout: 
     return got
 
 
-def wait_drained(settings, timeout: float = 90) -> None:
+def wait_drained(settings, timeout: float = 180) -> None:
     """Everything committed: every event applied, its tick decided, its alerts acknowledged."""
     deadline = time.monotonic() + timeout
     while True:
