@@ -5,7 +5,8 @@ line (python-json-logger) with ``time``, ``level``, ``logger``, ``process`` and 
 shippers. The same configuration goes to the Faust worker (which otherwise installs its own
 coloured handler), the pipeline child, and librdkafka, whose messages are routed into Python logging
 (``riskstream.kafka``) instead of its own stderr lines, with repeats rate-limited: while a broker is
-down librdkafka repeats the same connection error many times a second.
+down librdkafka repeats the same connection error many times a second, and so does aiokafka (the
+Faust process's client), whose loggers are rate-limited the same way on the handler.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Final
 __all__ = ["LOG_FORMATS", "RateLimit", "configure", "kafka_logger", "log_config"]
 
 LOG_FORMATS: Final = ("text", "json")
+_REPEATING: Final = ("aiokafka",)  # loggers whose repeated messages are rate-limited on the handler
 _TEXT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _JSON_FIELDS: Final = "%(asctime)s %(levelname)s %(name)s %(processName)s %(message)s"
 
@@ -39,8 +41,11 @@ def log_config(level: str | int, fmt: str = "text") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": formatter},
+        # aiokafka (the Faust process's Kafka client) repeats its connection errors ≈ 20 times a
+        # second while a broker is lost: the same rate limit as librdkafka's (kafka_logger)
+        "filters": {"kafka_repeats": {"()": "stream.logconfig.RateLimit", "only": list(_REPEATING)}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
-                                "formatter": "default"}},
+                                "formatter": "default", "filters": ["kafka_repeats"]}},
         "root": {"level": level, "handlers": ["stderr"]},
     }
 
@@ -54,14 +59,17 @@ class RateLimit(logging.Filter):
     """Lets the first record of each message text through, then at most one per ``every_s`` seconds,
     which says how many were held back in between."""
 
-    def __init__(self, every_s: float = 30.0) -> None:
+    def __init__(self, every_s: float = 30.0, only: tuple[str, ...] | list[str] | None = None) -> None:
         super().__init__()
         self.every_s = every_s
+        self.only = tuple(only) if only is not None else None  # logger-name prefixes; None: every record
         self._seen: dict[str, tuple[float, int]] = {}  # message -> (last let through, held back since)
         self._lock = threading.Lock()  # librdkafka logs from its own threads
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = record.getMessage()
+        if self.only is not None and not record.name.startswith(self.only):
+            return True
+        key = f"{record.name}\0{record.getMessage()}"
         now = time.monotonic()
         with self._lock:
             last, held = self._seen.get(key, (-float("inf"), 0))

@@ -60,3 +60,25 @@ def test_repeats_are_held_back_and_counted(monkeypatch: pytest.MonkeyPatch) -> N
     r = rec("Connect to 127.0.0.1:9092 failed")
     assert f.filter(r)
     assert r.getMessage() == "Connect to 127.0.0.1:9092 failed (and 50 more like it in the last 31 s)"
+
+
+def test_aiokafka_repeats_are_rate_limited_on_the_handler_and_other_loggers_are_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr("stream.logconfig.time.monotonic", lambda: now[0])
+    cfg = log_config("INFO", "text")
+    assert cfg["handlers"]["stderr"]["filters"] == ["kafka_repeats"]
+    spec = dict(cfg["filters"]["kafka_repeats"])
+    f = RateLimit(only=spec["only"])
+
+    def rec(name: str, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, (), None)
+
+    lost = "Unable connect to node with id 2: [Errno 111] Connect call failed ('127.0.0.1', 19093)"
+    assert f.filter(rec("aiokafka.conn", lost))
+    assert [f.filter(rec("aiokafka.conn", lost)) for _ in range(20)] == [False] * 20
+    assert f.filter(rec("aiokafka.cluster", lost))  # another logger: its own first line
+    assert all(f.filter(rec("riskstream.pipeline", "same text")) for _ in range(5))  # not limited
+    now[0] += 31
+    r = rec("aiokafka.conn", lost)
+    assert f.filter(r) and r.getMessage().endswith("(and 20 more like it in the last 31 s)")
