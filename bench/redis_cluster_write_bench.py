@@ -17,19 +17,24 @@ wall time (apply + confirm), users written per second, and the client's CPU per 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis
 
-from stream.core.events import Event
-from stream.core.windows import Item, UserBatch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.redis_durability_bench import (  # the same workload as the durability bench
+    T0,
+    feed,
+)
+from stream.core.windows import UserBatch
 from stream.state import RedisWindowStore, delete_keys
 from stream.state.wire import _pipelined
-
-T0 = 1_717_200_000_000
 
 
 class ClusterPipelineStore(RedisWindowStore):
@@ -50,15 +55,6 @@ MODES: dict[str, tuple[type[RedisWindowStore], bool, int]] = {
     "per node, deferred, WAIT 1": (RedisWindowStore, True, 1),
 }
 
-
-def feed(users: int, k: int, r: int) -> list[UserBatch]:
-    out = []
-    for u in range(users):
-        evs = [Event(f"e{r}-{u}-{i}", T0 + r * 60_000 + i * 1_000, "click", f"u{u}", "social", 0, 0, "adult",
-                     None, None) for i in range(k)]
-        out.append(UserBatch(f"u{u}", [Item(e, False, "events.clicks:0", (r * users + u) * k + i)
-                                       for i, e in enumerate(evs)]))
-    return out
 
 
 def one_run(client: redis.RedisCluster, mode: str, feeds: list[list[UserBatch]], a: argparse.Namespace,
