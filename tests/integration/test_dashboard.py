@@ -10,9 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
-
-import pytest
 
 from tests.integration.test_worker_parity import (
     ROOT,
@@ -23,6 +20,7 @@ from tests.integration.test_worker_parity import (
     stop,
     wait_drained,
 )
+from tests.tools import tool_missing
 
 WORKER_HTTP = "127.0.0.1:19482"
 DASHBOARD = "127.0.0.1:19483"
@@ -32,9 +30,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 def _chromium() -> str:
     exe = os.environ.get("RISKSTREAM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("no Chromium for the dashboard browser test: apt-get install chromium", pytrace=False)
-        pytest.skip("no Chromium (apt-get install chromium)")
+        tool_missing("no Chromium for the dashboard browser test: apt-get install chromium")
     return exe
 
 

@@ -11,7 +11,6 @@ Missing prometheus: skipped on a developer machine, a failure in CI (``CI=true``
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -23,7 +22,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +30,7 @@ from stream.core.events import encode_event
 from tests.integration.test_worker_failures import _worker
 from tests.promql_names import PROMETHEUS_OWN, metric_names, series_names
 from tests.scenarios import random_log
+from tests.tools import tool_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "riskstream.rules.yml"
@@ -79,10 +78,7 @@ class _Prometheus:
 def _start_prometheus(tmp_path: Path, worker_port: int) -> tuple[subprocess.Popen[bytes], _Prometheus]:
     tool = shutil.which("prometheus")
     if tool is None:
-        msg = "prometheus not installed (apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        tool_missing("prometheus not installed (apt-get install prometheus)")
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -37,6 +37,7 @@ import yaml
 from stream.core.policy.config import load_policy_config
 from stream.settings import Settings, host_port, load_settings
 from stream.topics import topic_specs
+from tests.tools import tool_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose" / "compose.yaml"
@@ -54,12 +55,6 @@ _SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|(^|_)KEY($|_)|CREDENTIAL", re.IG
 _INTERPOLATION = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:?[?-][^}]*)?\}$")
 
 
-def _missing(why: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(why)  # CI must run every check
-    pytest.skip(why)
-
-
 def _makefile_var(name: str) -> str:
     m = re.search(rf"^{name} := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
     assert m, f"{name} not in the Makefile"
@@ -72,7 +67,7 @@ def _check_jsonschema() -> str:
     beside = Path(sys.executable).with_name("check-jsonschema")
     tool = str(beside) if beside.exists() else shutil.which("check-jsonschema")
     if tool is None:
-        _missing("check-jsonschema not installed (pip install -e '.[dev]')")
+        tool_missing("check-jsonschema not installed (pip install -e '.[dev]')")
     assert tool is not None
     return tool
 
@@ -241,7 +236,7 @@ def test_compose_mounts_the_prometheus_and_grafana_files() -> None:
 def _promtool() -> str:
     tool = shutil.which("promtool")
     if tool is None:
-        _missing("promtool not installed (apt-get install prometheus)")
+        tool_missing("promtool not installed (apt-get install prometheus)")
     assert tool is not None
     return tool
 
@@ -298,7 +293,7 @@ def _kustomize() -> str:
     want = _makefile_var("KUSTOMIZE_VERSION")
     tool = ROOT / "tools" / "bin" / "kustomize"
     if not tool.exists():
-        _missing(f"kustomize {want} not built: run `make deploy-tools` (Go needed)")
+        tool_missing(f"kustomize {want} not built: run `make deploy-tools` (Go needed)")
     got = subprocess.run([str(tool), "version"], capture_output=True, text=True, timeout=30).stdout.strip()
     assert got == want, f"tools/bin/kustomize is {got}, the Makefile pins {want}: run `make deploy-tools`"
     return str(tool)
@@ -347,7 +342,7 @@ def _k8s_validate(doc: dict[str, Any]) -> None:
     try:
         import kubernetes_validate
     except ImportError:
-        _missing("kubernetes-validate not installed (pip install -e '.[dev]')")
+        tool_missing("kubernetes-validate not installed (pip install -e '.[dev]')")
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
@@ -396,7 +391,7 @@ def _keda_schema(kind: str) -> dict[str, Any]:
     version = _makefile_var("KEDA_VERSION")
     path = ROOT / "tools" / "keda-crds" / version / f"keda.sh_{kind.lower()}s.yaml"
     if not path.exists():
-        _missing(f"KEDA {version} CRDs not fetched: run `make deploy-tools` (Go needed)")
+        tool_missing(f"KEDA {version} CRDs not fetched: run `make deploy-tools` (Go needed)")
     crd = yaml.safe_load(path.read_text())
     assert crd["spec"]["names"]["kind"] == kind
     [v] = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
@@ -411,7 +406,7 @@ def _keda_kafka_metadata_keys() -> dict[str, set[str] | None]:
     version = _makefile_var("KEDA_VERSION")
     src = ROOT / "tools" / "keda-crds" / version / "kafka_scaler.go"
     if not src.exists():
-        _missing(f"KEDA {version} sources not fetched: run `make deploy-tools` (Go needed)")
+        tool_missing(f"KEDA {version} sources not fetched: run `make deploy-tools` (Go needed)")
     keys: dict[str, set[str] | None] = {}
     for tag in re.findall(r'keda:"([^"]+)"', src.read_text()):
         parts = dict(p.split("=", 1) for p in tag.split(",") if "=" in p)

