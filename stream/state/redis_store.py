@@ -177,19 +177,11 @@ class RedisWindowStore:
         """Load users not cached yet (one pipeline), then apply as the memory store does."""
         if not batches:
             return []
-        if self._invalidate_requested and self._all_written():
-            self._drop_cache()
         users = [b.user_id for b in batches]
-        self._load(users)
+        self._before_apply(users)
         results = self._table.apply(batches, watermark_ms, commit_floor)
-        decided = self._decided
-        for r in results:
-            if r.snapshots.user_ids:
-                newest = int(r.snapshots.tick_end.max())
-                if newest > decided.get(r.user_id, newest - 1):
-                    decided[r.user_id] = newest
-        self._dirty.update(users)
-        self._touch(users)
+        self._after_apply(((r.user_id, int(r.snapshots.tick_end.max())) for r in results if r.snapshots.user_ids),
+                          users)
         return results
 
     @property
@@ -202,18 +194,27 @@ class RedisWindowStore:
                      commit_floor: Mapping[str, int] | None = None) -> FencedResult:
         """:meth:`apply` of columns (the live columnar path, ``StateTable.apply_fenced``), with the
         same loading, decided-tick and dirty bookkeeping."""
+        self._before_apply([*dict.fromkeys(cols.user_ids), *due])
+        res = self._table.apply_fenced(cols, tps, positions, due, watermark_ms, commit_floor)
+        self._after_apply(zip(res.snapshots.user_ids, res.snapshots.tick_end.tolist()), res.users)
+        return res
+
+    def _before_apply(self, users: Sequence[str]) -> None:
+        """Drop the cache if that was asked for and nothing is unwritten; load the users not cached."""
         if self._invalidate_requested and self._all_written():
             self._drop_cache()
-        self._load([*dict.fromkeys(cols.user_ids), *due])
-        res = self._table.apply_fenced(cols, tps, positions, due, watermark_ms, commit_floor)
+        self._load(users)
+
+    def _after_apply(self, decided_ticks: Iterable[tuple[str, int]], users: Iterable[str]) -> None:
+        """Keep each user's newest decided tick (unconfirmed: kept out of Redis until confirmed), and
+        mark the applied users changed and recently touched."""
         decided = self._decided
-        snaps = res.snapshots
-        for u, newest in zip(snaps.user_ids, snaps.tick_end.tolist()):
+        for u, newest in decided_ticks:
             if newest > decided.get(u, newest - 1):
                 decided[u] = newest
-        self._dirty.update(res.users)
-        self._touch(res.users)
-        return res
+        users = list(users)
+        self._dirty.update(users)
+        self._touch(users)
 
     def prefetch(self, user_ids: Sequence[str]) -> None:
         """Load the users not cached yet (one pipeline) and nothing else: the only I/O of a
