@@ -24,12 +24,18 @@ from stream.state.poison import RedisPoisonLedger
 __all__ = ["build_pipeline"]
 
 log = logging.getLogger("riskstream.pipeline")
+COMPILED_S = 3.0  # a kernel start-up slower than this compiled (loading the cache takes ≈ 0.5–1.2 s)
 
 
 def build_pipeline(settings: Settings, model_path: Path | None, scorer: Scorer | None = None, *,
                    defer_writes: bool = False) -> Pipeline:
     """Everything a pipeline needs, connected; ``StoreUnavailableError`` after bounded retries."""
-    log.info("kernels ready in %.2f s", warm_up())  # not while the first batch waits
+    took = warm_up()  # not while the first batch waits
+    if took > COMPILED_S:
+        log.warning("kernels compiled in %.1f s: numba's cache was cold or unwritable, so every start "
+                    "pays this (warm it once: `make install`, or as the Dockerfile does)", took)
+    else:
+        log.info("kernels ready in %.2f s", took)
     if scorer is None and model_path is not None:
         scorer = load_scorer(model_path)
     client = redis_client(settings)
