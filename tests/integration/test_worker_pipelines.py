@@ -4,6 +4,7 @@ SIGKILLed mid-stream ends the worker (75) with the other child, and a restart co
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -91,3 +92,33 @@ def test_one_of_two_pipeline_processes_sigkilled_mid_stream_exits_the_worker_and
     assert proc.returncode == 0, out.decode()[-3000:]
     assert_same_alerts(got, want)
     assert_same_state(settings, mem)
+
+
+def test_two_pipeline_processes_ready_only_together_and_their_metrics_add_up(settings, monkeypatch):
+    """/readyz answers once both children are up (the link waits for both before the Faust app
+    starts); riskstream_pipeline_up is 1 and riskstream_pipeline_process_* covers both children."""
+    import tests.integration.test_http_endpoints as http
+    from tests.integration.test_worker_failures import _worker
+
+    port = 19483
+    monkeypatch.setattr(http, "PORT", port)  # where its _get and _wait ask
+    proc = _worker("--namespace", settings.namespace,
+                   env={**TWO, "RISKSTREAM_HTTP_ADDR": f"127.0.0.1:{port}"})
+    try:
+        kids = _children(proc, 2)
+        _, body = http._wait(lambda r: r[0] == 200, "never ready", proc)
+        assert json.loads(body)["checks"]["pipeline"] == {"ok": True, "detail": "running"}
+        text = http._get("/metrics")[1].decode()
+        assert "\nriskstream_pipeline_up 1.0" in text
+        rss = float(next(ln.split()[1] for ln in text.splitlines()
+                         if ln.startswith("riskstream_pipeline_process_resident_memory_bytes ")))
+        page = os.sysconf("SC_PAGE_SIZE")
+        each = [int(Path(f"/proc/{k}/statm").read_text().split()[1]) * page for k in kids]
+        assert 0.8 * sum(each) < rss < 1.2 * sum(each), (rss, each)  # both children, not one
+        assert rss > 1.5 * max(each)
+        cpu = float(next(ln.split()[1] for ln in text.splitlines()
+                         if ln.startswith("riskstream_pipeline_process_cpu_seconds_total ")))
+        assert cpu > 0
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out.decode()[-3000:]
