@@ -2,7 +2,9 @@
 
 The Faust side (this module) consumes, tracks the inputs and acks; the detector side
 (:mod:`stream.live.pipeline`: decode, reorder, detect, publish, persist) runs in a child process by
-default, so that the two use both cores instead of taking turns on the GIL.
+default, so that the two use both cores instead of taking turns on the GIL (with
+``RISKSTREAM_PIPELINES`` > 1 in several, the input partitions sharded across them:
+:class:`~stream.live.link.ShardedLink`).
 
 The agent iterates the stream with Faust's compiled iterator, acks off, and cuts micro-batches:
 live, a batch is what Faust has queued when the queue runs empty (so it is small when the input is
