@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -228,15 +229,36 @@ class Settings(BaseSettings):
 MAX_DEFAULT_PIPELINES = 8  # past this, the Faust process's per-message cost bounds a worker anyway
 
 
-def default_pipelines(cores: int | None = None) -> int:
-    """The default of ``RISKSTREAM_PIPELINES``: the cores this process may run on, less the one the
-    Faust process (single-threaded: consuming, batching, acking) keeps busy; at least 1, at most
-    ``MAX_DEFAULT_PIPELINES``. On 2 cores: 1, as before."""
-    if cores is None:
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity (taskset, a cpuset), capped by a cgroup CPU
+    quota rounded up (a container's CPU limit: v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    quota: float | None = None
+    try:
+        limit, period = (cgroup / "cpu.max").read_text().split()[:2]
+        if limit != "max":
+            quota = int(limit) / int(period)
+    except (OSError, ValueError):
         try:
-            cores = len(os.sched_getaffinity(0))  # honours a cpuset (taskset, container limits)
-        except AttributeError:  # not on Linux
-            cores = os.cpu_count() or 1
+            limit_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            if limit_us > 0:
+                quota = limit_us / int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            pass
+    if quota is not None and quota > 0:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def default_pipelines(cores: int | None = None) -> int:
+    """The default of ``RISKSTREAM_PIPELINES``: the cores this process may use (:func:`available_cores`),
+    less the one the Faust process (single-threaded: consuming, batching, acking) keeps busy; at
+    least 1, at most ``MAX_DEFAULT_PIPELINES``. On 2 cores, or in a container limited to 2 CPUs: 1."""
+    if cores is None:
+        cores = available_cores()
     return max(1, min(cores - 1, MAX_DEFAULT_PIPELINES))
 
 

@@ -30,7 +30,12 @@ from stream.live.protocol import (
     TopicPartition,
 )
 from stream.metrics import Metrics
-from stream.settings import MAX_DEFAULT_PIPELINES, default_pipelines, load_settings
+from stream.settings import (
+    MAX_DEFAULT_PIPELINES,
+    available_cores,
+    default_pipelines,
+    load_settings,
+)
 from tests.eventgen import at, ev
 from tests.unit.test_pipeline import FakeProducer
 
@@ -192,7 +197,25 @@ def test_pipelines_fed_the_split_steps_decide_what_one_pipeline_decides(n):
 # -- the setting ---------------------------------------------------------------------------------------
 def test_the_default_is_one_pipeline_per_core_beyond_the_faust_process():
     assert [default_pipelines(c) for c in (1, 2, 3, 4, 8, 64)] == [1, 1, 2, 3, 7, MAX_DEFAULT_PIPELINES]
-    assert load_settings().pipelines == default_pipelines(len(os.sched_getaffinity(0)))
+    assert load_settings().pipelines == default_pipelines(available_cores())
+
+
+def test_the_cores_are_capped_by_a_container_cpu_limit(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("max 100000\n")  # cgroup v2, no limit
+    assert available_cores(tmp_path) == affinity
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: 2 cores' worth, rounded up
+    assert available_cores(tmp_path) == min(affinity, 2)
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert available_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")  # cgroup v1: 1 CPU
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cores(tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # v1, no limit
+    assert available_cores(tmp_path) == affinity
+    assert available_cores(tmp_path / "absent") == affinity
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
