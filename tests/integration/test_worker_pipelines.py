@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -122,3 +123,36 @@ def test_two_pipeline_processes_ready_only_together_and_their_metrics_add_up(set
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out.decode()[-3000:]
+
+
+def test_a_second_worker_joining_mid_stream_both_with_two_pipeline_processes_gives_parity(settings, artifacts):
+    """The rebalance path with sharded pipelines: revoked partitions are dropped by the children that
+    own them (every child settles its writes and forgets cached users), the new owner's children
+    pick them up; the result is the offline one (duplicates only as the same alert)."""
+    from tests.integration.test_worker_parity import ROOT, _messages_consumed
+
+    expected, mem = offline(artifacts)
+    want = {a.alert_id for a in expected}
+    args = ("--batch-size", "50", "--idle-ms", "5000")
+    a = start_worker(settings, artifacts, *args, "--metrics-port", "19477", env=TWO)
+    b = None
+    try:
+        _children(a, 2)
+        time.sleep(4)  # A has joined and owns every partition
+        pub = subprocess.Popen([sys.executable, "-m", "stream", "replay", str(artifacts["log"]), "--namespace",
+                                settings.namespace, "--rate", "150", "--no-progress"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2)
+        b = start_worker(settings, artifacts, *args, "--metrics-port", "19478", env=TWO)
+        _children(b, 2)
+        assert pub.wait(timeout=60) == 0
+        got = published_alerts(settings, want, a)
+        wait_drained(settings)
+        assert b.poll() is None
+        consumed = _messages_consumed(19477), _messages_consumed(19478)
+    finally:
+        outs = stop(a), (stop(b) if b is not None else b"")
+    assert (a.returncode, b.returncode) == (0, 0), outs[0].decode()[-2000:] + outs[1].decode()[-2000:]
+    assert all(n > 0 for n in consumed), f"both workers must have consumed (messages: {consumed})"
+    assert_same_alerts(got, want)
+    assert_same_state(settings, mem)
