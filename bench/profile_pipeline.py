@@ -1,7 +1,7 @@
 """Where the live worker's CPU per event goes (issue #17 item 1, the measuring half).
 
     python bench/profile_pipeline.py [--events 200000] [--users 56] [--days 3] [--envelope 8] [--out DIR]
-                                     [--no-py-spy] [--top 25]
+                                     [--no-py-spy] [--top 25] [--pipelines 1 2 1 2]
 
 On the real stack. Fills a namespace with the same kind of input as bench/peer_bench.py (the
 synthetic log as SDK uploads of about ``--envelope`` events per message, or one event per message
@@ -9,7 +9,7 @@ with ``--envelope 1``), runs the riskstream worker on it and, while the consumer
 offsets go from 10 % to 90 % of the input (stream_bench's window):
 
 - reads the CPU time (user + system, all threads, /proc/PID/stat) of the worker's Faust process
-  and of its pipeline child process: µs of CPU per event for each;
+  and of its pipeline child process(es, summed; ``--pipelines``): µs of CPU per event for each;
 - samples the pipeline child with py-spy (``--nonblocking``: the child is never paused, so the CPU
   figures stay honest), writing a flame graph (``pipeline.svg``) and the collapsed stacks
   (``pipeline.txt``) into ``--out``, and prints the top functions by inclusive and by own samples,
@@ -64,20 +64,22 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def pipeline_child(pid: int, timeout: float = 120) -> int:
-    """The worker's pipeline process: its spawned child (not multiprocessing's resource tracker)."""
+def pipeline_children(pid: int, n: int = 1, timeout: float = 120) -> list[int]:
+    """The worker's ``n`` pipeline processes: its spawned children (not multiprocessing's resource tracker)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        found = []
         for c in children(pid):
             try:
                 cmd = Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue
-            if b"multiprocessing.spawn" in cmd or b"spawn_main" in cmd:
-                if b"resource_tracker" not in cmd:
-                    return c
+            if (b"multiprocessing.spawn" in cmd or b"spawn_main" in cmd) and b"resource_tracker" not in cmd:
+                found.append(c)
+        if len(found) >= n:
+            return sorted(found)
         time.sleep(0.2)
-    raise SystemExit("profile_pipeline: the worker's pipeline child process did not appear")
+    raise SystemExit(f"profile_pipeline: the worker's {n} pipeline child process(es) did not appear")
 
 
 def committed(probe: Consumer, tps: list[TopicPartition]) -> int:
@@ -134,70 +136,47 @@ def offline_cpu(log: Path, model: Path) -> tuple[int, float, float]:
     return len(events), t1 - t0, t2 - t1
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--events", type=int, default=200_000)
-    ap.add_argument("--users", type=int, default=56)
-    ap.add_argument("--days", type=float, default=3.0, help="span of the event times (as peer_bench; 0: as generated)")
-    ap.add_argument("--envelope", type=float, default=8, help="target events per message (1: one per message)")
-    ap.add_argument("--out", type=Path, default=Path("profile-out"))
-    ap.add_argument("--no-py-spy", action="store_true", help="CPU per event only")
-    ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
-    ap.add_argument("--top", type=int, default=25)
-    a = ap.parse_args()
-    spy = None if a.no_py_spy else shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if spy is not None and not Path(spy).exists():
-        raise SystemExit("profile_pipeline: py-spy not found (pip install py-spy), or pass --no-py-spy")
-    model = ROOT / "models" / "riskstream.onnx"
-    tmp = Path(tempfile.mkdtemp(prefix="rs-profile-"))
-    a.out.mkdir(parents=True, exist_ok=True)
-    log = tmp / "events.jsonl.gz"
-    make_log(log, a.events, a.users, a.days or None)
-    keys = _keys(log)
-    n = len(keys)
+def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap: int, n: int, lateness: int | None,
+             pipelines: int) -> tuple[float, float, float]:
+    """One worker with ``pipelines`` pipeline processes on a freshly filled namespace: (events/s,
+    µs CPU per event of the pipeline processes together, of the Faust process)."""
     ns = f"prof{uuid.uuid4().hex[:6]}"
     parts = 6
     s = load_settings(namespace=ns, partitions=parts, input_retention_ms=sb.HISTORY_MS)
     ensure_topics(s)
     sb.CREATED.append(s)
-    lateness = None
-    src, cap = log, 1
-    if a.envelope > 1:
-        window_ms, _ = choose_window(keys, a.envelope, ENVELOPE_CAP)
-        src, cap = tmp / "uploads.jsonl.gz", ENVELOPE_CAP
-        write_uploads(keys, src, window_ms)
-        lateness = min(3_600_000, window_ms + 60_000)
     subprocess.run([sys.executable, "-m", "stream", "replay", str(src), "--namespace", ns, "--envelope", str(cap),
                     "--no-progress"], cwd=ROOT, env=sb.ENV, check=True, stderr=subprocess.DEVNULL)
     msgs = sb.committed_end(s, parts)
     epm = n / msgs
-    print(f"input: {n:,} events of {a.users} users, {epm:.2f} events per message ({msgs:,} messages)"
-          + (f", worker --lateness-ms {lateness}" if lateness else "") + f"; load average {os.getloadavg()[0]:.1f}",
-          flush=True)
+    print(f"\nRISKSTREAM_PIPELINES={pipelines}; input: {n:,} events of {a.users} users, {epm:.2f} events per "
+          f"message ({msgs:,} messages)" + (f", worker --lateness-ms {lateness}" if lateness else "")
+          + f"; load average {os.getloadavg()[0]:.1f}", flush=True)
     cmd = [sys.executable, "-m", "stream", "worker", "--namespace", ns, "--group", "prof", "--model", str(model),
            "--loglevel", "WARNING"] + (["--lateness-ms", str(lateness)] if lateness else [])
     probe = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"{ns}.prof", "enable.auto.commit": False})
     tps = [TopicPartition(t, p) for t in (s.clicks_topic, s.views_topic) for p in range(parts)]
-    worker = subprocess.Popen(cmd, cwd=ROOT, env=sb.ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    worker = subprocess.Popen(cmd, cwd=ROOT, env={**sb.ENV, "RISKSTREAM_PIPELINES": str(pipelines)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     spies: list[subprocess.Popen] = []
     try:
-        child = pipeline_child(worker.pid)
+        kids = pipeline_children(worker.pid, pipelines)
         lo, hi = 0.1 * msgs, 0.9 * msgs
         while (c := committed(probe, tps)) < lo:
             if worker.poll() is not None:
                 raise SystemExit(f"worker exited: {worker.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             time.sleep(0.05)
-        c0, t0, w0, p0 = c, time.monotonic(), cpu_s(worker.pid), cpu_s(child)
-        if spy:
+        c0, t0, w0, p0 = c, time.monotonic(), cpu_s(worker.pid), [cpu_s(k) for k in kids]
+        if spy:  # the first pipeline process (with several: the share of its partitions)
             for fmt, name in (("flamegraph", "pipeline.svg"), ("raw", "pipeline.txt")):
-                spies.append(subprocess.Popen([spy, "record", "--pid", str(child), "--nonblocking", "--function",
+                spies.append(subprocess.Popen([spy, "record", "--pid", str(kids[0]), "--nonblocking", "--function",
                                                "--rate", str(a.rate), "--format", fmt, "-o", str(a.out / name)],
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         while (c := committed(probe, tps)) < hi:
             if worker.poll() is not None:
                 raise SystemExit(f"worker exited: {worker.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             time.sleep(0.05)
-        c1, t1, w1, p1 = c, time.monotonic(), cpu_s(worker.pid), cpu_s(child)
+        c1, t1, w1, p1 = c, time.monotonic(), cpu_s(worker.pid), [cpu_s(k) for k in kids]
     finally:
         for sp in spies:
             sp.send_signal(signal.SIGINT)
@@ -219,10 +198,55 @@ def main() -> None:
         sb.CREATED.clear()
     ev = (c1 - c0) * epm
     wall = t1 - t0
-    faust_us, pipe_us = (w1 - w0) / ev * 1e6, (p1 - p0) / ev * 1e6
+    each = [(b - e) for e, b in zip(p0, p1)]
+    faust_us, pipe_us = (w1 - w0) / ev * 1e6, sum(each) / ev * 1e6
     print(f"live, 10→90 % of the input: {ev:,.0f} events in {wall:.1f} s = {ev / wall:,.0f} events/s")
-    print(f"  CPU per event: pipeline process {pipe_us:.1f} µs, Faust process {faust_us:.1f} µs "
-          f"(pipeline {(p1 - p0) / wall * 100:.0f} % of a core, Faust {(w1 - w0) / wall * 100:.0f} %)")
+    print(f"  CPU per event: pipeline process{'es' if pipelines > 1 else ''} {pipe_us:.1f} µs, Faust process "
+          f"{faust_us:.1f} µs (pipeline {sum(each) / wall * 100:.0f} % of a core"
+          + (f" = {' + '.join(f'{x / wall * 100:.0f}' for x in each)}" if pipelines > 1 else "")
+          + f", Faust {(w1 - w0) / wall * 100:.0f} %)", flush=True)
+    return ev / wall, pipe_us, faust_us
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--users", type=int, default=56)
+    ap.add_argument("--days", type=float, default=3.0, help="span of the event times (as peer_bench; 0: as generated)")
+    ap.add_argument("--envelope", type=float, default=8, help="target events per message (1: one per message)")
+    ap.add_argument("--out", type=Path, default=Path("profile-out"))
+    ap.add_argument("--no-py-spy", action="store_true", help="CPU per event only")
+    ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--pipelines", type=int, nargs="+", default=[1],
+                    help="RISKSTREAM_PIPELINES of each run, in order (e.g. 1 2 1 2: interleaved), each on a fresh "
+                         "namespace; py-spy samples the first run only")
+    a = ap.parse_args()
+    spy = None if a.no_py_spy else shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if spy is not None and not Path(spy).exists():
+        raise SystemExit("profile_pipeline: py-spy not found (pip install py-spy), or pass --no-py-spy")
+    model = ROOT / "models" / "riskstream.onnx"
+    tmp = Path(tempfile.mkdtemp(prefix="rs-profile-"))
+    a.out.mkdir(parents=True, exist_ok=True)
+    log = tmp / "events.jsonl.gz"
+    make_log(log, a.events, a.users, a.days or None)
+    keys = _keys(log)
+    n = len(keys)
+    lateness = None
+    src, cap = log, 1
+    if a.envelope > 1:
+        window_ms, _ = choose_window(keys, a.envelope, ENVELOPE_CAP)
+        src, cap = tmp / "uploads.jsonl.gz", ENVELOPE_CAP
+        write_uploads(keys, src, window_ms)
+        lateness = min(3_600_000, window_ms + 60_000)
+    runs = []
+    for i, pipelines in enumerate(a.pipelines):  # each run on a fresh namespace (no state from the one before)
+        runs.append(run_once(a, spy if i == 0 else None, model, src, cap, n, lateness, pipelines))
+    if len(a.pipelines) > 1:
+        print("\nruns (in the order they ran): pipelines | events/s | µs CPU/event pipeline(s) | Faust | total")
+        for pipelines, (rate, pipe_us, faust_us) in zip(a.pipelines, runs):
+            print(f"  {pipelines} | {rate:,.0f} | {pipe_us:.1f} | {faust_us:.1f} | {pipe_us + faust_us:.1f}")
+    _, pipe_us, faust_us = runs[0]  # the ratios below: of the first run
     n_off, dec, det = offline_cpu(log, model)
     off_us = (dec + det) / n_off * 1e6
     print(f"offline detector, the same {n_off:,} events, default policy: {off_us:.1f} µs CPU per event "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +72,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     http_addr: str | None = None  # host:port of /livez, /readyz, /metrics; off when unset
     detector_process: bool = True  # the pipeline in a child process (both cores), else in a thread
+    # pipeline child processes of a worker, its input partitions sharded across them (p % N);
+    # default: one per core beyond the Faust process's, at most MAX_DEFAULT_PIPELINES
+    pipelines: int = Field(default_factory=lambda: default_pipelines(), ge=1, le=64)
     dlq_max_original_bytes: int = Field(default=4096, ge=0, le=256 * 1024)  # of a bad message, in its DLQ record
     dlq_keep_original: bool = True  # False: DLQ records keep no input bytes (hash, size, reason, place only)
     poison_max_attempts: int = Field(default=3, ge=1, le=100)  # a suspect message alone, before quarantine
@@ -110,6 +115,9 @@ class Settings(BaseSettings):
         if (self.kafka_ssl_certificate_location is None) != (self.kafka_ssl_key_location is None):
             raise ValueError("RISKSTREAM_KAFKA_SSL_CERTIFICATE_LOCATION and RISKSTREAM_KAFKA_SSL_KEY_LOCATION "
                              "go together (a client certificate and its key)")
+        if "pipelines" in self.model_fields_set and self.pipelines > 1 and not self.detector_process:
+            raise ValueError(f"RISKSTREAM_PIPELINES={self.pipelines} needs RISKSTREAM_DETECTOR_PROCESS=true "
+                             "(a pipeline in a thread is always one)")
         if self.redis_ssl_ca_location is not None and not self.redis_tls:
             raise ValueError("RISKSTREAM_REDIS_SSL_CA_LOCATION is set but RISKSTREAM_REDIS_URL is not rediss:// "
                              "(TLS)")
@@ -216,6 +224,42 @@ class Settings(BaseSettings):
             if isinstance(v, SecretStr):
                 d[k] = "***"
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+MAX_DEFAULT_PIPELINES = 8  # past this, the Faust process's per-message cost bounds a worker anyway
+
+
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity (taskset, a cpuset), capped by a cgroup CPU
+    quota rounded up (a container's CPU limit: v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    quota: float | None = None
+    try:
+        limit, period = (cgroup / "cpu.max").read_text().split()[:2]
+        if limit != "max":
+            quota = int(limit) / int(period)
+    except (OSError, ValueError):
+        try:
+            limit_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            if limit_us > 0:
+                quota = limit_us / int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            pass
+    if quota is not None and quota > 0:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def default_pipelines(cores: int | None = None) -> int:
+    """The default of ``RISKSTREAM_PIPELINES``: the cores this process may use (:func:`available_cores`),
+    less the one the Faust process (single-threaded: consuming, batching, acking) keeps busy; at
+    least 1, at most ``MAX_DEFAULT_PIPELINES``. On 2 cores, or in a container limited to 2 CPUs: 1."""
+    if cores is None:
+        cores = available_cores()
+    return max(1, min(cores - 1, MAX_DEFAULT_PIPELINES))
 
 
 _QUERY_PASSWORD = re.compile(r"(^|&)(password=)[^&]*", re.IGNORECASE)

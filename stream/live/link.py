@@ -21,7 +21,7 @@ from stream.errors import (
     PipelineDiedError,
 )
 from stream.live.pipeline import Pipeline
-from stream.live.protocol import Call, Drop, Report, Step
+from stream.live.protocol import Call, Drop, RawMessage, Report, Step, TopicPartition
 from stream.live.wiring import build_pipeline
 from stream.logconfig import configure
 from stream.settings import Settings
@@ -29,12 +29,17 @@ from stream.settings import Settings
 __all__ = [
     "PipelineLink",
     "ProcessLink",
+    "ShardedLink",
     "ThreadLink",
+    "merge_reports",
     "open_link",
     "recv_frame",
     "send_frame",
     "send_reply",
     "serve",
+    "shard_of",
+    "split_drop",
+    "split_step",
 ]
 
 # -- the link between the Faust side and its pipeline -------------------------------------------------
@@ -176,6 +181,10 @@ class PipelineLink:
         """Whether the pipeline can still answer calls."""
         return True
 
+    def pids(self) -> list[int | None]:
+        """The pipeline child processes' pids (none: the pipeline runs in this process)."""
+        return []
+
 
 class ThreadLink(PipelineLink):
     def __init__(self, settings: Settings, model_path: Path | None) -> None:
@@ -192,12 +201,16 @@ class ThreadLink(PipelineLink):
 
 class ProcessLink(PipelineLink):
     def __init__(self, settings: Settings, model_path: Path | None,
-                 on_death: Callable[[BaseException], None] | None = None) -> None:
+                 on_death: Callable[[BaseException], None] | None = None, *, name: str = "riskstream-pipeline",
+                 which: str = "", wait: bool = True) -> None:
+        """``which``: named in errors (one of several children); ``wait=False``: the child is started,
+        :meth:`wait_ready` waits for it (several start at once)."""
+        self._which = which
         ours, theirs = socket.socketpair()
         # spawn, not fork: this process already runs threads (librdkafka, Faust's consumer thread)
         self.proc = multiprocessing.get_context("spawn").Process(
             target=serve, args=(theirs, settings, model_path, logging.getLogger().getEffectiveLevel()),
-            name="riskstream-pipeline", daemon=True)
+            name=name, daemon=True)
         self.proc.start()
         theirs.close()
         self._sock = ours
@@ -206,11 +219,17 @@ class ProcessLink(PipelineLink):
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Future[None] | None = None
         self._dead: BaseException | None = None
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait (blocking: before the event loop runs) until the pipeline is built; raise its error."""
         try:
-            ok, value = recv_frame(ours)  # blocking: before the event loop runs
+            ok, value = recv_frame(self._sock)
         except (EOFError, ConnectionError):
             self.proc.join(5)
-            raise PipelineDiedError(f"the pipeline process exited at start (code {self.proc.exitcode})") from None
+            raise PipelineDiedError(
+                f"the pipeline process exited at start (code {self.proc.exitcode}{self._which})") from None
         if not ok:
             self.close()
             raise value
@@ -245,7 +264,7 @@ class ProcessLink(PipelineLink):
                         fut.set_exception(value)
         except (asyncio.IncompleteReadError, ConnectionError):
             await asyncio.get_running_loop().run_in_executor(None, self.proc.join, 5)
-            self._dead = PipelineDiedError(f"the pipeline process exited (code {self.proc.exitcode})")
+            self._dead = PipelineDiedError(f"the pipeline process exited (code {self.proc.exitcode}{self._which})")
             while self._waiting:
                 fut = self._waiting.popleft()
                 if not fut.done():
@@ -256,22 +275,172 @@ class ProcessLink(PipelineLink):
     def alive(self) -> bool:
         return self._dead is None and self.proc.is_alive()
 
-    def close(self) -> None:
+    def pids(self) -> list[int | None]:
+        return [self.proc.pid]
+
+    def hang_up(self) -> None:
+        """Close our end of the link: the child exits once it reads the end, after its current step."""
         if self._reader_task is not None:
             self._reader_task.cancel()
         if self._writer is not None:
             self._writer.close()
         else:
             self._sock.close()
-        self.proc.join(10)  # it exits when it reads the end of the link, after its current step
+
+    def join(self) -> None:
+        """Wait for the child to exit after :meth:`hang_up` (killed if it takes over 10 s)."""
+        self.proc.join(10)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(5)
+
+    def close(self) -> None:
+        self.hang_up()
+        self.join()
+
+
+# -- several pipeline processes: the partitions sharded across them -----------------------------------
+def shard_of(partition: int, n: int) -> int:
+    """The pipeline child that owns an input partition (the same for both inputs, co-partitioned):
+    its reorder buffer, fences and users (keyed to it by the producers' partitioner) live there only."""
+    return partition % n
+
+
+def split_step(step: Step, n: int) -> dict[int, Step]:
+    """A step cut per child: each gets the messages, partitions, idle flags and commit floor entries of
+    its own partitions, in their order. Children with none of these get nothing; a step that has none
+    at all (e.g. an idle tick before anything was received) goes to every child."""
+    if n == 1:
+        return {0: step}
+    messages: dict[int, list[RawMessage]] = {}
+    for m in step.messages:
+        messages.setdefault(m[1] % n, []).append(m)
+    partitions: dict[int, list[int]] = {}
+    for p in step.partitions:
+        partitions.setdefault(p % n, []).append(p)
+    idle: dict[int, dict[tuple[int, str], bool]] = {}
+    for key, flag in step.idle.items():
+        idle.setdefault(key[0] % n, {})[key] = flag
+    targets = sorted(messages.keys() | partitions.keys() | idle.keys()) or list(range(n))
+    floor: dict[int, dict[TopicPartition, int]] = {}
+    for tp, off in step.floor.items():
+        floor.setdefault(tp.partition % n, {})[tp] = off
+    return {c: Step(messages.get(c, []), partitions.get(c, []), idle.get(c, {}), floor.get(c, {}),
+                    step.received_at, step.now_ms, step.generation) for c in targets}
+
+
+def split_drop(partitions: list[int], n: int) -> dict[int, Drop]:
+    """A revocation for every child (each settles its writes and forgets its cached users, as one
+    pipeline does), naming only the partitions it owns."""
+    return {c: Drop([p for p in partitions if p % n == c]) for c in range(n)}
+
+
+def merge_reports(reports: list[Report]) -> Report:
+    """The reports of one step's parts as one: messages done, buffer states and watermarks of every
+    child's partitions, the counters summed, the step's time the longest part's (they run at once).
+    The model: every child loads the same file, the first one's version stands for them."""
+    if len(reports) == 1:
+        return reports[0]
+    out = Report()
+    for r in reports:
+        out.done.extend(r.done)
+        out.buffers.update(r.buffers)
+        out.watermarks.update(r.watermarks)
+        out.applied += r.applied
+        out.late += r.late
+        out.duplicates += r.duplicates
+        out.dlq.update(r.dlq)
+        out.alerts.update(r.alerts)
+        out.latencies.extend(r.latencies)
+        out.seconds = max(out.seconds, r.seconds)
+        out.redis_retries += r.redis_retries
+        out.forced_releases += r.forced_releases
+        out.dlq_failed += r.dlq_failed
+        out.model_reloads += r.model_reloads
+        if out.model_version is None:
+            out.model_version = r.model_version
+    return out
+
+
+def _all_of(futures: list[asyncio.Future[Any]], merge: Callable[[list[Any]], Any]) -> asyncio.Future[Any]:
+    """A future done when every one of ``futures`` is (with ``merge`` of their results), or failed as
+    soon as one fails (the worker exits with that error)."""
+    if len(futures) == 1:
+        return futures[0]
+    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    left = len(futures)
+
+    def one_done(fut: asyncio.Future[Any]) -> None:
+        nonlocal left
+        left -= 1
+        err = fut.exception() if not fut.cancelled() else asyncio.CancelledError()  # retrieved: no warning
+        if out.done():
+            return
+        if err is not None:
+            out.set_exception(err)
+        elif left == 0:
+            out.set_result(merge([f.result() for f in futures]))
+
+    for f in futures:
+        f.add_done_callback(one_done)
+    return out
+
+
+class ShardedLink(PipelineLink):
+    """``n`` pipeline child processes (a :class:`ProcessLink` each), input partition ``p`` in child
+    ``p % n`` (:func:`shard_of`). A step is split per child (:func:`split_step`) and its future is
+    done when every part is, with the parts' reports merged (:func:`merge_reports`); each child
+    answers its parts in the order they were sent, so merged reports come in order too. Any child
+    dying ends the worker (``on_death``), as with one."""
+
+    def __init__(self, settings: Settings, model_path: Path | None, n: int,
+                 on_death: Callable[[BaseException], None] | None = None) -> None:
+        self.links: list[ProcessLink] = []
+        try:
+            for c in range(n):  # all start at once (each warms its kernels and loads the model)
+                self.links.append(ProcessLink(settings, model_path, on_death, name=f"riskstream-pipeline-{c}",
+                                              which=f"; child {c} of {n}", wait=False))
+            for link in self.links:
+                link.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    async def connect(self) -> None:
+        for link in self.links:
+            await link.connect()
+
+    def step(self, step: Step) -> asyncio.Future[Report]:
+        parts = split_step(step, len(self.links))
+        return _all_of([self.links[c].step(part) for c, part in parts.items()], merge_reports)
+
+    def drop(self, partitions: list[int]) -> asyncio.Future[None]:
+        parts = split_drop(partitions, len(self.links))
+        return _all_of([self.links[c]._call(part) for c, part in parts.items()], lambda _: None)
+
+    def _call(self, call: Call) -> asyncio.Future[Any]:
+        if isinstance(call, Step):
+            return self.step(call)
+        return self.drop(call.partitions)
+
+    def alive(self) -> bool:
+        return all(link.alive() for link in self.links)
+
+    def pids(self) -> list[int | None]:
+        return [link.proc.pid for link in self.links]
+
+    def close(self) -> None:
+        for link in self.links:  # all hang up first: they finish their current steps at once
+            link.hang_up()
+        for link in self.links:
+            link.join()
 
 
 def open_link(settings: Settings, model_path: Path | None,
               on_death: Callable[[BaseException], None] | None = None) -> PipelineLink:
     """The pipeline, built and connected (its errors raised here), behind a link."""
-    if settings.detector_process:
-        return ProcessLink(settings, model_path, on_death)
-    return ThreadLink(settings, model_path)
+    if not settings.detector_process:
+        return ThreadLink(settings, model_path)  # one, whatever RISKSTREAM_PIPELINES says
+    if settings.pipelines > 1:
+        return ShardedLink(settings, model_path, settings.pipelines, on_death)
+    return ProcessLink(settings, model_path, on_death)

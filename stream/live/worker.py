@@ -2,7 +2,9 @@
 
 The Faust side (this module) consumes, tracks the inputs and acks; the detector side
 (:mod:`stream.live.pipeline`: decode, reorder, detect, publish, persist) runs in a child process by
-default, so that the two use both cores instead of taking turns on the GIL.
+default, so that the two use both cores instead of taking turns on the GIL (with
+``RISKSTREAM_PIPELINES`` > 1 in several, the input partitions sharded across them:
+:class:`~stream.live.link.ShardedLink`).
 
 The agent iterates the stream with Faust's compiled iterator, acks off, and cuts micro-batches:
 live, a batch is what Faust has queued when the queue runs empty (so it is small when the input is
@@ -37,6 +39,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -483,6 +486,10 @@ class Engine:
         os._exit(EXIT_UNAVAILABLE)
 
 
+def _child_pid(link: PipelineLink, child: int) -> int | None:
+    return link.pids()[child]
+
+
 def used_memory(info: dict[str, Any]) -> int:
     """Bytes Redis uses (``used_memory`` of INFO memory), summed over the primaries of a cluster."""
     if "used_memory" in info:
@@ -496,8 +503,8 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
     app = create_app(settings, broker_commit_interval=settings.commit_interval_s)
     engine: Engine
     link = open_link(settings, model_path, on_death=lambda e: engine._die(e))
-    proc = getattr(link, "proc", None)  # the pipeline child of a ProcessLink
-    metrics = Metrics(registry, child_pid=None if proc is None else (lambda: proc.pid))
+    # the pipeline children's pids (none: in a thread), for riskstream_pipeline_process_*
+    metrics = Metrics(registry, child_pids=[partial(_child_pid, link, c) for c in range(len(link.pids()))])
     engine = Engine(settings, app, metrics, link)
     topic = app.topic(settings.clicks_topic, settings.views_topic, value_serializer="raw",
                       key_serializer="raw")
