@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream.core import layout as L
-from stream.core.events import Event, EventTuple, Reason
+from stream.core.events import CATEGORIES, Event, EventTuple, Reason
 
 __all__ = [
     "CATEGORY_CODE",
@@ -245,6 +245,26 @@ class EventColumns:
             user_ids=list(map(_get_user, events)),
             event_ids=list(map(_get_event_id, events)),
         )
+
+    @classmethod
+    def concat(cls, parts: Sequence[EventColumns]) -> EventColumns:
+        """The rows of several column sets, one after the other."""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return cls.from_events([])
+        cat = np.concatenate
+        return cls(cat([c.ts for c in parts]), cat([c.view for c in parts]), cat([c.dwell for c in parts]),
+                   cat([c.cat for c in parts]), cat([c.tz for c in parts]), cat([c.has_band for c in parts]),
+                   cat([c.late for c in parts]), [b for c in parts for b in c.bands],
+                   [u for c in parts for u in c.user_ids], [e for c in parts for e in c.event_ids])
+
+    def event(self, i: int) -> Event:
+        """Row ``i`` as an :class:`Event` (the fields the columns keep; no item or session id)."""
+        tz = int(self.tz[i])
+        return Event(self.user_ids[i], int(self.ts[i]), "view" if self.view[i] else "click", self.event_ids[i],
+                     CATEGORIES[int(self.cat[i])], int(self.dwell[i]), None if tz == TZ_ABSENT else tz,
+                     self.bands[i], None, None)
 
     def take(self, idx: NDArray[np.intp]) -> EventColumns:
         il = idx.tolist()
