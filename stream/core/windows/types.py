@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from operator import attrgetter, is_not
+from operator import attrgetter, is_not, itemgetter
 from typing import NamedTuple, overload
 
 import numpy as np
@@ -268,9 +268,15 @@ class EventColumns:
 
     def take(self, idx: NDArray[np.intp]) -> EventColumns:
         il = idx.tolist()
+        if len(il) > 1:  # itemgetter picks the rows in one C call
+            pick = itemgetter(*il)
+            bands, users, eids = list(pick(self.bands)), list(pick(self.user_ids)), list(pick(self.event_ids))
+        else:
+            bands = [self.bands[i] for i in il]
+            users = [self.user_ids[i] for i in il]
+            eids = [self.event_ids[i] for i in il]
         return EventColumns(self.ts[idx], self.view[idx], self.dwell[idx], self.cat[idx], self.tz[idx],
-                            self.has_band[idx], self.late[idx], [self.bands[i] for i in il],
-                            [self.user_ids[i] for i in il], [self.event_ids[i] for i in il])
+                            self.has_band[idx], self.late[idx], bands, users, eids)
 
 
 @dataclass(slots=True)
