@@ -56,6 +56,7 @@ from stream.core.windows import (
 
 __all__ = [
     "SCORE_DECIMALS",
+    "ColumnRelease",
     "TOP_REASONS",
     "Detector",
     "Outcome",
@@ -121,6 +122,24 @@ class Release(Generic[M]):
     group: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ColumnRelease:
+    """A release as columns (the live worker): no event objects, no per-event metadata.
+
+    ``cols``: the released events in canonical order, then the late ones (``cols.late`` set), in
+    arrival order; ``tps``/``positions``: each row's fence key and Kafka position. What
+    :meth:`Detector.process` refuses of it comes back in ``Outcome.rejected`` as ``(event, (group,
+    row), reason)``, ``row`` indexing these columns."""
+
+    cols: EventColumns
+    n_late: int
+    tps: Sequence[str | None]
+    positions: Sequence[int | None]
+    watermark_ms: int
+    commit_floor: Mapping[str, int] | None = None
+    group: int = 0
+
+
 Position = Callable[[M], tuple[str | None, int | None]]
 """An event's ``(fence key, position)`` from what the caller attached to it."""
 
@@ -182,7 +201,7 @@ class Detector:
                 due.append(user)
         return due
 
-    def users_of(self, releases: Release[M] | Sequence[Release[M]]) -> list[str]:
+    def users_of(self, releases: Release[M] | ColumnRelease | Sequence[Release[M] | ColumnRelease]) -> list[str]:
         """Every user that :meth:`process` of these releases would touch, without changing anything:
         the users of their events and the users whose pending tick the watermark passed.
 
@@ -191,10 +210,13 @@ class Detector:
         users are popped and earlier releases applied before a later load).
         """
         users: dict[str, None] = {}
-        for rel in (releases,) if isinstance(releases, Release) else releases:
-            for events in (rel.released, rel.late):
-                for ev, _ in events:
-                    users[ev.user_id] = None
+        for rel in (releases,) if isinstance(releases, (Release, ColumnRelease)) else releases:
+            if isinstance(rel, ColumnRelease):
+                users.update(dict.fromkeys(rel.cols.user_ids))
+            else:
+                for events in (rel.released, rel.late):
+                    for ev, _ in events:
+                        users[ev.user_id] = None
             heap = self._pending_heap.get(rel.group)
             if not heap:
                 continue
@@ -210,7 +232,7 @@ class Detector:
         return list(users)
 
     # -- releases -----------------------------------------------------------------------------------
-    def process(self, releases: Release[M] | Sequence[Release[M]],
+    def process(self, releases: Release[M] | ColumnRelease | Sequence[Release[M] | ColumnRelease],
                 position: Position[M] | None = None) -> Outcome[M]:
         """Apply releases (one store call each), then evaluate all decided ticks together.
 
@@ -218,8 +240,11 @@ class Detector:
         """
         out: Outcome[M] = Outcome()
         parts: list[Snapshots] = []
-        for rel in (releases,) if isinstance(releases, Release) else releases:
-            parts.append(self._apply(rel, position, out))
+        for rel in (releases,) if isinstance(releases, (Release, ColumnRelease)) else releases:
+            if isinstance(rel, ColumnRelease):
+                parts.append(self._apply_release_columns(rel, out))  # type: ignore[arg-type]
+            else:
+                parts.append(self._apply(rel, position, out))
         snaps = Snapshots.concat(parts)
         if len(snaps):
             self._evaluate(snaps, out)
@@ -315,6 +340,52 @@ class Detector:
                 out.rejected.append((events[i], metas[i], Reason.TOO_LATE))
         out.duplicates += res.duplicates
         out.applied += len(events) - res.duplicates - len(res.too_late)
+        return res.snapshots
+
+    def _apply_release_columns(self, rel: ColumnRelease, out: Outcome[tuple[int, int]]) -> Snapshots:
+        """A :class:`ColumnRelease`: :meth:`_apply_columns` without events or metas to carry (the same
+        users, fences, rejections in the same order, and snapshots)."""
+        store = self.store
+        cols, group = rel.cols, rel.group
+        n = len(cols)
+        if not (isinstance(store, FencedColumnarStore) and store.fenced_columns):
+            # a store without the columnar entry: the per-user path, on events made from the rows
+            pairs = [(cols.event(i), (rel.tps[i], rel.positions[i], i)) for i in range(n)]
+            k = n - rel.n_late
+            sub: Outcome[tuple[str | None, int | None, int]] = Outcome()
+            snaps = self._apply(Release(pairs[:k], rel.watermark_ms, pairs[k:], rel.commit_floor, group),
+                                lambda m: (m[0], m[1]), sub)
+            out.rejected += [(ev, (group, m[2]), reason) for ev, m, reason in sub.rejected]
+            out.late += sub.late
+            out.duplicates += sub.duplicates
+            out.applied += sub.applied
+            return snaps
+        out.late += rel.n_late
+        due = self._due(group, rel.watermark_ms, set(cols.user_ids))
+        if not n and not due:
+            return Snapshots.empty()
+        first_seen = cols.user_ids  # the per-user path's user order: first appearance, released then late
+        tps, positions = rel.tps, rel.positions
+        order: NDArray[np.intp] | None = None
+        if rel.n_late:
+            # released events are in canonical order; late ones go in between, per user (a stable
+            # sort: an event equal in canonical key to a released one stays after it, as per user)
+            order = canonical_order(cols.ts, cols.view, cols.event_ids)
+            cols = cols.take(order)
+            il = order.tolist()
+            tps = [tps[i] for i in il]
+            positions = [positions[i] for i in il]
+        res = store.apply_fenced(cols, tps, positions, due, rel.watermark_ms, rel.commit_floor)
+        for u, pt in zip(res.users, res.pending):
+            self._set_pending(group, u, pt)
+        if len(res.too_late):
+            rank = {u: r for r, u in enumerate(dict.fromkeys(first_seen))}
+            uids = cols.user_ids
+            for i in sorted(res.too_late.tolist(), key=lambda i: (rank[uids[i]], i)):
+                row = i if order is None else int(order[i])
+                out.rejected.append((cols.event(i), (group, row), Reason.TOO_LATE))
+        out.duplicates += res.duplicates
+        out.applied += n - res.duplicates - len(res.too_late)
         return res.snapshots
 
     def policy_fields(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:

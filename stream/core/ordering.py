@@ -39,8 +39,10 @@ from numpy.typing import NDArray
 
 from stream.core.events import Event
 from stream.core.layout import TICK_MS
+from stream.core.windows.types import EventColumns
 
 __all__ = [
+    "ColumnReorderBuffer",
     "DEFAULT_LATENESS_MS",
     "FUTURE_SLACK_MS",
     "NO_WATERMARK",
@@ -93,13 +95,8 @@ class _Input:
     idle: bool = False
 
 
-class ReorderBuffer(Generic[M]):
-    """Holds events until the watermark passes them, then releases them in canonical order.
-
-    ``meta`` travels with each event (the live worker keeps Kafka positions there). Events whose
-    time is below what was already released are *late*: ``push`` returns False and does not buffer
-    them; the caller applies them as late (volume only).
-    """
+class _Watermarked:
+    """The inputs of a partition and its watermark (shared by both reorder buffers)."""
 
     def __init__(self, inputs: Sequence[str], *, lateness_ms: int = DEFAULT_LATENESS_MS,
                  max_events: int = 100_000) -> None:
@@ -110,52 +107,16 @@ class ReorderBuffer(Generic[M]):
         self._inputs = {name: _Input() for name in inputs}
         self.lateness_ms = lateness_ms
         self.max_events = max_events
-        self._heap: list[tuple[int, str, str, int, Event, M]] = []
-        self._seq = 0
         self.released_to = NO_WATERMARK  # everything with ts < released_to has been released
         self.forced = 0  # events released ahead of the watermark because the buffer was over its cap
         self.now_ms: int | None = None  # the wall clock, live (set by the caller); None: no clamp
 
     def __len__(self) -> int:
-        return len(self._heap)
+        raise NotImplementedError
 
     @property
     def full(self) -> bool:
-        return len(self._heap) >= self.max_events
-
-    def push(self, input_name: str, ev: Event, meta: M) -> bool:
-        """Buffer one event; False when it is late (below the released frontier)."""
-        inp = self._inputs[input_name]
-        inp.idle = False
-        if ev.ts_ms > inp.max_ts:
-            inp.max_ts = ev.ts_ms
-        if ev.ts_ms < self.released_to:
-            return False
-        self._seq += 1
-        heapq.heappush(self._heap, (ev.ts_ms, ev.type, ev.event_id, self._seq, ev, meta))
-        return True
-
-    def push_many(self, input_name: str, events: Sequence[Event], metas: Sequence[M]) -> list[int]:
-        """:meth:`push` of several events of one input (one message's); returns the indices of the
-        late ones (not buffered)."""
-        inp = self._inputs[input_name]
-        inp.idle = False
-        if events:
-            inp.max_ts = max(inp.max_ts, max(ev.ts_ms for ev in events))
-        heap = self._heap
-        push = heapq.heappush
-        floor = self.released_to
-        seq = self._seq
-        late: list[int] = []
-        for i, (ev, meta) in enumerate(zip(events, metas)):
-            ts = ev.ts_ms
-            if ts < floor:
-                late.append(i)
-                continue
-            seq += 1
-            push(heap, (ts, ev.type, ev.event_id, seq, ev, meta))
-        self._seq = seq
-        return late
+        return len(self) >= self.max_events
 
     def set_idle(self, input_name: str, idle: bool = True) -> None:
         self._inputs[input_name].idle = idle
@@ -197,6 +158,58 @@ class ReorderBuffer(Generic[M]):
         """Whether some input runs ahead of one that holds the watermark back (pausing it helps)."""
         active = [self._reached(i) for i in self._inputs.values() if not i.idle]
         return bool(active) and min(active) != max(active)
+
+
+class ReorderBuffer(_Watermarked, Generic[M]):
+    """Holds events until the watermark passes them, then releases them in canonical order.
+
+    ``meta`` travels with each event (the live worker keeps Kafka positions there). Events whose
+    time is below what was already released are *late*: ``push`` returns False and does not buffer
+    them; the caller applies them as late (volume only).
+    """
+
+    def __init__(self, inputs: Sequence[str], *, lateness_ms: int = DEFAULT_LATENESS_MS,
+                 max_events: int = 100_000) -> None:
+        super().__init__(inputs, lateness_ms=lateness_ms, max_events=max_events)
+        self._heap: list[tuple[int, str, str, int, Event, M]] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, input_name: str, ev: Event, meta: M) -> bool:
+        """Buffer one event; False when it is late (below the released frontier)."""
+        inp = self._inputs[input_name]
+        inp.idle = False
+        if ev.ts_ms > inp.max_ts:
+            inp.max_ts = ev.ts_ms
+        if ev.ts_ms < self.released_to:
+            return False
+        self._seq += 1
+        heapq.heappush(self._heap, (ev.ts_ms, ev.type, ev.event_id, self._seq, ev, meta))
+        return True
+
+    def push_many(self, input_name: str, events: Sequence[Event], metas: Sequence[M]) -> list[int]:
+        """:meth:`push` of several events of one input (one message's); returns the indices of the
+        late ones (not buffered)."""
+        inp = self._inputs[input_name]
+        inp.idle = False
+        if events:
+            inp.max_ts = max(inp.max_ts, max(ev.ts_ms for ev in events))
+        heap = self._heap
+        push = heapq.heappush
+        floor = self.released_to
+        seq = self._seq
+        late: list[int] = []
+        for i, (ev, meta) in enumerate(zip(events, metas)):
+            ts = ev.ts_ms
+            if ts < floor:
+                late.append(i)
+                continue
+            seq += 1
+            push(heap, (ts, ev.type, ev.event_id, seq, ev, meta))
+        self._seq = seq
+        return late
 
     def release(self, force_to: int | None = None) -> tuple[list[tuple[Event, M]], int]:
         """Pop every buffered event below the watermark, in canonical order; return them and it.
@@ -240,3 +253,89 @@ class ReorderBuffer(Generic[M]):
         for inp in self._inputs.values():
             inp.idle = True
         return self.release()
+
+
+class ColumnReorderBuffer(_Watermarked):
+    """:class:`ReorderBuffer` of event columns (the live worker): the same watermark, lateness,
+    forced releases and canonical release order, without an object per event.
+
+    Each event carries a row of ``meta`` (an int64 array of shape (k, n): the worker keeps a
+    message number, a position, ... there). Chunks are pushed as they come and kept in arrival order
+    (which breaks ties of equal canonical keys, as the heap's sequence number does); ``release``
+    takes the rows the watermark passed with one mask and puts them in canonical order."""
+
+    def __init__(self, inputs: Sequence[str], *, lateness_ms: int = DEFAULT_LATENESS_MS,
+                 max_events: int = 100_000, meta_rows: int = 1) -> None:
+        super().__init__(inputs, lateness_ms=lateness_ms, max_events=max_events)
+        self.meta_rows = meta_rows
+        self._chunks: list[tuple[EventColumns, NDArray[np.int64]]] = []
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def pending(self) -> tuple[EventColumns, NDArray[np.int64]]:
+        """The buffered rows (arrival order) and their meta, as one chunk."""
+        chunks = self._chunks
+        if len(chunks) != 1:
+            cols = EventColumns.concat([c for c, _ in chunks])
+            meta = (np.concatenate([m for _, m in chunks], axis=1) if chunks
+                    else np.empty((self.meta_rows, 0), np.int64))
+            self._chunks = chunks = [(cols, meta)]
+        return chunks[0]
+
+    def push(self, input_name: str, cols: EventColumns, meta: NDArray[np.int64]) -> NDArray[np.intp]:
+        """Buffer events of one input (at least one); returns the indices of the late ones (below
+        the released frontier: not buffered)."""
+        inp = self._inputs[input_name]
+        inp.idle = False
+        ts = cols.ts
+        top = int(ts.max())
+        if top > inp.max_ts:
+            inp.max_ts = top
+        late_mask = ts < self.released_to
+        if late_mask.any():
+            late = np.flatnonzero(late_mask)
+            keep = np.flatnonzero(~late_mask)
+            if len(keep):
+                self._chunks.append((cols.take(keep), meta[:, keep]))
+                self._n += len(keep)
+            return late
+        self._chunks.append((cols, meta))
+        self._n += len(ts)
+        return np.empty(0, np.intp)
+
+    def release(self, force_to: int | None = None) -> tuple[EventColumns, NDArray[np.int64], int]:
+        """:meth:`ReorderBuffer.release`: the rows the watermark passed (and the forced ones), in
+        canonical order, their meta, and the watermark."""
+        wm = self.watermark()
+        cols, meta = self.pending()
+        ts = cols.ts
+        out = ts < wm
+        if wm > self.released_to:
+            self.released_to = wm
+        if force_to is not None and force_to >= self.released_to:
+            forced = ~out & (ts <= force_to)
+            self.forced += int(forced.sum())
+            out |= forced
+            self.released_to = force_to + 1
+        left = len(ts) - int(out.sum())
+        over = left - self.max_events
+        if over > 0 and (over >= self.max_events or not self.runs_ahead()):
+            rest = ts[~out]
+            last = int(np.partition(rest, over - 1)[over - 1])  # the newest of the oldest `over`
+            forced = ~out & (ts <= last)  # and the rest of that millisecond: released_to is a time
+            self.forced += int(forced.sum())
+            out |= forced
+            self.released_to = max(self.released_to, last + 1)
+        if not out.any():
+            return cols.take(np.empty(0, np.intp)), meta[:, :0], max(wm, self.released_to)
+        idx = np.flatnonzero(out)
+        if len(idx) == len(ts):
+            self._chunks, self._n = [], 0
+        else:
+            keep = np.flatnonzero(~out)
+            self._chunks, self._n = [(cols.take(keep), meta[:, keep])], len(keep)
+        sel = cols.take(idx)
+        order = canonical_order(sel.ts, sel.view, sel.event_ids)
+        return sel.take(order), meta[:, idx[order]], max(wm, self.released_to)

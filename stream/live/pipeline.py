@@ -34,22 +34,22 @@ import base64
 import hashlib
 import logging
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
+from numpy.typing import NDArray
 
 from stream.core.alerts import alert_to_json
-from stream.core.detector import Detector, Outcome, Release
-from stream.core.events import Event, Reason, Rejection, decode_message
+from stream.core.detector import ColumnRelease, Detector, Outcome
+from stream.core.events import EventTuple, Reason, Rejection, decode_message_tuples
 from stream.core.layout import TICK_MS
 from stream.core.levels import levels_to_json
-from stream.core.ordering import NO_WATERMARK, ReorderBuffer
-from stream.core.windows import DeferredWriteStore
+from stream.core.ordering import NO_WATERMARK, ColumnReorderBuffer
+from stream.core.windows import DeferredWriteStore, EventColumns
 from stream.errors import (
     BrokerUnavailableError,
     StaleStateError,
@@ -84,82 +84,64 @@ class _Msg:
     remaining: int
     raw: bytes
     key: bytes | None
+    no: int = -1  # its number in the pipeline's table of messages with events in flight
+
+
+# the rows of a partition's event metadata (int64 columns beside the event columns)
+_NO, _POS, _TP, _ARRIVAL = range(4)
 
 
 @dataclass(slots=True)
-class _Meta:
-    msg: _Msg
-    tp: str
-    position: int
-    applied: bool = False  # handed to the detector (released or late): its fence has the position
+class _Track:
+    """A topic-partition's arrivals, to know the lowest position not yet applied: every position
+    below it is applied (or not received by anyone: never this pipeline's), so the users' offset
+    fences may settle it (docs/semantics.md §7). The unapplied positions themselves are the rows of
+    the reorder buffer (and a step's late rows until they are applied); this keeps what they don't
+    tell: how many arrived (``added``: arrival numbers), the highest position seen, and the lowest
+    one that arrived out of order (a seek back: a floor above it is unsafe).
 
+    The arrival numbers count the positions applied above the lowest unapplied one ("overtaken"): a
+    bound on what any user's fence holds above its frontier. The pipeline keeps it below
+    ``buffer_max_events`` by forcing the lowest one out of the reorder buffer (an overload, counted
+    like the buffer cap's)."""
 
-@dataclass(slots=True)
-class _Unapplied:
-    """A topic-partition's positions in arrival order, to know the lowest one not yet applied: every
-    position below it is applied (or not received by anyone: never this pipeline's), so the users'
-    offset fences may settle it (docs/semantics.md §7). Applied entries leave from the front, and in a
-    compaction once they are most of the queue, so it holds about twice the unapplied ones.
-
-    ``overtaken()`` counts the positions applied above that lowest one: a bound on what any user's
-    fence holds above its frontier. The pipeline keeps it below ``buffer_max_events`` by forcing the
-    lowest one out of the reorder buffer (an overload, counted like the buffer cap's)."""
-
-    queue: deque[tuple[int, int, _Meta]] = field(default_factory=deque)  # (arrival number, event time, meta)
     added: int = 0
-    unapplied: int = 0
-    applied: int = 0  # applied entries still in the queue
     last: int = -1
-    low: int | None = None  # lowest position that arrived out of order (a seek back): a floor above it is unsafe
-
-    def add(self, meta: _Meta, ts_ms: int) -> None:
-        if meta.position <= self.last:
-            self.low = meta.position if self.low is None else min(self.low, meta.position)
-        self.last = max(self.last, meta.position)
-        self.queue.append((self.added, ts_ms, meta))
-        self.added += 1
-        self.unapplied += 1
-
-    def add_many(self, metas: list[_Meta], events: list[Event]) -> None:
-        """:meth:`add` of one message's events (their positions ascend)."""
-        if not metas:
-            return
-        first = metas[0].position
-        if first <= self.last:
-            self.low = first if self.low is None else min(self.low, first)
-        self.last = max(self.last, metas[-1].position)
-        n = self.added
-        self.queue.extend(zip(range(n, n + len(metas)), [ev.ts_ms for ev in events], metas))
-        self.added = n + len(metas)
-        self.unapplied += len(metas)
-
-    def settle(self, meta: _Meta) -> None:
-        meta.applied = True
-        self.applied += 1
-        self.unapplied -= 1
-
-    def floor(self) -> int:
-        q = self.queue
-        while q and q[0][2].applied:
-            q.popleft()
-            self.applied -= 1
-        if self.applied > 1024 and self.applied * 2 > len(q):
-            self.queue = q = deque(e for e in q if not e[2].applied)
-            self.applied = 0
-        f = q[0][2].position if q else self.last + 1
-        return f if self.low is None else min(f, self.low)
-
-    def overtaken(self) -> int:
-        """Positions applied above the lowest one not yet applied (call after ``floor``)."""
-        return self.added - self.queue[0][0] - self.unapplied if self.queue else 0
+    low: int | None = None
 
 
 @dataclass(slots=True)
 class _Partition:
-    buffer: ReorderBuffer[_Meta]
-    held: list[tuple[int, _Meta]] = field(default_factory=list)  # (tick end, meta): applied, undecided
+    buffer: ColumnReorderBuffer
+    # applied but undecided events: their tick end and message number
+    held_tick: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    held_no: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     watermark: int = NO_WATERMARK
-    unapplied: dict[str, _Unapplied] = field(default_factory=dict)  # fence key -> positions
+    tracks: dict[int, _Track] = field(default_factory=dict)  # fence key code -> arrivals
+
+
+@dataclass(slots=True)
+class _Staged:
+    """A step's valid events of one partition and input, before they go into the reorder buffer."""
+
+    rows: list[EventTuple] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # per message: events, number, first position,
+    nos: list[int] = field(default_factory=list)     # fence key code, first arrival number
+    bases: list[int] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)
+    arrivals: list[int] = field(default_factory=list)
+
+    def columns(self) -> tuple[EventColumns, NDArray[np.int64]]:
+        counts = np.array(self.counts, np.int64)
+        n = int(counts.sum())
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        within = np.arange(n, dtype=np.int64) - starts
+        meta = np.empty((4, n), np.int64)
+        meta[_NO] = np.repeat(np.array(self.nos, np.int64), counts)
+        meta[_POS] = np.repeat(np.array(self.bases, np.int64), counts) + within
+        meta[_TP] = np.repeat(np.array(self.codes, np.int64), counts)
+        meta[_ARRIVAL] = np.repeat(np.array(self.arrivals, np.int64), counts) + within
+        return EventColumns.from_tuples(self.rows), meta
 
 
 _Bad = tuple[Rejection, _Msg]  # an element the decoder refused, and its message
@@ -173,9 +155,6 @@ _PERMANENT = frozenset({
     KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError._INVALID_ARG,
     KafkaError._BAD_MSG,
 })
-
-
-_position = attrgetter("tp", "position")  # an event's (fence key, position): one C call, not a Python one
 
 
 class Pipeline:
@@ -197,6 +176,11 @@ class Pipeline:
         self.inputs = settings.input_kinds
         self.kinds = tuple(self.inputs.values())
         self.parts: dict[int, _Partition] = {}
+        self._msgs: dict[int, _Msg] = {}  # messages with events in flight, by number
+        self._next_no = 0
+        self._tp_codes: dict[tuple[str, int], int] = {}  # input topic-partition -> fence key code
+        self._tp_keys: list[str] = []  # fence key code -> fence key
+        self._rel_meta: dict[int, NDArray[np.int64]] = {}  # per partition: the meta of its release's rows
         self._done: list[MsgId] = []
         self._report = Report()
         self._delivery_error: Any = None
@@ -204,14 +188,16 @@ class Pipeline:
     def _partition(self, p: int) -> _Partition:
         part = self.parts.get(p)
         if part is None:
-            part = self.parts[p] = _Partition(ReorderBuffer(
-                self.kinds, lateness_ms=self.s.lateness_ms, max_events=self.s.buffer_max_events))
+            part = self.parts[p] = _Partition(ColumnReorderBuffer(
+                self.kinds, lateness_ms=self.s.lateness_ms, max_events=self.s.buffer_max_events, meta_rows=4))
         return part
 
     def _finish(self, m: _Msg, n: int = 1) -> None:
         m.remaining -= n
         if m.remaining <= 0:
             self._done.append(m.id)
+            if m.no >= 0:
+                del self._msgs[m.no]
 
     # -- one step -----------------------------------------------------------------------------------
     def step(self, step: Step) -> Report:
@@ -302,30 +288,65 @@ class Pipeline:
     def _run(self, step: Step, messages: list[RawMessage], *, last: bool) -> None:
         rep = self._report
         dlq: list[_Bad] = []
-        late: dict[int, list[tuple[Event, _Meta]]] = {}
+        staged: dict[tuple[int, str], _Staged] = {}
+        inputs, msgs, codes = self.inputs, self._msgs, self._tp_codes
+        no = self._next_no
+        now_ms = step.now_ms
         for topic, p, off, key, raw in messages:
-            kind = self.inputs.get(topic)
-            events: list[Event]
+            kind = inputs.get(topic)
+            events: list[EventTuple]
             bad: list[Rejection]
             if key is None:  # the contract keys every input message by its user id (docs/contracts.md §1)
                 events, bad = [], [_NO_KEY]
             else:
-                events, bad = decode_message(raw, topic_type=kind, key=key, now_ms=step.now_ms)
-            m = _Msg(MsgId(topic, p, off), len(events) + len(bad), raw, key)
+                events, bad = decode_message_tuples(raw, topic_type=kind, key=key, now_ms=now_ms)
+            n = len(events)
+            m = _Msg(MsgId(topic, p, off), n + len(bad), raw, key)
             for r in bad:
                 dlq.append((r, m))
-            if not events:
+            if not n:
                 continue
+            m.no = no
+            msgs[no] = m
+            no += 1
+            code = codes.get((topic, p))
+            if code is None:
+                code = codes[(topic, p)] = len(self._tp_keys)
+                self._tp_keys.append(TopicPartition(topic, p).fence_key)
             owner = self._partition(p)
-            buffer = owner.buffer
-            tp = TopicPartition(topic, p).fence_key
-            track = owner.unapplied.get(tp) or owner.unapplied.setdefault(tp, _Unapplied())
+            track = owner.tracks.get(code)
+            if track is None:
+                track = owner.tracks[code] = _Track()
             base = encode_position(off)
-            metas = [_Meta(m, tp, base + i) for i in range(len(events))]
-            track.add_many(metas, events)
-            lost = buffer.push_many(kind or "click", events, metas)
-            if lost:
-                late.setdefault(p, []).extend((events[i], metas[i]) for i in lost)
+            if base <= track.last:
+                track.low = base if track.low is None else min(track.low, base)
+            track.last = max(track.last, base + n - 1)
+            st = staged.get((p, kind or "click"))
+            if st is None:
+                st = staged[(p, kind or "click")] = _Staged()
+            st.rows += events
+            st.counts.append(n)
+            st.nos.append(m.no)
+            st.bases.append(base)
+            st.codes.append(code)
+            st.arrivals.append(track.added)
+            track.added += n
+        self._next_no = no
+        late_parts: dict[int, list[tuple[EventColumns, NDArray[np.int64]]]] = {}
+        for (p, kind), st in staged.items():
+            cols, meta = st.columns()
+            lost = self.parts[p].buffer.push(kind, cols, meta)
+            if len(lost):
+                late_parts.setdefault(p, []).append((cols.take(lost), meta[:, lost]))
+        late: dict[int, tuple[EventColumns, NDArray[np.int64]]] = {}
+        for p, chunks in late_parts.items():  # in arrival order (message, then index), as pushed
+            lcols = EventColumns.concat([c for c, _ in chunks])
+            lmeta = np.concatenate([mt for _, mt in chunks], axis=1)
+            if len(chunks) > 1:
+                order = np.lexsort((lmeta[_POS], lmeta[_NO]))
+                lcols, lmeta = lcols.take(order), lmeta[:, order]
+            lcols.late = np.ones(len(lcols), np.int8)
+            late[p] = (lcols, lmeta)
         moved: set[int] = set()
         for owner in self.parts.values():
             owner.buffer.now_ms = step.now_ms  # the watermark runs no further ahead than the wall clock
@@ -337,55 +358,86 @@ class Pipeline:
                 if part.buffer.watermark() != before:
                     moved.add(p)
         for p, owner in self.parts.items():  # the clock moved a watermark held back by a future event
-            if (len(owner.buffer) or owner.held) and owner.buffer.watermark() > owner.watermark:
+            if (len(owner.buffer) or len(owner.held_no)) and owner.buffer.watermark() > owner.watermark:
                 moved.add(p)
         committed = {tp.fence_key: encode_position(off) for tp, off in step.floor.items()}
-        releases: list[Release[_Meta]] = []
+        releases: list[ColumnRelease] = []
+        self._rel_meta = {}
+        keys = self._tp_keys
         partitions = {m[1] for m in messages} | (set(step.partitions) if last else set())
         for p in sorted(partitions | set(late) | moved):
             part = self.parts.get(p)
             if part is None:
                 continue
-            floor = dict(committed)  # the fence may settle up to the lowest position not yet applied
-            force_to = None  # bound the fences: too much applied above a waiting position forces it out
-            for tp, track in part.unapplied.items():
-                floor[tp] = max(floor.get(tp, -1), track.floor())
-                if track.overtaken() > self.s.buffer_max_events:
-                    head_ts = track.queue[0][1]
-                    force_to = head_ts if force_to is None else max(force_to, head_ts)
+            lcols_meta = late.get(p)
+            floor, force_to = self._floors(part, committed, lcols_meta)
             forced = part.buffer.forced
-            released, wm = part.buffer.release(force_to)
+            rcols, rmeta, wm = part.buffer.release(force_to)
             rep.forced_releases += part.buffer.forced - forced
             part.watermark = max(part.watermark, wm)
-            releases.append(Release(released, part.watermark, late.get(p, ()), floor, group=p))
+            if lcols_meta is not None:
+                cols = EventColumns.concat([rcols, lcols_meta[0]])
+                meta = np.concatenate([rmeta, lcols_meta[1]], axis=1)
+            else:
+                cols, meta = rcols, rmeta
+            self._rel_meta[p] = meta
+            releases.append(ColumnRelease(cols, len(cols) - len(rcols), [keys[c] for c in meta[_TP].tolist()],
+                                          meta[_POS].tolist(), part.watermark, floor, group=p))
             # "full" asks flow control to pause the inputs not behind: only when one runs ahead (an
             # idle input holds nothing back; pausing it would hide its new data from the idle check)
             rep.buffers[p] = BufferState(part.buffer.full and part.buffer.runs_ahead(), part.buffer.behind(),
                                          len(part.buffer))
-            if self.ledger is not None:
-                self._involved.update(meta.msg.id for _, meta in released)
+            if self.ledger is not None and len(rmeta[_NO]):
+                self._involved.update(msgs[n].id for n in np.unique(rmeta[_NO]).tolist())
         outcome = self._detect_publish_persist(releases, dlq, step.received_at)
-        for rel in releases:
-            unapplied = self.parts[rel.group].unapplied
-            settled: dict[str, int] = {}
-            for handed in (rel.released, rel.late):
-                for _, meta in handed:  # _Unapplied.settle, counted per topic-partition
-                    meta.applied = True
-                    settled[meta.tp] = settled.get(meta.tp, 0) + 1
-            for tp, n in settled.items():
-                track = unapplied[tp]
-                track.applied += n
-                track.unapplied -= n
         self._account(releases, outcome, dlq)
         rep.applied += outcome.applied
         rep.late += outcome.late
         rep.duplicates += outcome.duplicates
 
+    def _floors(self, part: _Partition, committed: dict[str, int],
+                late: tuple[EventColumns, NDArray[np.int64]] | None) -> tuple[dict[str, int], int | None]:
+        """Per topic-partition of a partition, how far the offset fences may settle: up to the lowest
+        position not yet applied (the buffered rows, and the step's late rows), at most the lowest
+        one that arrived out of order; and the event time to force out of the buffer when too much
+        was applied above a waiting position (None: nothing)."""
+        floor = dict(committed)
+        force_to = None
+        bcols, bmeta = part.buffer.pending()
+        if late is not None:
+            ts = np.concatenate([bcols.ts, late[0].ts])
+            meta = np.concatenate([bmeta, late[1]], axis=1)
+        else:
+            ts, meta = bcols.ts, bmeta
+        many = len(part.tracks) > 1
+        keys = self._tp_keys
+        for code, track in part.tracks.items():
+            if many:
+                sel = np.flatnonzero(meta[_TP] == code)
+                pos, arr, t = meta[_POS, sel], meta[_ARRIVAL, sel], ts[sel]
+            else:
+                pos, arr, t = meta[_POS], meta[_ARRIVAL], ts
+            if len(pos):
+                f = int(pos.min())
+                head = int(arr.argmin())
+                overtaken = track.added - int(arr[head]) - len(pos)
+                if overtaken > self.s.buffer_max_events:
+                    head_ts = int(t[head])
+                    force_to = head_ts if force_to is None else max(force_to, head_ts)
+            else:
+                f = track.last + 1
+            if track.low is not None:
+                f = min(f, track.low)
+            key = keys[code]
+            floor[key] = max(floor.get(key, -1), f)
+        return floor, force_to
+
     def _retried(self) -> None:
         self._report.redis_retries += 1
 
-    def _detect_publish_persist(self, releases: list[Release[_Meta]], dlq: list[_Bad],
-                                t_release: float) -> Outcome[_Meta]:
+    def _detect_publish_persist(self, releases: list[ColumnRelease], dlq: list[_Bad],
+                                t_release: float) -> Outcome[tuple[int, int]]:
+        outcome: Outcome[tuple[int, int]]
         if releases:
             # Only the loads are retried: they change nothing but the cache. ``process`` itself pops
             # due users and applies release after release, so a retry of it after a partial failure
@@ -396,9 +448,9 @@ class Pipeline:
                 users = self.detector.users_of(releases)
                 retry("redis", lambda: store.prefetch(users), attempts=self.retry_attempts, base_s=0.1,
                       retriable=(StoreUnavailableError,), on_retry=self._retried)
-            outcome = self.detector.process(releases, _position)
+            outcome = self.detector.process(releases)
         else:
-            outcome = Outcome[_Meta]()
+            outcome = Outcome()
         now_ms = int(time.time() * 1000)
         for a in outcome.alerts:
             self._produce(self.s.alerts_topic, a.user_id.encode(), alert_to_json(a.stamped(now_ms)))
@@ -412,11 +464,12 @@ class Pipeline:
             bad.setdefault(id(m), (m, []))[1].append(
                 {"index": rej.index, "reason": str(rej.reason), "detail": rej.detail, "event_id": rej.event_id})
         envelope: dict[int, bool] = {}
-        for ev, meta, reason in outcome.rejected:
-            m = meta.msg
+        for ev, (group, row), reason in outcome.rejected:
+            meta = self._rel_meta[group]
+            m = self._msgs[int(meta[_NO, row])]
             if id(m) not in envelope:
                 envelope[id(m)] = _is_envelope(m.raw)
-            _, index = decode_position(meta.position)
+            _, index = decode_position(int(meta[_POS, row]))
             bad.setdefault(id(m), (m, []))[1].append(
                 {"index": index if envelope[id(m)] else None, "reason": str(reason),
                  "detail": "older than the user's newest event minus the longest window",
@@ -514,40 +567,56 @@ class Pipeline:
             return
         self._delivery_error = err
 
-    def _account(self, releases: list[Release[_Meta]], outcome: Outcome[_Meta], dlq: list[_Bad]) -> None:
+    def _account(self, releases: list[ColumnRelease], outcome: Outcome[tuple[int, int]],
+                 dlq: list[_Bad]) -> None:
         """Count events done; a message is done when all of its events are."""
         for _, m in dlq:
             self._finish(m)
-        rejected = {id(meta) for _, meta, _ in outcome.rejected}
-        for _, meta, _ in outcome.rejected:
-            self._finish(meta.msg)
+        refused: dict[int, list[int]] = {}
+        for _, (group, row), _ in outcome.rejected:
+            refused.setdefault(group, []).append(row)
+        finished: list[NDArray[np.int64]] = []
         for rel in releases:
             part = self.parts[rel.group]
+            meta = self._rel_meta[rel.group]
             wm = rel.watermark_ms
-            for _, meta in rel.late:
-                if id(meta) not in rejected:
-                    self._finish(meta.msg)
-            keep: list[tuple[int, _Meta]] = []
-            for tick_end, meta in part.held:
-                if tick_end <= wm:
-                    self._finish(meta.msg)
-                else:
-                    keep.append((tick_end, meta))
-            done = self._done
-            for ev, meta in rel.released:  # _finish and tick_ceil, inlined: once per event
-                if rejected and id(meta) in rejected:
-                    continue
-                tick_end = (ev.ts_ms // TICK_MS + 1) * TICK_MS
-                if tick_end <= wm:
-                    m = meta.msg
-                    m.remaining -= 1
-                    if m.remaining <= 0:
-                        done.append(m.id)
-                else:
-                    keep.append((tick_end, meta))
-            part.held = keep
+            n = len(rel.cols)
+            k = n - rel.n_late  # released rows first, then the late ones
+            ok = np.ones(n, np.bool_)
+            rows = refused.get(rel.group)
+            if rows:
+                ok[rows] = False
+                finished.append(meta[_NO, rows])
+            finished.append(meta[_NO, k:][ok[k:]])  # late events are done once applied
+            if len(part.held_no):
+                decided = part.held_tick <= wm
+                finished.append(part.held_no[decided])
+                held_tick, held_no = part.held_tick[~decided], part.held_no[~decided]
+            else:
+                held_tick, held_no = part.held_tick, part.held_no
+            if k:
+                tick_end = (rel.cols.ts[:k] // TICK_MS + 1) * TICK_MS
+                nos = meta[_NO, :k]
+                decided = tick_end <= wm
+                finished.append(nos[decided & ok[:k]])
+                wait = ~decided & ok[:k]
+                if wait.any():
+                    held_tick = np.concatenate([held_tick, tick_end[wait]])
+                    held_no = np.concatenate([held_no, nos[wait]])
+            part.held_tick, part.held_no = held_tick, held_no
             if wm > 0:
                 self._report.watermarks[rel.group] = wm
+        if finished:
+            nos = np.concatenate(finished)
+            if len(nos):
+                uniq, counts = np.unique(nos, return_counts=True)
+                msgs, done = self._msgs, self._done
+                for no, c in zip(uniq.tolist(), counts.tolist()):
+                    m = msgs[no]
+                    m.remaining -= c
+                    if m.remaining <= 0:
+                        done.append(m.id)
+                        del msgs[no]
 
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget revoked partitions (nothing of them was acked: the new owner gets it all again)
@@ -557,6 +626,7 @@ class Pipeline:
             self.parts.pop(p, None)
             self.detector.drop_group(p)
         gone = set(partitions)
+        self._msgs = {no: m for no, m in self._msgs.items() if m.id.partition not in gone}
         self._suspects = {tp: v for tp, v in self._suspects.items() if tp[1] not in gone}
         if self.store is not None:
             self.store.invalidate()

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from operator import attrgetter, is_not
+from operator import attrgetter, is_not, itemgetter
 from typing import NamedTuple, overload
 
 import numpy as np
 from numpy.typing import NDArray
 
 from stream.core import layout as L
-from stream.core.events import Event, EventTuple, Reason
+from stream.core.events import CATEGORIES, Event, EventTuple, Reason
 
 __all__ = [
     "CATEGORY_CODE",
@@ -246,11 +246,37 @@ class EventColumns:
             event_ids=list(map(_get_event_id, events)),
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[EventColumns]) -> EventColumns:
+        """The rows of several column sets, one after the other."""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return cls.from_events([])
+        cat = np.concatenate
+        return cls(cat([c.ts for c in parts]), cat([c.view for c in parts]), cat([c.dwell for c in parts]),
+                   cat([c.cat for c in parts]), cat([c.tz for c in parts]), cat([c.has_band for c in parts]),
+                   cat([c.late for c in parts]), [b for c in parts for b in c.bands],
+                   [u for c in parts for u in c.user_ids], [e for c in parts for e in c.event_ids])
+
+    def event(self, i: int) -> Event:
+        """Row ``i`` as an :class:`Event` (the fields the columns keep; no item or session id)."""
+        tz = int(self.tz[i])
+        return Event(self.user_ids[i], int(self.ts[i]), "view" if self.view[i] else "click", self.event_ids[i],
+                     CATEGORIES[int(self.cat[i])], int(self.dwell[i]), None if tz == TZ_ABSENT else tz,
+                     self.bands[i], None, None)
+
     def take(self, idx: NDArray[np.intp]) -> EventColumns:
         il = idx.tolist()
+        if len(il) > 1:  # itemgetter picks the rows in one C call
+            pick = itemgetter(*il)
+            bands, users, eids = list(pick(self.bands)), list(pick(self.user_ids)), list(pick(self.event_ids))
+        else:
+            bands = [self.bands[i] for i in il]
+            users = [self.user_ids[i] for i in il]
+            eids = [self.event_ids[i] for i in il]
         return EventColumns(self.ts[idx], self.view[idx], self.dwell[idx], self.cat[idx], self.tz[idx],
-                            self.has_band[idx], self.late[idx], [self.bands[i] for i in il],
-                            [self.user_ids[i] for i in il], [self.event_ids[i] for i in il])
+                            self.has_band[idx], self.late[idx], bands, users, eids)
 
 
 @dataclass(slots=True)
