@@ -13,7 +13,8 @@ offsets go from 10 % to 90 % of the input (stream_bench's window):
 - samples the pipeline child with py-spy (``--nonblocking``: the child is never paused, so the CPU
   figures stay honest), writing a flame graph (``pipeline.svg``) and the collapsed stacks
   (``pipeline.txt``) into ``--out``, and prints the top functions by inclusive and by own samples,
-  as % of samples and as µs per event (the share of the child's CPU per event);
+  as % of samples and as µs per event (the share of the child's CPU per event); and the Faust
+  process (all threads, ``faust.txt``) the same way;
 
 then runs the offline detector (``riskstream score``'s path, the same default policy and shipped
 model) on the same events in this process and prints its CPU per event and the ratio. py-spy needs
@@ -172,6 +173,10 @@ def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap
                 spies.append(subprocess.Popen([spy, "record", "--pid", str(kids[0]), "--nonblocking", "--function",
                                                "--rate", str(a.rate), "--format", fmt, "-o", str(a.out / name)],
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            # and the Faust process (all its threads): what it costs per message beyond Faust's own loop
+            spies.append(subprocess.Popen([spy, "record", "--pid", str(worker.pid), "--nonblocking", "--function",
+                                           "--rate", str(a.rate), "--format", "raw", "-o", str(a.out / "faust.txt")],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         while (c := committed(probe, tps)) < hi:
             if worker.poll() is not None:
                 raise SystemExit(f"worker exited: {worker.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
@@ -254,14 +259,16 @@ def main() -> None:
           f"per core")
     print(f"  ratio pipeline / offline: {pipe_us / off_us:.1f}×   (pipeline + Faust) / offline: "
           f"{(pipe_us + faust_us) / off_us:.1f}×")
-    raw = a.out / "pipeline.txt"
-    if spy and raw.exists():
+    for label, raw, us in (("pipeline process", a.out / "pipeline.txt", pipe_us),
+                           ("Faust process", a.out / "faust.txt", faust_us)):
+        if not (spy and raw.exists()):
+            continue
         total, incl, own = top_functions(raw, a.top)
-        print(f"\npy-spy, pipeline process: {total:,} samples at {a.rate}/s (flame graph {a.out / 'pipeline.svg'})")
+        print(f"\npy-spy, {label}: {total:,} samples at {a.rate}/s ({raw})")
         for title, rows in (("inclusive (the function and what it calls)", incl), ("own (self) samples", own)):
             print(f"\n| {title} | % samples | µs/event |\n|---|---|---|")
             for name, k in rows:
-                print(f"| `{name}` | {k / total * 100:.1f} | {k / total * pipe_us:.2f} |")
+                print(f"| `{name}` | {k / total * 100:.1f} | {k / total * us:.2f} |")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -21,7 +21,7 @@ from stream.errors import (
     PipelineDiedError,
 )
 from stream.live.pipeline import Pipeline
-from stream.live.protocol import Call, Drop, RawMessage, Report, Step, TopicPartition
+from stream.live.protocol import Call, Drop, Report, Step, TopicPartition, WireMessage
 from stream.live.wiring import build_pipeline
 from stream.logconfig import configure
 from stream.settings import Settings
@@ -312,7 +312,7 @@ def split_step(step: Step, n: int) -> dict[int, Step]:
     at all (e.g. an idle tick before anything was received) goes to every child."""
     if n == 1:
         return {0: step}
-    messages: dict[int, list[RawMessage]] = {}
+    messages: dict[int, list[WireMessage]] = {}
     for m in step.messages:
         messages.setdefault(m[1] % n, []).append(m)
     partitions: dict[int, list[int]] = {}

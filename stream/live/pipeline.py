@@ -58,10 +58,11 @@ from stream.errors import (
 from stream.live.protocol import (
     BufferState,
     MsgId,
-    RawMessage,
     Report,
     Step,
     TopicPartition,
+    WireId,
+    WireMessage,
     decode_position,
     encode_position,
 )
@@ -80,7 +81,7 @@ log = logging.getLogger("riskstream.pipeline")
 class _Msg:
     """One Kafka message in flight: done when all its events are."""
 
-    id: MsgId
+    id: WireId  # (topic, partition, offset): a plain tuple, as it goes back in Report.done
     remaining: int
     raw: bytes
     key: bytes | None
@@ -167,7 +168,7 @@ class Pipeline:
         ``ledger``: attempt counts of suspect messages (poison quarantine), none: no quarantine."""
         self.ledger = ledger
         self._suspects: dict[tuple[str, int], dict[int, int]] = {}  # per input topic-partition, loaded once
-        self._involved: set[MsgId] = set()  # messages of the current run, and those it released events of
+        self._involved: set[WireId] = set()  # messages of the current run, and those it released events of
         self.s = settings
         self.detector = detector
         self.store = store
@@ -181,7 +182,7 @@ class Pipeline:
         self._tp_codes: dict[tuple[str, int], int] = {}  # input topic-partition -> fence key code
         self._tp_keys: list[str] = []  # fence key code -> fence key
         self._rel_meta: dict[int, NDArray[np.int64]] = {}  # per partition: the meta of its release's rows
-        self._done: list[MsgId] = []
+        self._done: list[WireId] = []
         self._report = Report()
         self._delivery_error: Any = None
 
@@ -214,7 +215,7 @@ class Pipeline:
         if self.ledger is None:
             self._run(step, step.messages, last=True)
         else:
-            pending: list[RawMessage] = []
+            pending: list[WireMessage] = []
             for msg in step.messages:
                 if not self._is_suspect(msg):
                     pending.append(msg)
@@ -229,7 +230,7 @@ class Pipeline:
         return rep
 
     # -- poison quarantine ----------------------------------------------------------------------------
-    def _is_suspect(self, msg: RawMessage) -> bool:
+    def _is_suspect(self, msg: WireMessage) -> bool:
         topic, p, off, _, _ = msg
         known = self._suspects.get((topic, p))
         if known is None:
@@ -238,7 +239,7 @@ class Pipeline:
             known = self._suspects[(topic, p)] = self._retry(lambda: ledger.attempts(topic, p))
         return off in known
 
-    def _isolated(self, step: Step, msg: RawMessage) -> None:
+    def _isolated(self, step: Step, msg: WireMessage) -> None:
         """A suspect: one more attempt counted before it runs alone, or quarantined past the limit."""
         ledger = self.ledger
         assert ledger is not None
@@ -261,10 +262,10 @@ class Pipeline:
             self._retry(lambda: ledger.clear([mid]))
             self._suspects[(topic, p)].pop(off, None)
 
-    def _guarded(self, step: Step, messages: list[RawMessage], *, last: bool) -> None:
+    def _guarded(self, step: Step, messages: list[WireMessage], *, last: bool) -> None:
         """Run messages; if that fails for a reason other than an unavailable service or a stale
         owner, mark every message involved (its own and those whose events it released) suspect."""
-        self._involved = {MsgId(t, p, off) for t, p, off, _, _ in messages}
+        self._involved = {(t, p, off) for t, p, off, _, _ in messages}
         try:
             self._run(step, messages, last=last)
         except (StoreUnavailableError, BrokerUnavailableError, StaleStateError):
@@ -285,7 +286,7 @@ class Pipeline:
                      retriable=(StoreUnavailableError,), on_retry=self._retried)
 
     # -- one run of messages --------------------------------------------------------------------------
-    def _run(self, step: Step, messages: list[RawMessage], *, last: bool) -> None:
+    def _run(self, step: Step, messages: list[WireMessage], *, last: bool) -> None:
         rep = self._report
         dlq: list[_Bad] = []
         staged: dict[tuple[int, str], _Staged] = {}
@@ -301,7 +302,7 @@ class Pipeline:
             else:
                 events, bad = decode_message_tuples(raw, topic_type=kind, key=key, now_ms=now_ms)
             n = len(events)
-            m = _Msg(MsgId(topic, p, off), n + len(bad), raw, key)
+            m = _Msg((topic, p, off), n + len(bad), raw, key)
             for r in bad:
                 dlq.append((r, m))
             if not n:
@@ -508,7 +509,7 @@ class Pipeline:
         rec: dict[str, Any] = {
             "v": 2, "reason": first["reason"], "detail": first["detail"], "index": first["index"],
             "rejections": rejections,
-            "topic": m.id.topic, "partition": m.id.partition, "offset": m.id.offset,
+            "topic": m.id[0], "partition": m.id[1], "offset": m.id[2],
             "original_b64": base64.b64encode(raw[:cap]).decode(),
             "original_size": len(raw),
             "original_sha256": hashlib.sha256(raw).hexdigest(),
@@ -626,7 +627,7 @@ class Pipeline:
             self.parts.pop(p, None)
             self.detector.drop_group(p)
         gone = set(partitions)
-        self._msgs = {no: m for no, m in self._msgs.items() if m.id.partition not in gone}
+        self._msgs = {no: m for no, m in self._msgs.items() if m.id[1] not in gone}
         self._suspects = {tp: v for tp, v in self._suspects.items() if tp[1] not in gone}
         if self.store is not None:
             self.store.invalidate()

@@ -23,6 +23,8 @@ __all__ = [
     "Report",
     "Step",
     "TopicPartition",
+    "WireId",
+    "WireMessage",
     "decode_position",
     "encode_position",
 ]
@@ -65,6 +67,13 @@ class RawMessage(NamedTuple):
     value: bytes
 
 
+# On the link, messages and message ids travel as plain tuples with the fields of RawMessage and
+# MsgId: pickle makes and reads a plain tuple ≈ 5× faster than a named one (0.09 against 0.78 µs to
+# dump a message, 0.05 against 0.25 µs to load an id, measured), once per message each way.
+WireMessage = tuple[str, int, int, bytes | None, bytes]  # (topic, partition, offset, key, value)
+WireId = tuple[str, int, int]  # (topic, partition, offset)
+
+
 class BufferState(NamedTuple):
     """A partition's reorder buffer, for flow control on the Faust side."""
 
@@ -77,7 +86,7 @@ class BufferState(NamedTuple):
 class Step:
     """One micro-batch, as the Faust side hands it over."""
 
-    messages: list[RawMessage]
+    messages: list[WireMessage]  # RawMessage fields; plain tuples (see WireMessage)
     partitions: list[int]  # those of the messages: released after the pushes
     # (partition, input kind) -> idle (docs/semantics.md §3), set after the pushes; a partition whose watermark
     # this moves is released too. The idle timer sends every input's state; a batch only un-idles
@@ -106,7 +115,7 @@ Call = Step | Drop
 class Report:
     """What a step did: messages to ack, flow-control state, counters for the metrics."""
 
-    done: list[MsgId] = field(default_factory=list)
+    done: list[WireId] = field(default_factory=list)  # MsgId fields; plain tuples (see WireId)
     buffers: dict[int, BufferState] = field(default_factory=dict)
     watermarks: dict[int, int] = field(default_factory=dict)
     applied: int = 0

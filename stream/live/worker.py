@@ -54,11 +54,11 @@ from stream.live.app import create_app
 from stream.live.link import PipelineLink, open_link
 from stream.live.protocol import (
     BufferState,
-    MsgId,
-    RawMessage,
     Report,
     Step,
     TopicPartition,
+    WireId,
+    WireMessage,
 )
 from stream.metrics import Metrics
 from stream.retry import START_ATTEMPTS, retry
@@ -112,7 +112,7 @@ class Engine:
         self.link = link
         self.inputs = settings.input_kinds
         self.tps: dict[tuple[str, int], InputProgress] = defaultdict(InputProgress)
-        self.inflight: dict[MsgId, Any] = {}  # handed to the pipeline, not yet done: faust events to ack
+        self.inflight: dict[WireId, Any] = {}  # handed to the pipeline, not yet done: faust events to ack
         self._gathered: list[Any] = []  # the batch being filled
         self._gathered_at = 0.0
         self._backlog_at, self._backlog_cached = -1.0, 0
@@ -136,7 +136,7 @@ class Engine:
         """
         now = time.monotonic()
         received_at = now
-        messages: list[RawMessage] = []
+        messages: list[WireMessage] = []
         partitions: set[int] = set()
         inflight, tps = self.inflight, self.tps
         revoked = self.revoked
@@ -154,8 +154,8 @@ class Engine:
             st.last_seen = now
             raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
             key = msg.key if isinstance(msg.key, bytes) or msg.key is None else bytes(msg.key)
-            messages.append(RawMessage(topic, p, off, key, raw))
-            inflight[MsgId(topic, p, off)] = fe
+            messages.append((topic, p, off, key, raw))  # plain tuples: see protocol.WireMessage
+            inflight[(topic, p, off)] = fe
             partitions.add(p)
         self.metrics.messages.inc(len(batch))
         # An alert is decidable once the message that moved the watermark past its tick has arrived;
@@ -388,7 +388,7 @@ class Engine:
                 if off is not None}
 
     # -- one step in the pipeline, then acks ----------------------------------------------------------
-    def _send(self, messages: list[RawMessage], partitions: list[int], idle: dict[tuple[int, str], bool] | None,
+    def _send(self, messages: list[WireMessage], partitions: list[int], idle: dict[tuple[int, str], bool] | None,
               received_at: float | None = None) -> asyncio.Future[Report]:
         """Send one step now (the link answers in order); the future gets its report."""
         step = Step(messages, partitions, idle if idle is not None else self._unidle(partitions),
@@ -463,7 +463,7 @@ class Engine:
         for p in gone:
             for topic in self.inputs:
                 self.tps.pop((topic, p), None)
-        for mid in [mid for mid in self.inflight if mid.partition in gone]:
+        for mid in [mid for mid in self.inflight if mid[1] in gone]:  # (topic, partition, offset)
             del self.inflight[mid]
         await self.link.connect()
         await self.link.drop(gone)  # after the steps sent before it: their reports came first

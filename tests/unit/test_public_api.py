@@ -35,7 +35,7 @@ EXPORTED = {
     ],
     "stream.live.protocol": [
         "BufferState", "Call", "Drop", "MsgId", "POSITION_STRIDE", "RawMessage", "Report", "Step",
-        "TopicPartition", "decode_position", "encode_position",
+        "TopicPartition", "WireId", "WireMessage", "decode_position", "encode_position",
     ],
     "stream.errors": [
         "BrokerUnavailableError", "ConfigError", "ModelContractError", "PipelineDiedError",

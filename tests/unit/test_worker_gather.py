@@ -151,5 +151,5 @@ def test_steps_carry_the_generation_of_the_assignment_and_skip_revoked_partition
         await e.submit([fe(1, 6)])
 
     asyncio.run(run())
-    got = [(s.generation, [(m.partition, m.offset) for m in s.messages]) for s in e.link.steps]
+    got = [(s.generation, [(m[1], m[2]) for m in s.messages]) for s in e.link.steps]
     assert got == [(0, [(0, 1)]), (7, [(0, 2)]), (7, [(0, 4)]), (9, [(1, 5)]), (9, [(1, 6)])]
