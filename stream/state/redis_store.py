@@ -228,11 +228,14 @@ class RedisWindowStore:
         self._load(users)
         return self._table.load_policy(users)
 
-    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
+    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]], *, write: bool = True) -> None:
         """Store the policy fields (see WindowStore), then write every changed, fully confirmed user.
 
         One ``EVALSHA state.lua`` per user, all in one pipeline. Call it after every batch, also
         when nothing was decided (events applied without deciding a tick change the state too).
+
+        ``write=False`` (checkpointed writes): confirm only; the changed users stay dirty until
+        :meth:`checkpoint` writes them, so a user changed in many batches is written once.
 
         Raises:
             ValueError: a field name does not start with ``pol:``.
@@ -251,10 +254,25 @@ class RedisWindowStore:
                 del decided[u]
         self._dirty.update(users)
         self._touch(users)
+        if write:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write every changed, fully confirmed user (one pipeline; with ``defer_writes`` only sent:
+        :meth:`finish_write` settles it), then drop the cache if a rebalance asked for it, and evict.
+
+        Raises: as :meth:`confirm`.
+        """
         self._write()
         if self._invalidate_requested and self._all_written():
             self._drop_cache()
         self._evict()
+
+    @property
+    def unwritten_users(self) -> int:
+        """Users changed since the last write was sent (a checkpoint is due past the cache size:
+        dirty users are never evicted)."""
+        return len(self._dirty)
 
     def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
         """The user's state as this store sees it: its copy if cached, else what Redis holds."""
