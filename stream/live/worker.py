@@ -471,7 +471,10 @@ class Engine:
         for mid in [mid for mid in self.inflight if mid.partition in gone]:
             del self.inflight[mid]
         await self.link.connect()
-        await self.link.drop(gone)  # after the steps sent before it: their reports came first
+        try:
+            await self.link.drop(gone)  # after the steps sent before it: their reports came first
+        except Exception as e:  # noqa: BLE001 - its last write refused (a zombie), Redis unavailable, a dead pipeline
+            self._die(e)  # as a failed step: exit 75, the uncommitted offsets go to the owner
 
     def on_assigned(self, assigned: set[Any]) -> None:
         """Take the generation of the new assignment: the steps sent from now on carry it."""

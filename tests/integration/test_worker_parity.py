@@ -324,7 +324,8 @@ def test_sigkill_mid_stream_and_restart_gives_the_same_state_and_alerts(settings
     want = {a.alert_id for a in expected}
     replay(settings, artifacts)
     # small batches, committed often: the whole backlog takes the worker about a second
-    fast_commits = {"RISKSTREAM_COMMIT_INTERVAL_S": "0.02"}
+    # (and state checkpoints: offsets move in steps of the checkpoint interval, 1 s by default)
+    fast_commits = {"RISKSTREAM_COMMIT_INTERVAL_S": "0.02", "RISKSTREAM_CHECKPOINT_MS": "20"}
     proc = start_worker(settings, artifacts, "--batch-size", "10", env=fast_commits)
     try:
         sigkill_mid_stream(settings, proc)
@@ -442,7 +443,8 @@ def test_redis_sigkilled_mid_stream_and_restarted_from_its_aof_loses_nothing(set
     want = {a.alert_id for a in expected}
     rs = _durable_redis(port, tmp_path)
     replay(settings, artifacts)
-    env = {"RISKSTREAM_REDIS_URL": url, "RISKSTREAM_COMMIT_INTERVAL_S": "0.05"}
+    env = {"RISKSTREAM_REDIS_URL": url, "RISKSTREAM_COMMIT_INTERVAL_S": "0.05",
+           "RISKSTREAM_CHECKPOINT_MS": "50"}  # offsets move in steps of it: a kill mid-stream
     proc = start_worker(settings, artifacts, "--batch-size", "10", env=env)
     restarts = 0
     try:
