@@ -15,9 +15,11 @@ time; a step is:
 3. ``Detector.process`` (the core's window kernel on this process's copy of each touched user's
    state, loaded from Redis on first touch; one ONNX run), publish alerts and DLQ records with an
    idempotent ``acks=all`` producer (then the ``risk.levels`` records of users whose current levels
-   changed, same producer) and wait for the acknowledgements, then write the changed users'
-   window and policy state to Redis (one fenced Lua call per user, pipelined);
-4. count events done. A message is done when all its events are: decided, late, or rejected. An
+   changed, same producer) and wait for the acknowledgements, then confirm the decided ticks; at a
+   checkpoint (``RISKSTREAM_CHECKPOINT_MS`` passed; every step when it is 0) write the users changed
+   since the last one to Redis (window and policy state, one fenced Lua call per user, pipelined);
+4. count events done, and report them once the checkpoint holding their state is written. A
+   message is done when all its events are: decided, late, or rejected. An
    event whose tick is not yet decided keeps its message un-acked (redelivered after a crash, and
    decided by whoever owns the partition then); buffered events are never done.
 

@@ -7,8 +7,9 @@ same compiled update rule, the same results — and keeps Redis as its durable, 
 * **Load once.** The first time a worker touches a user, one pipelined ``HGETALL`` per new user
   loads the state hash; afterwards the worker's copy is current for as long as it owns the user's
   partition (nothing in a worker is authoritative: it can be dropped at any time and reloaded).
-* **Fenced write per user per batch.** :meth:`confirm` — called after the batch's alerts were
-  acknowledged by Kafka — writes every user changed since the last confirm with one ``EVALSHA`` of
+* **Fenced write per user per checkpoint.** :meth:`confirm` — called after the batch's alerts were
+  acknowledged by Kafka — (or, with ``write=False``, the following :meth:`checkpoint`) writes every
+  user changed since the last write with one ``EVALSHA`` of
   ``stream/lua/state.lua``, all in one pipeline, fenced by the consumer group generation under which
   the user's copy was loaded (:meth:`set_generation`): a newer generation replaces the state, an
   older one is refused, and within one generation the write is a compare-and-set on the user's
