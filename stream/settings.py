@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     buffer_max_events: int = Field(default=100_000, ge=100)
     produce_timeout_s: float = Field(default=30.0, gt=0, le=600)
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
+    checkpoint_ms: int = Field(default=1000, ge=0, le=600_000)  # state written (and acked) at most this often; 0: every step
     metrics_port: int = Field(default=0, ge=0, le=65535)
     log_format: Literal["text", "json"] = "text"
     http_addr: str | None = None  # host:port of /livez, /readyz, /metrics; off when unset

@@ -395,14 +395,18 @@ class Detector:
         res = self._resident
         return {u: res[u].to_fields() if u in res else {} for u in user_ids}
 
-    def commit(self, outcome: Outcome[Any]) -> None:
+    def commit(self, outcome: Outcome[Any], *, write: bool = True) -> None:
         """Persist the policy state of an outcome whose alerts were delivered; empty the outboxes.
 
         Called after every ``process`` (a store that keeps state in the worker writes the changes of
-        events that decided nothing too).
+        events that decided nothing too). ``write=False``: confirm only, a store that writes
+        asynchronously writes at its next checkpoint (the live pipeline's checkpointed writes).
         """
         if self._resident is None:
-            self.store.confirm(outcome.confirm)
+            if write:
+                self.store.confirm(outcome.confirm)
+            else:
+                self.store.confirm(outcome.confirm, write=False)  # type: ignore[call-arg]
 
     # -- evaluation -------------------------------------------------------------------------------
     def _evaluate(self, snaps: Snapshots, out: Outcome[Any]) -> None:

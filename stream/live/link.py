@@ -124,6 +124,12 @@ def serve(sock: socket.socket, settings: Settings, model_path: Path | None, logl
                 held = None
             call: Call = recv_frame(sock)
         except (EOFError, ConnectionError):
+            try:  # write the unwritten state: less to replay after a restart
+                pipeline.close()
+            except Exception as e:  # noqa: BLE001 - nobody to tell but the log; the replay covers it
+                logging.getLogger("riskstream.pipeline").warning(
+                    "could not write the last checkpoint at exit (%s: %s); it is replayed at restart",
+                    type(e).__name__, e)
             return  # the worker is gone (also when it was SIGKILLed): nothing here outlives it
         except Exception as e:  # noqa: BLE001 - settling failed: the worker exits with it
             send_reply(sock, False, e)

@@ -15,9 +15,11 @@ time; a step is:
 3. ``Detector.process`` (the core's window kernel on this process's copy of each touched user's
    state, loaded from Redis on first touch; one ONNX run), publish alerts and DLQ records with an
    idempotent ``acks=all`` producer (then the ``risk.levels`` records of users whose current levels
-   changed, same producer) and wait for the acknowledgements, then write the changed users'
-   window and policy state to Redis (one fenced Lua call per user, pipelined);
-4. count events done. A message is done when all its events are: decided, late, or rejected. An
+   changed, same producer) and wait for the acknowledgements, then confirm the decided ticks; at a
+   checkpoint (``RISKSTREAM_CHECKPOINT_MS`` passed; every step when it is 0) write the users changed
+   since the last one to Redis (window and policy state, one fenced Lua call per user, pipelined);
+4. count events done, and report them once the checkpoint holding their state is written. A
+   message is done when all its events are: decided, late, or rejected. An
    event whose tick is not yet decided keeps its message un-acked (redelivered after a crash, and
    decided by whoever owns the partition then); buffered events are never done.
 
@@ -183,6 +185,13 @@ class Pipeline:
         self._tp_keys: list[str] = []  # fence key code -> fence key
         self._rel_meta: dict[int, NDArray[np.int64]] = {}  # per partition: the meta of its release's rows
         self._done: list[WireId] = []
+        # checkpointed writes (``checkpoint_ms`` > 0, a deferred-write store): the steps only confirm;
+        # the changed users are written at a checkpoint, and the messages done meanwhile are reported
+        # (acked) with the step whose checkpoint writes their state (docs/semantics.md §7)
+        self._checkpoint_s = settings.checkpoint_ms / 1000 if store is not None else 0.0
+        self._last_checkpoint = time.monotonic()
+        self._unwritten: list[WireId] = []  # done, their state not written yet
+        self._written: list[WireId] = []  # done, their state written by a checkpoint outside a step (a drop)
         self._report = Report()
         self._delivery_error: Any = None
 
@@ -225,7 +234,17 @@ class Pipeline:
                     pending = []
                 self._isolated(step, msg)
             self._guarded(step, pending, last=True)
-        rep.done = self._done
+        if not self._checkpoint_s:
+            rep.done = self._done
+        else:
+            self._unwritten.extend(self._done)
+            if self._checkpoint_due():
+                self.checkpoint()  # sent now; the report goes out once it is settled (link.serve)
+                rep.done = self._written + self._unwritten
+                self._unwritten = []
+            else:
+                rep.done = self._written
+            self._written = []
         rep.seconds = time.perf_counter() - t0
         return rep
 
@@ -484,10 +503,36 @@ class Pipeline:
             rep.alerts[(a.kind, a.level)] += 1
             rep.latencies.append(t_acked - t_release)
         self.finish_writes()  # the previous step's (Redis ran it while this one was computed)
-        if releases:  # also without decisions: applied events changed the state, and it is written now
-            retry("redis write", lambda: self.detector.commit(outcome), attempts=self.retry_attempts,
+        if releases:  # also without decisions: applied events changed the state, written now or at a checkpoint
+            write = not self._checkpoint_s
+            retry("redis write", lambda: self.detector.commit(outcome, write=write), attempts=self.retry_attempts,
                   base_s=0.1, retriable=(StoreUnavailableError,), on_retry=self._retried)
         return outcome
+
+    def _checkpoint_due(self) -> bool:
+        """The interval has passed since the last checkpoint, or as many users as the cache may hold
+        are unwritten (dirty users are never evicted)."""
+        store = self.store
+        assert store is not None
+        return (time.monotonic() - self._last_checkpoint >= self._checkpoint_s
+                or store.unwritten_users >= self.s.state_cache_users)
+
+    def checkpoint(self) -> None:
+        """Send a write of every user changed since the last one (settled by :meth:`finish_writes`)."""
+        store = self.store
+        if store is None:
+            return
+        self._last_checkpoint = time.monotonic()
+        retry("redis write", store.checkpoint, attempts=self.retry_attempts, base_s=0.1,
+              retriable=(StoreUnavailableError,), on_retry=self._retried)
+
+    def close(self) -> None:
+        """Write what is unwritten (the worker is gone or stopping: less to replay after a restart;
+        nothing is reported any more, so the un-acked messages are redelivered and deduplicated by
+        the users' offset fences)."""
+        if self._checkpoint_s:
+            self.checkpoint()
+        self.finish_writes()
 
     def finish_writes(self) -> None:
         """Settle a deferred state write (a store with ``defer_writes``): until then, the messages of
@@ -622,6 +667,10 @@ class Pipeline:
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget revoked partitions (nothing of them was acked: the new owner gets it all again)
         and the cached window state, which may belong to partitions another worker owns now."""
+        if self._checkpoint_s:  # a revoked partition's state is written before the new owner reads it
+            self.checkpoint()
+            self._written.extend(self._unwritten)  # reported with the next step
+            self._unwritten = []
         self.finish_writes()  # the new owner must find every write of ours done
         for p in partitions:
             self.parts.pop(p, None)

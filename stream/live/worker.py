@@ -231,6 +231,14 @@ class Engine:
                 flags[(p, kind)] = caught_up and now - st.last_seen >= idle_s
         await self._finish(self._send([], [], flags))
 
+    async def on_checkpoint_timer(self) -> None:
+        """Messages done but not acked wait for a checkpoint, which the pipeline takes in a step:
+        while some are outstanding, send an empty step every half interval, so an input that went
+        quiet still gets its acks within about the interval (``RISKSTREAM_CHECKPOINT_MS``)."""
+        if self.inflight:
+            await self.link.connect()
+            await self._finish(self._send([], [], {}))
+
     def export_gauges(self) -> None:
         """Offset lag per input partition (high watermark - committed offset) and pipeline liveness.
 
@@ -466,7 +474,10 @@ class Engine:
         for mid in [mid for mid in self.inflight if mid[1] in gone]:  # (topic, partition, offset)
             del self.inflight[mid]
         await self.link.connect()
-        await self.link.drop(gone)  # after the steps sent before it: their reports came first
+        try:
+            await self.link.drop(gone)  # after the steps sent before it: their reports came first
+        except Exception as e:  # noqa: BLE001 - its last write refused (a zombie), Redis unavailable, a dead pipeline
+            self._die(e)  # as a failed step: exit 75, the uncommitted offsets go to the owner
 
     def on_assigned(self, assigned: set[Any]) -> None:
         """Take the generation of the new assignment: the steps sent from now on carry it."""
@@ -540,6 +551,17 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
         except BaseException as e:  # noqa: BLE001
             log.exception("idle timer crashed")
             engine._die(e)
+
+    if settings.checkpoint_ms:
+        @app.timer(interval=max(settings.checkpoint_ms / 2000, 0.05), name="riskstream.checkpoint")  # type: ignore[untyped-decorator]
+        async def checkpoint() -> None:
+            try:
+                await engine.on_checkpoint_timer()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:  # noqa: BLE001
+                log.exception("checkpoint timer crashed")
+                engine._die(e)
 
     @app.timer(interval=KAFKA_PROBE_S, name="riskstream.kafka_watch")  # type: ignore[untyped-decorator]
     async def kafka_watch() -> None:

@@ -7,8 +7,9 @@ same compiled update rule, the same results — and keeps Redis as its durable, 
 * **Load once.** The first time a worker touches a user, one pipelined ``HGETALL`` per new user
   loads the state hash; afterwards the worker's copy is current for as long as it owns the user's
   partition (nothing in a worker is authoritative: it can be dropped at any time and reloaded).
-* **Fenced write per user per batch.** :meth:`confirm` — called after the batch's alerts were
-  acknowledged by Kafka — writes every user changed since the last confirm with one ``EVALSHA`` of
+* **Fenced write per user per checkpoint.** :meth:`confirm` — called after the batch's alerts were
+  acknowledged by Kafka — (or, with ``write=False``, the following :meth:`checkpoint`) writes every
+  user changed since the last write with one ``EVALSHA`` of
   ``stream/lua/state.lua``, all in one pipeline, fenced by the consumer group generation under which
   the user's copy was loaded (:meth:`set_generation`): a newer generation replaces the state, an
   older one is refused, and within one generation the write is a compare-and-set on the user's
@@ -228,11 +229,14 @@ class RedisWindowStore:
         self._load(users)
         return self._table.load_policy(users)
 
-    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
+    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]], *, write: bool = True) -> None:
         """Store the policy fields (see WindowStore), then write every changed, fully confirmed user.
 
         One ``EVALSHA state.lua`` per user, all in one pipeline. Call it after every batch, also
         when nothing was decided (events applied without deciding a tick change the state too).
+
+        ``write=False`` (checkpointed writes): confirm only; the changed users stay dirty until
+        :meth:`checkpoint` writes them, so a user changed in many batches is written once.
 
         Raises:
             ValueError: a field name does not start with ``pol:``.
@@ -251,10 +255,25 @@ class RedisWindowStore:
                 del decided[u]
         self._dirty.update(users)
         self._touch(users)
+        if write:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write every changed, fully confirmed user (one pipeline; with ``defer_writes`` only sent:
+        :meth:`finish_write` settles it), then drop the cache if a rebalance asked for it, and evict.
+
+        Raises: as :meth:`confirm`.
+        """
         self._write()
         if self._invalidate_requested and self._all_written():
             self._drop_cache()
         self._evict()
+
+    @property
+    def unwritten_users(self) -> int:
+        """Users changed since the last write was sent (a checkpoint is due past the cache size:
+        dirty users are never evicted)."""
+        return len(self._dirty)
 
     def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:
         """The user's state as this store sees it: its copy if cached, else what Redis holds."""

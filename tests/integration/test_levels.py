@@ -140,7 +140,8 @@ def test_sigkill_mid_stream_and_restart_leaves_the_offline_final_levels(settings
     for u in updates:
         offline_values.setdefault(u.user_id, []).append(as_obj(u))
     replay(settings, artifacts)
-    proc = start_worker(settings, artifacts, "--batch-size", "10", env={"RISKSTREAM_COMMIT_INTERVAL_S": "0.02"})
+    fast = {"RISKSTREAM_COMMIT_INTERVAL_S": "0.02", "RISKSTREAM_CHECKPOINT_MS": "20"}  # a kill mid-stream
+    proc = start_worker(settings, artifacts, "--batch-size", "10", env=fast)
     try:
         sigkill_mid_stream(settings, proc)
         proc = start_worker(settings, artifacts, "--batch-size", "10")

@@ -221,7 +221,9 @@ def test_a_redis_pause_shorter_than_the_retry_bound_is_ridden_out(settings):
     try:
         rs.send_signal(signal.SIGSTOP)  # hangs every call (socket timeouts), keeps the data
         _publish(settings, "pause-user", 5, 10)
-        time.sleep(6)
+        # longer than the 5-s socket timeout plus the checkpoint interval (1 s: the write of these
+        # events may be sent that late into the pause), far below the retry bound (≈ 31 s)
+        time.sleep(9)
         rs.send_signal(signal.SIGCONT)
         _wait_committed(settings, proc, 10, timeout=90)
         assert proc.poll() is None

@@ -324,7 +324,8 @@ def test_sigkill_mid_stream_and_restart_gives_the_same_state_and_alerts(settings
     want = {a.alert_id for a in expected}
     replay(settings, artifacts)
     # small batches, committed often: the whole backlog takes the worker about a second
-    fast_commits = {"RISKSTREAM_COMMIT_INTERVAL_S": "0.02"}
+    # (and state checkpoints: offsets move in steps of the checkpoint interval, 1 s by default)
+    fast_commits = {"RISKSTREAM_COMMIT_INTERVAL_S": "0.02", "RISKSTREAM_CHECKPOINT_MS": "20"}
     proc = start_worker(settings, artifacts, "--batch-size", "10", env=fast_commits)
     try:
         sigkill_mid_stream(settings, proc)
@@ -442,7 +443,8 @@ def test_redis_sigkilled_mid_stream_and_restarted_from_its_aof_loses_nothing(set
     want = {a.alert_id for a in expected}
     rs = _durable_redis(port, tmp_path)
     replay(settings, artifacts)
-    env = {"RISKSTREAM_REDIS_URL": url, "RISKSTREAM_COMMIT_INTERVAL_S": "0.05"}
+    env = {"RISKSTREAM_REDIS_URL": url, "RISKSTREAM_COMMIT_INTERVAL_S": "0.05",
+           "RISKSTREAM_CHECKPOINT_MS": "50"}  # offsets move in steps of it: a kill mid-stream
     proc = start_worker(settings, artifacts, "--batch-size", "10", env=env)
     restarts = 0
     try:
@@ -476,3 +478,98 @@ def test_redis_sigkilled_mid_stream_and_restarted_from_its_aof_loses_nothing(set
     finally:
         rs.terminate()
         rs.wait(10)
+
+
+def _acked_but_not_in_redis(settings) -> list[tuple[str, int, int]]:
+    """Input messages below their partition's committed offset (acked) whose event the stored window
+    state of their user does not hold (per the user's offset fence: below its frontier or listed)."""
+    from stream.live.protocol import TopicPartition as Tp
+    from stream.live.protocol import encode_position
+    from stream.state.codec import _F_STATE, unpack_state
+
+    client = redis_client(settings)
+    store = RedisWindowStore(client, key_prefix=settings.key_prefix, ttl_s=settings.state_ttl_s,
+                             key_secret=settings.key_secret)
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id,
+                  "enable.auto.commit": False})
+    missing: list[tuple[str, int, int]] = []
+    fences: dict[str, dict[str, tuple[int, set[int]]]] = {}
+    try:
+        tps = [TopicPartition(t, p) for t in (settings.clicks_topic, settings.views_topic) for p in range(3)]
+        committed = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in c.committed(tps, timeout=10)}
+        reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.namespace}-fence",
+                           "enable.auto.commit": False})
+        try:
+            for (topic, p), upto in committed.items():
+                if not upto:
+                    continue
+                reader.assign([TopicPartition(topic, p, 0)])
+                seen = 0
+                while seen < upto:
+                    m = reader.poll(5)
+                    assert m is not None and not m.error(), "could not read back the input"
+                    seen += 1
+                    if m.offset() >= upto:
+                        break
+                    user = m.key().decode()
+                    if user not in fences:
+                        blob = client.hget(store.key_of(user), _F_STATE)
+                        fences[user] = {} if blob is None else unpack_state(blob)[2]
+                    frontier, above = fences[user].get(Tp(topic, p).fence_key, (0, set()))
+                    pos = encode_position(m.offset())
+                    if not (pos < frontier or pos in above):
+                        missing.append((topic, p, m.offset()))
+        finally:
+            reader.close()
+    finally:
+        c.close()
+        client.close()
+    return missing
+
+
+def test_sigkill_between_checkpoints_acks_nothing_unwritten_and_restart_gives_parity(settings, artifacts, tmp_path):
+    """Checkpoints every 5 s: the first half of the log is drained and checkpointed (acked), the
+    second half is processed but not checkpointed when the worker and its pipeline process are
+    SIGKILLed. No acked message is missing from the Redis state, and a restart (default interval)
+    re-applies the rest from the checkpoint: the offline alerts and state."""
+    expected, mem = offline(artifacts)
+    want = {a.alert_id for a in expected}
+    lines = artifacts["log"].read_bytes().splitlines(keepends=True)
+    halves = []
+    for i, part in enumerate((lines[:len(lines) // 2], lines[len(lines) // 2:])):
+        halves.append({**artifacts, "log": tmp_path / f"half{i}.jsonl"})
+        halves[-1]["log"].write_bytes(b"".join(part))
+    replay(settings, halves[0])
+    # never idle (no event late across the halves); acks at checkpoints only
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", "worker", "--namespace", settings.namespace,
+         "--model", str(artifacts["model"]), "--policy-config", str(artifacts["policy"]),
+         "--loglevel", "WARNING", "--idle-ms", "600000", "--batch-size", "10"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "RISKSTREAM_CHECKPOINT_MS": "5000",
+                       "RISKSTREAM_COMMIT_INTERVAL_S": "0.05"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _committed(settings, settings.group_id)[0] == 0:  # the first checkpoint, ≈ 5 s in
+            assert proc.poll() is None, stop(proc).decode()[-3000:]
+            assert time.monotonic() < deadline, "nothing committed"
+            time.sleep(0.05)
+        replay(settings, halves[1])
+        time.sleep(1.5)  # processed, well before the next checkpoint
+        done, end = _committed(settings, settings.group_id)
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker and its pipeline process: no write at exit
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert 0 < done < end, (done, end)
+    assert _acked_but_not_in_redis(settings) == []
+    proc = start_worker(settings, artifacts, "--batch-size", "10")
+    try:
+        got = published_alerts(settings, want, proc)
+        wait_drained(settings)
+    finally:
+        stop(proc)
+    assert_same_alerts(got, want)
+    assert_same_state(settings, mem)

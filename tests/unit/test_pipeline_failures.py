@@ -71,7 +71,7 @@ class FlakyStore(MemoryWindowStore):
 
 
 def _pipeline(store: FlakyStore) -> tuple[Pipeline, FakeProducer]:
-    s = load_settings(namespace="t", lateness_ms=0)
+    s = load_settings(namespace="t", lateness_ms=0, checkpoint_ms=0)  # a write every step (checkpoints: test_checkpoint.py)
     prod = FakeProducer()
     p = Pipeline(s, Detector(store, AlertPolicy(load_policy_config(None))), prod, store=store)  # type: ignore[arg-type]
     return p, prod
@@ -207,7 +207,7 @@ def test_an_unavailable_service_does_not_make_messages_suspect():
 
     ledger = MemoryPoisonLedger()
     store = FlakyStore(set(), fail_apply_on=1)
-    s = load_settings(namespace="t", lateness_ms=0)
+    s = load_settings(namespace="t", lateness_ms=0, checkpoint_ms=0)
     p = Pipeline(s, Detector(store, AlertPolicy(load_policy_config(None))), FakeProducer(),  # type: ignore[arg-type]
                  store=store, ledger=ledger)
     msg = (s.clicks_topic, 0, 0, b"a", encode_event(ev("a", at(0, 12), "click")))

@@ -81,6 +81,19 @@ class DeferredWriteStore(WindowStore, Protocol):
         """Settle the write in flight, if any (raises what the write would have raised)."""
         ...
 
+    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]], *, write: bool = True) -> None:
+        """``WindowStore.confirm``; ``write=False``: confirm only, the changes wait for :meth:`checkpoint`."""
+        ...
+
+    def checkpoint(self) -> None:
+        """Send a write of every changed, fully confirmed user (settled by :meth:`finish_write`)."""
+        ...
+
+    @property
+    def unwritten_users(self) -> int:
+        """Users changed since the last write was sent."""
+        ...
+
     def invalidate(self) -> None:
         """Drop the cached users at the next point where all changes are written (a rebalance)."""
         ...
