@@ -65,8 +65,9 @@ def test_one_of_two_pipeline_processes_sigkilled_mid_stream_exits_the_worker_and
     expected, mem = offline(artifacts)
     want = {a.alert_id for a in expected}
     replay(settings, artifacts)
+    # offsets move in steps of the checkpoint interval: short ones, so the kill comes mid-stream
     proc = start_worker(settings, artifacts, "--batch-size", "10",
-                        env={**TWO, "RISKSTREAM_COMMIT_INTERVAL_S": "0.02"})
+                        env={**TWO, "RISKSTREAM_COMMIT_INTERVAL_S": "0.02", "RISKSTREAM_CHECKPOINT_MS": "20"})
     try:
         kids = _children(proc, 2)
         deadline = time.monotonic() + 120
