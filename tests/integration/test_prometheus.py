@@ -183,8 +183,8 @@ def test_prometheus_scrapes_the_worker_and_loads_the_rules(settings, tmp_path: P
         groups = prom.wait("rules not evaluated", rules_ok, timeout=60)
         assert set(groups) == {"riskstream"}
         assert {r["name"] for r in groups["riskstream"] if r["type"] == "alerting"} == {
-            "RiskstreamWorkerDown", "RiskstreamLagGrowing", "RiskstreamDlqRateHigh", "RiskstreamLatencyP99High",
-            "RiskstreamRestarts"}
+            "RiskstreamWorkerDown", "RiskstreamAbsent", "RiskstreamLagGrowing", "RiskstreamDlqRateHigh",
+            "RiskstreamLatencyP99High", "RiskstreamRestarts"}
         assert all(not r.get("lastError") for g in groups.values() for r in g)
         # ... on the worker's real series: offset lag per topic back to 0, and 4 of the 25 input events
         # of phase 2 in the DLQ, far above 1 %: the DLQ alert goes pending (it needs 10 min to fire).
@@ -199,7 +199,7 @@ def test_prometheus_scrapes_the_worker_and_loads_the_rules(settings, tmp_path: P
         pending = prom.wait("the DLQ-share alert never went pending", dlq_alert, timeout=60)
         assert pending[0]["state"] == "pending" and pending[0]["labels"]["severity"] == "warning"
         assert not [a for a in _get_json(f"{prom.base}/api/v1/alerts")["data"]["alerts"]
-                    if a["labels"]["alertname"] == "RiskstreamWorkerDown"]
+                    if a["labels"]["alertname"] in ("RiskstreamWorkerDown", "RiskstreamAbsent")]
     finally:
         if prom_proc is not None:
             prom_proc.send_signal(signal.SIGTERM)

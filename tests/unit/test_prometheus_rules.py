@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
 RULES = RULES_DIR / "riskstream.rules.yml"
 RULE_TESTS = RULES_DIR / "tests" / "riskstream.test.yml"
-ALERTS = {"RiskstreamWorkerDown", "RiskstreamLagGrowing", "RiskstreamDlqRateHigh",
+ALERTS = {"RiskstreamWorkerDown", "RiskstreamAbsent", "RiskstreamLagGrowing", "RiskstreamDlqRateHigh",
           "RiskstreamLatencyP99High", "RiskstreamRestarts"}
 
 
