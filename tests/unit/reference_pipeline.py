@@ -1,6 +1,8 @@
 """REFERENCE ONLY (tests): the pipeline as it was before the columnar hand-off (an `Event`, a `_Meta`
 and a heap entry per event, `_Unapplied` queues), kept verbatim so that property tests can check the
-columnar `stream.live.pipeline.Pipeline` against it on random inputs. Not product code.
+columnar `stream.live.pipeline.Pipeline` against it on random inputs. Not product code. It inherits
+what did not change (producing alerts, levels and DLQ records, the delivery checks) from the
+current pipeline instead of a copy.
 
 The detector side of a live worker: decode, reorder, detect, publish, persist. No Faust here.
 
@@ -34,8 +36,6 @@ refuses for good is counted and skipped; a full producer queue is drained, not a
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import time
 from collections import deque
@@ -45,7 +45,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Producer
 
 from stream.core.alerts import alert_to_json
 from stream.core.detector import Detector, Outcome, Release
@@ -59,6 +59,7 @@ from stream.errors import (
     StaleStateError,
     StoreUnavailableError,
 )
+from stream.live.pipeline import Pipeline as _Current
 from stream.live.protocol import (
     BufferState,
     MsgId,
@@ -170,19 +171,11 @@ _Bad = tuple[Rejection, _Msg]  # an element the decoder refused, and its message
 _NO_KEY = Rejection(Reason.MISSING_KEY, "the message has no key (input messages are keyed by user_id)",
                     None, None, None)
 
-# Kafka refusals of a DLQ record that no retry or restart can cure: logged, counted, skipped (an
-# alert is never skipped: any error of an alert fails the step)
-_PERMANENT = frozenset({
-    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG,
-    KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError._INVALID_ARG,
-    KafkaError._BAD_MSG,
-})
-
 
 _position = attrgetter("tp", "position")  # an event's (fence key, position): one C call, not a Python one
 
 
-class Pipeline:
+class Pipeline(_Current):
     """Reorder buffers, detector and producer of the partitions a worker owns."""
 
     def __init__(self, settings: Settings, detector: Detector, producer: Producer, *,
@@ -445,78 +438,6 @@ class Pipeline:
         if self.store is not None:
             retry("redis write", self.store.finish_write, attempts=self.retry_attempts, base_s=0.1,
                   retriable=(StoreUnavailableError,), on_retry=self._retried)
-
-    def _produce_dlq(self, m: _Msg, rejections: list[dict[str, Any]]) -> None:
-        """One DLQ record for a message (docs/contracts.md §4): its rejections, its place, and its
-        first ``dlq_max_original_bytes`` bytes with the size and SHA-256 of the whole value.
-        ``dlq_keep_original=False``: nothing taken from the input (no bytes, details, event ids, and
-        no key: the record is keyed by nothing instead of the user id)."""
-        raw, cap, key = m.raw, self.s.dlq_max_original_bytes, m.key
-        if not self.s.dlq_keep_original:
-            cap, key = 0, None
-            rejections = [{**r, "detail": "", "event_id": None} for r in rejections]
-        first = rejections[0]
-        rec: dict[str, Any] = {
-            "v": 2, "reason": first["reason"], "detail": first["detail"], "index": first["index"],
-            "rejections": rejections,
-            "topic": m.id.topic, "partition": m.id.partition, "offset": m.id.offset,
-            "original_b64": base64.b64encode(raw[:cap]).decode(),
-            "original_size": len(raw),
-            "original_sha256": hashlib.sha256(raw).hexdigest(),
-            "original_truncated": len(raw) > cap,
-            "failed_at": int(time.time() * 1000),
-        }
-        counts = self._report.dlq
-        for r in rejections:
-            counts[r["reason"]] += 1
-        try:
-            self._produce(self.s.dlq_topic, key, orjson.dumps(rec))
-        except KafkaException as e:
-            err = e.args[0] if e.args else None
-            if not isinstance(err, KafkaError) or err.code() not in _PERMANENT:
-                raise
-            self._dlq_refused(err, m.id)
-
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        """Produce with back-pressure: a full local queue is drained (delivery reports served)
-        until it takes the record; ``BrokerUnavailableError`` if it stays full past the timeout."""
-        producer = self.producer
-        deadline = 0.0
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self.s.produce_timeout_s
-                elif now > deadline:
-                    raise BrokerUnavailableError(
-                        f"the producer queue stayed full for {self.s.produce_timeout_s} s") from None
-                producer.poll(0.05)
-        producer.poll(0)
-
-    def _dlq_refused(self, err: Any, where: Any) -> None:
-        log.error("Kafka refused a DLQ record for %s (%s): counted in riskstream_dlq_failed_total, skipped",
-                  where, err)
-        self._report.dlq_failed += 1
-
-    def _flush(self) -> None:
-        remaining = self.producer.flush(self.s.produce_timeout_s)
-        if remaining:
-            raise BrokerUnavailableError(
-                f"{remaining} alert/levels/DLQ records not acknowledged by Kafka within {self.s.produce_timeout_s} s")
-        if self._delivery_error is not None:
-            err, self._delivery_error = self._delivery_error, None
-            raise BrokerUnavailableError(f"Kafka refused an alert/levels/DLQ record: {err}")
-
-    def on_delivery(self, err: Any, msg: Any) -> None:
-        if err is None:
-            return
-        if msg is not None and msg.topic() == self.s.dlq_topic and err.code() in _PERMANENT:
-            self._dlq_refused(err, f"{msg.topic()} record of key {msg.key()!r}")
-            return
-        self._delivery_error = err
 
     def _account(self, releases: list[Release[_Meta]], outcome: Outcome[_Meta], dlq: list[_Bad]) -> None:
         """Count events done; a message is done when all of its events are."""
