@@ -255,6 +255,9 @@ class ReorderBuffer(_Watermarked, Generic[M]):
         return self.release()
 
 
+_MAX_CHUNKS = 64  # chunks a column buffer keeps before it merges them
+
+
 class ColumnReorderBuffer(_Watermarked):
     """:class:`ReorderBuffer` of event columns (the live worker): the same watermark, lateness,
     forced releases and canonical release order, without an object per event.
@@ -284,6 +287,16 @@ class ColumnReorderBuffer(_Watermarked):
             self._chunks = chunks = [(cols, meta)]
         return chunks[0]
 
+    def pending_times(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The buffered rows' event times and meta (arrival order), without copying the string
+        columns: what the watermark and the fence floors need."""
+        chunks = self._chunks
+        if len(chunks) == 1:
+            return chunks[0][0].ts, chunks[0][1]
+        if not chunks:
+            return np.empty(0, np.int64), np.empty((self.meta_rows, 0), np.int64)
+        return np.concatenate([c.ts for c, _ in chunks]), np.concatenate([m for _, m in chunks], axis=1)
+
     def push(self, input_name: str, cols: EventColumns, meta: NDArray[np.int64]) -> NDArray[np.intp]:
         """Buffer events of one input (at least one); returns the indices of the late ones (below
         the released frontier: not buffered)."""
@@ -309,8 +322,7 @@ class ColumnReorderBuffer(_Watermarked):
         """:meth:`ReorderBuffer.release`: the rows the watermark passed (and the forced ones), in
         canonical order, their meta, and the watermark."""
         wm = self.watermark()
-        cols, meta = self.pending()
-        ts = cols.ts
+        ts, _ = self.pending_times()
         out = ts < wm
         if wm > self.released_to:
             self.released_to = wm
@@ -329,13 +341,28 @@ class ColumnReorderBuffer(_Watermarked):
             out |= forced
             self.released_to = max(self.released_to, last + 1)
         if not out.any():
-            return cols.take(np.empty(0, np.intp)), meta[:, :0], max(wm, self.released_to)
-        idx = np.flatnonzero(out)
-        if len(idx) == len(ts):
-            self._chunks, self._n = [], 0
-        else:
-            keep = np.flatnonzero(~out)
-            self._chunks, self._n = [(cols.take(keep), meta[:, keep])], len(keep)
-        sel = cols.take(idx)
+            return EventColumns.concat([]), np.empty((self.meta_rows, 0), np.int64), max(wm, self.released_to)
+        # Per chunk, in arrival order: a chunk nothing left stays as it is (the rows still waiting
+        # are not copied again at every release: with a long lateness bound they are most rows)
+        taken: list[tuple[EventColumns, NDArray[np.int64]]] = []
+        kept: list[tuple[EventColumns, NDArray[np.int64]]] = []
+        start = 0
+        for cols, meta in self._chunks:
+            n = len(cols.ts)
+            o = out[start:start + n]
+            start += n
+            if o.all():
+                taken.append((cols, meta))
+            elif o.any():
+                i, k = np.flatnonzero(o), np.flatnonzero(~o)
+                taken.append((cols.take(i), meta[:, i]))
+                kept.append((cols.take(k), meta[:, k]))
+            else:
+                kept.append((cols, meta))
+        if len(kept) > _MAX_CHUNKS:  # many small chunks: one concatenation now and then
+            kept = [(EventColumns.concat([c for c, _ in kept]), np.concatenate([m for _, m in kept], axis=1))]
+        self._chunks, self._n = kept, len(ts) - int(out.sum())
+        sel = EventColumns.concat([c for c, _ in taken])
+        smeta = taken[0][1] if len(taken) == 1 else np.concatenate([m for _, m in taken], axis=1)
         order = canonical_order(sel.ts, sel.view, sel.event_ids)
-        return sel.take(order), meta[:, idx[order]], max(wm, self.released_to)
+        return sel.take(order), smeta[:, order], max(wm, self.released_to)

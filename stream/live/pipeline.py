@@ -423,12 +423,12 @@ class Pipeline:
         was applied above a waiting position (None: nothing)."""
         floor = dict(committed)
         force_to = None
-        bcols, bmeta = part.buffer.pending()
+        bts, bmeta = part.buffer.pending_times()
         if late is not None:
-            ts = np.concatenate([bcols.ts, late[0].ts])
+            ts = np.concatenate([bts, late[0].ts])
             meta = np.concatenate([bmeta, late[1]], axis=1)
         else:
-            ts, meta = bcols.ts, bmeta
+            ts, meta = bts, bmeta
         many = len(part.tracks) > 1
         keys = self._tp_keys
         for code, track in part.tracks.items():
