@@ -14,6 +14,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream.core import ordering
 from stream.core.detector import Detector
 from stream.core.events import Event
 from stream.core.ordering import ColumnReorderBuffer, ReorderBuffer
@@ -45,6 +46,37 @@ _op = st.one_of(
 @given(ops=st.lists(_op, max_size=40), lateness=st.sampled_from((0, 5_000, 20_000)),
        cap=st.sampled_from((3, 8, 1000)))
 def test_the_column_buffer_releases_what_the_heap_releases(ops: list, lateness: int, cap: int) -> None:
+    _same_releases(ops, lateness, cap)
+
+
+# pushes of few distinct times and ids: equal canonical keys, whose order is the arrival order
+_push_ties = st.tuples(st.sampled_from(("click", "view")),
+                       st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.integers(0, 1)),
+                                min_size=1, max_size=12))
+_op_ties = st.one_of(
+    st.tuples(st.just("push"), _push_ties),
+    st.tuples(st.just("advance"), st.integers(0, 3)),
+    st.tuples(st.just("idle"), st.tuples(st.sampled_from(("click", "view")), st.booleans())),
+    st.tuples(st.just("release"), st.one_of(st.none(), st.integers(-2, 2))),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.one_of(_op, _op_ties), max_size=40), lateness=st.sampled_from((0, 2, 5_000, 20_000)),
+       cap=st.sampled_from((3, 8, 1000)))
+def test_the_column_buffer_merging_its_chunks_releases_what_the_heap_releases(ops: list, lateness: int,
+                                                                              cap: int) -> None:
+    """The same with the buffer merging its waiting chunks whenever more than one waits (in
+    production only past 64, which these short runs rarely reach)."""
+    before = ordering._MAX_CHUNKS
+    ordering._MAX_CHUNKS = 1
+    try:
+        _same_releases(ops, lateness, cap)
+    finally:
+        ordering._MAX_CHUNKS = before
+
+
+def _same_releases(ops: list, lateness: int, cap: int) -> None:
     heap: ReorderBuffer[int] = ReorderBuffer(("click", "view"), lateness_ms=lateness, max_events=cap)
     cols = ColumnReorderBuffer(("click", "view"), lateness_ms=lateness, max_events=cap)
     t = T0
