@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from stream.core.alerts import Alert, alert_to_json
 from stream.core.detector import Detector, Stats
-from stream.core.events import Event, EventTuple, Reason, decode_message_tuples
+from stream.core.events import Event, EventLists, Reason, decode_message_into
 from stream.core.levels import LevelsRecord, LevelsUpdate, levels_to_json
 from stream.core.ordering import canonical_order, tick_ceil
 from stream.core.policy import AlertPolicy, PolicyConfig
@@ -64,7 +64,7 @@ def decode_log(path: str | Path, summary: Summary, *, now_ms: int | None = None,
                progress: bool = False) -> EventColumns:
     """Decode a log into event columns; invalid lines are counted in ``summary.invalid``."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    events: list[EventTuple] = []
+    events = EventLists()
     invalid = summary.invalid
     lines = 0
     # Decoding allocates millions of small acyclic objects; the cyclic garbage collector would
@@ -77,12 +77,11 @@ def decode_log(path: str | Path, summary: Summary, *, now_ms: int | None = None,
             for line in tqdm(iter_lines(f), desc="decode", unit=" lines", disable=not progress,
                              mininterval=0.5, leave=False):
                 lines += 1
-                good, bad = decode_message_tuples(line, topic_type=None, key=None, now_ms=now)
-                events += good
+                _, bad = decode_message_into(line, topic_type=None, key=None, now_ms=now, out=events)
                 for r in bad:
                     invalid[str(r.reason)] += 1
         summary.lines += lines
-        cols = EventColumns.from_tuples(events)
+        cols = EventColumns.from_lists(events)
         del events
     finally:
         if was_enabled:

@@ -245,9 +245,9 @@ class Detector:
                 parts.append(self._apply_release_columns(rel, out))  # type: ignore[arg-type]
             else:
                 parts.append(self._apply(rel, position, out))
-        snaps = Snapshots.concat(parts)
-        if len(snaps):
-            self._evaluate(snaps, out)
+        parts = [p for p in parts if len(p)]
+        if parts:
+            self._evaluate(parts, out)
         return out
 
     def process_columns(self, cols: EventColumns, watermark_ms: int) -> tuple[Outcome[Any], NDArray[np.intp]]:
@@ -263,7 +263,7 @@ class Detector:
         res = self.store.apply_columns(cols, watermark_ms)
         out.applied = len(cols) - len(res.too_late)
         if len(res.snapshots):
-            self._evaluate(res.snapshots, out)
+            self._evaluate([res.snapshots], out)
         return out, res.too_late
 
     def _apply(self, rel: Release[M], position: Position[M] | None, out: Outcome[M]) -> Snapshots:
@@ -409,11 +409,24 @@ class Detector:
                 self.store.confirm(outcome.confirm, write=False)  # type: ignore[call-arg]
 
     # -- evaluation -------------------------------------------------------------------------------
-    def _evaluate(self, snaps: Snapshots, out: Outcome[Any]) -> None:
-        x, rules = F.compute_arrays(snaps.rings, snaps.scalars, snaps.tick_end)
+    def _evaluate(self, parts: Sequence[Snapshots], out: Outcome[Any]) -> None:
+        """Score and decide the snapshots of ``parts`` (one per store call) as one batch.
+
+        The features are computed part by part and only they are joined: the window rings (2.5 KB
+        a row) are never copied into one array (measured: 0.6 µs per event with uploads)."""
+        if len(parts) == 1:
+            snaps = parts[0]
+            x, rules = F.compute_arrays(snaps.rings, snaps.scalars, snaps.tick_end)
+        else:
+            computed = [F.compute_arrays(p.rings, p.scalars, p.tick_end) for p in parts]
+            x = np.concatenate([c[0] for c in computed])
+            rules = F.RuleArrays(*(np.concatenate([getattr(c[1], f) for c in computed])
+                                   for f in F.RuleArrays.__slots__))
+            snaps = _Rows([u for p in parts for u in p.user_ids], np.concatenate([p.tick_end for p in parts]),
+                          [b for p in parts for b in p.age_bands])
         if self.tap is not None:
-            self.tap(snaps, x, rules)
-        n = len(snaps)
+            self.tap(snaps if isinstance(snaps, Snapshots) else Snapshots.concat(parts), x, rules)
+        n = len(snaps.user_ids)
         out.evaluations += n
         scores: list[float | None] = [None] * n
         model_version: str | None = None
@@ -493,6 +506,15 @@ class Detector:
                 if t > last_tick.get(u, -1):
                     last_tick[u] = t
             out.confirm = {u: (last_tick[u], states[u].to_fields()) for u in users}
+
+
+@dataclass(slots=True)
+class _Rows:
+    """What :meth:`Detector._evaluate` reads of snapshots besides their features."""
+
+    user_ids: list[str]
+    tick_end: NDArray[np.int64]
+    age_bands: list[str | None]
 
 
 def _num(v: Any) -> float:

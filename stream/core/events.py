@@ -35,12 +35,14 @@ Check order, first failure wins:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
+from msgspec import Meta
 
 __all__ = [
     "CATEGORIES",
@@ -52,8 +54,10 @@ __all__ = [
     "Event",
     "Reason",
     "Rejection",
+    "EventLists",
     "EventTuple",
     "decode_message",
+    "decode_message_into",
     "decode_message_tuples",
     "encode_event",
 ]
@@ -159,6 +163,137 @@ def decode_message_tuples(
 ) -> tuple[list[EventTuple], list[Rejection]]:
     """:func:`decode_message`, but valid events come back as :data:`EventTuple` (no objects built)."""
     return _decode_message(raw, topic_type, key, now_ms, _make_tuple)
+
+
+@dataclass(slots=True)
+class EventLists:
+    """Valid events as parallel lists in :class:`Event` field order (without ``item_id`` and
+    ``session_id``, which nothing downstream keeps): the columns of
+    :class:`~stream.core.windows.types.EventColumns` before they become arrays."""
+
+    user_ids: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    dwell: list[int] = field(default_factory=list)
+    tz: list[int | None] = field(default_factory=list)
+    bands: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def extend_tuples(self, events: list[EventTuple]) -> None:
+        if events:
+            user, ts, etype, event_id, category, dwell, tz, band, _, _ = zip(*events)
+            self.user_ids += user
+            self.ts += ts
+            self.types += etype
+            self.event_ids += event_id
+            self.categories += category
+            self.dwell += dwell
+            self.tz += tz
+            self.bands += band
+
+
+def decode_message_into(raw: bytes, *, topic_type: str | None, key: bytes | None, now_ms: int,
+                        out: EventLists) -> tuple[int, list[Rejection]]:
+    """:func:`decode_message`, the valid events appended to ``out``: (how many, the rejections).
+
+    A batch envelope whose every element is a valid event with only contract fields (the common
+    case) is decoded by a typed decoder (msgspec) straight into the lists. Anything else — a bad
+    element, an unknown field, a one-event message — goes through :func:`decode_message`'s own
+    checks, so the result (events, rejections and their details) is always exactly that of
+    :func:`decode_message` (pinned by a differential property test, tests/unit/test_fast_decode.py).
+    """
+    if len(raw) <= MAX_MESSAGE_BYTES and b'"events"' in raw:
+        n = _decode_envelope_fast(raw, topic_type, key, now_ms, out)
+        if n:
+            return n, []
+    events, rejections = _decode_message(raw, topic_type, key, now_ms, _make_tuple)
+    out.extend_tuples(events)
+    return len(events), rejections
+
+
+# The fast path's shape of a valid event: every contract field typed and bounded as the checks of
+# _decode_event bound it, unknown fields refused (the contract ignores them: those messages take the
+# slow path, which does; this decoder then never skips a value, so it can never accept JSON that
+# orjson refuses, e.g. a number overflowing a double or nesting deeper than orjson's limit).
+_Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+class _FastEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    event_id: _Id
+    user_id: _Id
+    ts: int | str
+    type: Literal["click", "view"]
+    dwell_ms: Annotated[int, Meta(ge=0, le=MAX_DWELL_MS)] | None = None
+    category: Annotated[str, Meta(max_length=MAX_CATEGORY_CHARS)] | None = None
+    item_id: Annotated[str, Meta(max_length=MAX_ITEM_ID_CHARS)] | None = None
+    session_id: str | None = None
+    tz_offset_min: Annotated[int, Meta(ge=-MAX_TZ_OFFSET_MIN, le=MAX_TZ_OFFSET_MIN)] | None = None
+    age_band: Annotated[str, Meta(max_length=MAX_AGE_BAND_CHARS)] | None = None
+    v: Literal[1] | None = None
+
+
+class _FastEnvelope(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    events: Annotated[list[_FastEvent], Meta(min_length=1, max_length=MAX_BATCH_EVENTS)]
+    v: Literal[1] | None = None
+
+
+_decode_envelope = msgspec.json.Decoder(_FastEnvelope).decode
+_MsgspecError = msgspec.DecodeError  # ValidationError is a subclass
+# category as sent -> canonical name; None (absent or null) -> "other"; anything else: the slow path's rule
+_CATEGORY_FAST: dict[str | None, str] = {**_CANONICAL_CATEGORY, None: "other"}
+
+
+def _decode_envelope_fast(raw: bytes, topic_type: str | None, key: bytes | None, now_ms: int,
+                          out: EventLists) -> int:
+    """Append an envelope of valid events to ``out`` and return their number; 0 (nothing appended)
+    when any check of :func:`_decode_event` might refuse something: the caller then decodes it the
+    slow way. Every check here is one of those, done per list in C (counts, min/max, lookups)."""
+    try:
+        evs = _decode_envelope(raw).events
+    except _MsgspecError:
+        return 0
+    n = len(evs)
+    users = [e.user_id for e in evs]
+    key_user = None if key is None else key.decode("utf-8", "surrogateescape")
+    if key_user is not None and users.count(key_user) != n:
+        return 0
+    types = [e.type for e in evs]
+    if topic_type is not None and types.count(topic_type) != n:
+        return 0
+    ts = [e.ts for e in evs]
+    if list(map(type, ts)).count(int) != n:  # RFC 3339 strings among them
+        ts = [t if type(t) is int else _parse_rfc3339_ms(t) for t in ts]  # type: ignore[arg-type]
+        if None in ts:
+            return 0
+    if min(ts) < MIN_TS_MS or max(ts) > now_ms + MAX_FUTURE_MS:
+        return 0
+    dwell: list[Any] = [e.dwell_ms for e in evs]
+    if topic_type == "click":
+        dwell = [0] * n
+    elif topic_type == "view":
+        if None in dwell:
+            return 0
+    else:
+        dwell = [(-1 if d is None else d) if t == "view" else 0 for t, d in zip(types, dwell)]
+        if -1 in dwell:
+            return 0
+    categories: list[Any] = list(map(_CATEGORY_FAST.get, [e.category for e in evs]))
+    if None in categories:  # not canonical as sent: the slow path's rule (case-folded, else "other")
+        categories = [c if c is not None else _CANONICAL_CATEGORY.get(e.category.lower(), "other")  # type: ignore[union-attr]
+                      for c, e in zip(categories, evs)]
+    out.user_ids += users
+    out.ts += ts
+    out.types += types
+    out.event_ids += [e.event_id for e in evs]
+    out.categories += categories
+    out.dwell += dwell
+    out.tz += [e.tz_offset_min for e in evs]
+    out.bands += [e.age_band for e in evs]
+    return n
 
 
 def _decode_message(raw: bytes, topic_type: str | None, key: bytes | None, now_ms: int,

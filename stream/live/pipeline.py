@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 
 from stream.core.alerts import alert_to_json
 from stream.core.detector import ColumnRelease, Detector, Outcome
-from stream.core.events import EventTuple, Reason, Rejection, decode_message_tuples
+from stream.core.events import EventLists, Reason, Rejection, decode_message_into
 from stream.core.layout import TICK_MS
 from stream.core.levels import levels_to_json
 from stream.core.ordering import NO_WATERMARK, ColumnReorderBuffer
@@ -127,7 +127,7 @@ class _Partition:
 class _Staged:
     """A step's valid events of one partition and input, before they go into the reorder buffer."""
 
-    rows: list[EventTuple] = field(default_factory=list)
+    rows: EventLists = field(default_factory=EventLists)
     counts: list[int] = field(default_factory=list)  # per message: events, number, first position,
     nos: list[int] = field(default_factory=list)     # fence key code, first arrival number
     bases: list[int] = field(default_factory=list)
@@ -144,7 +144,7 @@ class _Staged:
         meta[_POS] = np.repeat(np.array(self.bases, np.int64), counts) + within
         meta[_TP] = np.repeat(np.array(self.codes, np.int64), counts)
         meta[_ARRIVAL] = np.repeat(np.array(self.arrivals, np.int64), counts) + within
-        return EventColumns.from_tuples(self.rows), meta
+        return EventColumns.from_lists(self.rows), meta
 
 
 _Bad = tuple[Rejection, _Msg]  # an element the decoder refused, and its message
@@ -314,13 +314,15 @@ class Pipeline:
         now_ms = step.now_ms
         for topic, p, off, key, raw in messages:
             kind = inputs.get(topic)
-            events: list[EventTuple]
+            st = staged.get((p, kind or "click"))
+            if st is None:
+                st = staged[(p, kind or "click")] = _Staged()
+            n: int
             bad: list[Rejection]
             if key is None:  # the contract keys every input message by its user id (docs/contracts.md §1)
-                events, bad = [], [_NO_KEY]
-            else:
-                events, bad = decode_message_tuples(raw, topic_type=kind, key=key, now_ms=now_ms)
-            n = len(events)
+                n, bad = 0, [_NO_KEY]
+            else:  # the valid events go straight into the staged columns
+                n, bad = decode_message_into(raw, topic_type=kind, key=key, now_ms=now_ms, out=st.rows)
             m = _Msg((topic, p, off), n + len(bad), raw, key)
             for r in bad:
                 dlq.append((r, m))
@@ -341,10 +343,6 @@ class Pipeline:
             if base <= track.last:
                 track.low = base if track.low is None else min(track.low, base)
             track.last = max(track.last, base + n - 1)
-            st = staged.get((p, kind or "click"))
-            if st is None:
-                st = staged[(p, kind or "click")] = _Staged()
-            st.rows += events
             st.counts.append(n)
             st.nos.append(m.no)
             st.bases.append(base)
@@ -354,6 +352,8 @@ class Pipeline:
         self._next_no = no
         late_parts: dict[int, list[tuple[EventColumns, NDArray[np.int64]]]] = {}
         for (p, kind), st in staged.items():
+            if not st.counts:  # only rejected messages
+                continue
             cols, meta = st.columns()
             lost = self.parts[p].buffer.push(kind, cols, meta)
             if len(lost):

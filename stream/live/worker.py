@@ -36,7 +36,7 @@ import logging
 import os
 import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -82,6 +82,11 @@ log = logging.getLogger("riskstream.worker")
 EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL: a supervisor should restart us
 EXIT_SECURITY = 77  # EX_NOPERM: credentials or TLS trust refused; a restart alone will not help
 BACKLOG_BATCHES = 4  # a backlog this many full batches long is a catch-up: fill batches to batch_size
+# Steps handed to the pipeline that the agent does not wait for. The pipeline answers a step only
+# after it has computed the next one (its state write settles meanwhile: link.serve), so with one
+# step ahead the agent waited for that answer instead of gathering, and the pipeline then waited for
+# the next batch; with two ahead one is always queued while the agent gathers the next.
+STEPS_AHEAD = 2
 FETCH_FRESH_MS = 5_000  # an input is caught up only if its leader answered a fetch this recently
 KAFKA_PROBE_S = 5.0  # a metadata request this often (waiting at most this long) tells whether Kafka answers
 REDIS_MEMORY_S = 15.0  # Redis' INFO memory is sampled this often into riskstream_redis_used_memory_bytes
@@ -527,15 +532,14 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
         stream.enable_acks = False  # a message is acked when the pipeline reports it done
         channel = stream.channel
         await engine.link.connect()
-        pending: asyncio.Future[None] | None = None
+        pending: deque[asyncio.Future[None]] = deque()
         try:
             async for _ in stream:
                 ready = engine.add(stream.current_event, more=not channel.empty())
                 if ready:
-                    step = engine.submit(ready)
-                    if pending is not None:  # one step running, one waiting; Faust consumes meanwhile
-                        await pending
-                    pending = step
+                    pending.append(engine.submit(ready))
+                    if len(pending) > STEPS_AHEAD:  # see STEPS_AHEAD; Faust consumes meanwhile
+                        await pending.popleft()
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # noqa: BLE001 - a dead agent must not leave a live process

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream.core import layout as L
-from stream.core.events import CATEGORIES, Event, EventTuple, Reason
+from stream.core.events import CATEGORIES, Event, EventLists, EventTuple, Reason
 
 __all__ = [
     "CATEGORY_CODE",
@@ -210,22 +210,28 @@ class EventColumns:
     @classmethod
     def from_tuples(cls, events: Sequence[EventTuple]) -> EventColumns:
         """Columns from :func:`stream.core.events.decode_message_tuples` output (never late)."""
-        n = len(events)
+        lists = EventLists()
+        lists.extend_tuples(list(events))
+        return cls.from_lists(lists)
+
+    @classmethod
+    def from_lists(cls, ev: EventLists) -> EventColumns:
+        """Columns from :func:`stream.core.events.decode_message_into` output (never late)."""
+        n = len(ev)
         if n == 0:
             return cls.from_events([])
-        user, ts, etype, event_id, category, dwell, tz, band, _, _ = zip(*events)
-        bands = list(band)
+        tz = ev.tz
         return cls(
-            ts=np.fromiter(ts, np.int64, n),
-            view=np.fromiter(map(_VIEW.__eq__, etype), np.int8, n),
-            dwell=np.fromiter(dwell, np.int64, n),
-            cat=np.fromiter(map(CATEGORY_CODE.__getitem__, category), np.int64, n),
-            tz=np.fromiter((TZ_ABSENT if t is None else t for t in tz), np.int64, n),
-            has_band=np.fromiter(map(_NOT_NONE, bands), np.int8, n),
+            ts=np.fromiter(ev.ts, np.int64, n),
+            view=np.fromiter(map(_VIEW.__eq__, ev.types), np.int8, n),
+            dwell=np.fromiter(ev.dwell, np.int64, n),
+            cat=np.fromiter(map(CATEGORY_CODE.__getitem__, ev.categories), np.int64, n),
+            tz=np.fromiter((TZ_ABSENT if t is None else t for t in tz) if None in tz else tz, np.int64, n),
+            has_band=np.fromiter(map(_NOT_NONE, ev.bands), np.int8, n),
             late=np.zeros(n, np.int8),
-            bands=bands,
-            user_ids=list(user),
-            event_ids=list(event_id),
+            bands=ev.bands,
+            user_ids=ev.user_ids,
+            event_ids=ev.event_ids,
         )
 
     @classmethod
