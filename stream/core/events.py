@@ -200,18 +200,32 @@ def decode_message_into(raw: bytes, *, topic_type: str | None, key: bytes | None
                         out: EventLists) -> tuple[int, list[Rejection]]:
     """:func:`decode_message`, the valid events appended to ``out``: (how many, the rejections).
 
-    A batch envelope whose every element is a valid event with only contract fields (the common
-    case) is decoded by a typed decoder (msgspec) straight into the lists. Anything else — a bad
-    element, an unknown field, a one-event message — goes through :func:`decode_message`'s own
+    A single event or a batch envelope whose every element is a valid event with only contract
+    fields (the common case) is decoded by a typed decoder (msgspec) straight into the lists.
+    Anything else — a bad element, an unknown field, an RFC 3339 time in a single event — goes through :func:`decode_message`'s own
     checks, so the result (events, rejections and their details) is always exactly that of
     :func:`decode_message` (pinned by a differential property test, tests/unit/test_fast_decode.py).
     """
-    if len(raw) <= MAX_MESSAGE_BYTES and b'"events"' in raw:
-        n = _decode_envelope_fast(raw, topic_type, key, now_ms, out)
-        if n:
-            return n, []
+    if len(raw) <= MAX_MESSAGE_BYTES:
+        if b'"events"' in raw:
+            n = _decode_envelope_fast(raw, topic_type, key, now_ms, out)
+            if n:
+                return n, []
+        elif _decode_one_fast(raw, topic_type, key, now_ms, out):
+            return 1, []
     events, rejections = _decode_message(raw, topic_type, key, now_ms, _make_tuple)
-    out.extend_tuples(events)
+    if len(events) == 1:  # one event per message (or per log line): no zip
+        user, ts, etype, event_id, category, dwell, tz, band, _, _ = events[0]
+        out.user_ids.append(user)
+        out.ts.append(ts)
+        out.types.append(etype)
+        out.event_ids.append(event_id)
+        out.categories.append(category)
+        out.dwell.append(dwell)
+        out.tz.append(tz)
+        out.bands.append(band)
+    elif events:
+        out.extend_tuples(events)
     return len(events), rejections
 
 
@@ -242,9 +256,43 @@ class _FastEnvelope(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 _decode_envelope = msgspec.json.Decoder(_FastEnvelope).decode
+_decode_one = msgspec.json.Decoder(_FastEvent).decode
 _MsgspecError = msgspec.DecodeError  # ValidationError is a subclass
 # category as sent -> canonical name; None (absent or null) -> "other"; anything else: the slow path's rule
 _CATEGORY_FAST: dict[str | None, str] = {**_CANONICAL_CATEGORY, None: "other"}
+
+
+def _decode_one_fast(raw: bytes, topic_type: str | None, key: bytes | None, now_ms: int, out: EventLists) -> bool:
+    """:func:`_decode_envelope_fast` for a message of one event (no envelope): True if appended."""
+    try:
+        e = _decode_one(raw)
+    except _MsgspecError:
+        return False
+    ts = e.ts
+    if type(ts) is not int or ts < MIN_TS_MS or ts > now_ms + MAX_FUTURE_MS:
+        return False  # (an RFC 3339 time: the slow path parses it)
+    etype = e.type
+    if topic_type is not None and etype != topic_type:
+        return False
+    if key is not None and e.user_id != key.decode("utf-8", "surrogateescape"):
+        return False
+    dwell = e.dwell_ms
+    if etype != "view":
+        dwell = 0
+    elif dwell is None:
+        return False
+    category = _CATEGORY_FAST.get(e.category)
+    if category is None:  # not canonical as sent: the slow path's rule
+        category = _CANONICAL_CATEGORY.get(e.category.lower(), "other")  # type: ignore[union-attr]
+    out.user_ids.append(e.user_id)
+    out.ts.append(ts)
+    out.types.append(etype)
+    out.event_ids.append(e.event_id)
+    out.categories.append(category)
+    out.dwell.append(dwell)
+    out.tz.append(e.tz_offset_min)
+    out.bands.append(e.age_band)
+    return True
 
 
 def _decode_envelope_fast(raw: bytes, topic_type: str | None, key: bytes | None, now_ms: int,

@@ -41,7 +41,9 @@ def _check(raw: bytes, topic_type: str | None, key: bytes | None) -> int:
 
 
 def _fast(raw: bytes, topic_type: str | None, key: bytes | None) -> int:
-    return E._decode_envelope_fast(raw, topic_type, key, NOW, EventLists())
+    if b'"events"' in raw:
+        return E._decode_envelope_fast(raw, topic_type, key, NOW, EventLists())
+    return int(E._decode_one_fast(raw, topic_type, key, NOW, EventLists()))
 
 
 # -- values: mostly valid, with every kind of near miss ----------------------------------------------
@@ -130,8 +132,15 @@ def test_odd_envelopes_decode_as_the_checks_decode(raw: bytes, topic: str | None
     _check(raw, topic, b"u2" if keyed else None)
 
 
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obj=st.one_of(event_objects(valid_bias=True), event_objects(valid_bias=False)),
+       topic=st.sampled_from(TOPICS), keyed=st.booleans())
+def test_single_events_decode_as_the_checks_decode(obj: dict[str, object], topic: str | None, keyed: bool) -> None:
+    _check(_dumps(obj), topic, b"u1" if keyed else None)
+
+
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=envelopes(valid_bias=True), data=st.data())
+@given(raw=st.one_of(envelopes(valid_bias=True), event_objects(valid_bias=True).map(_dumps)), data=st.data())
 def test_byte_mutations_decode_as_the_checks_decode(raw: bytes, data: st.DataObject) -> None:
     """Syntax the two JSON parsers might judge differently: bytes inserted, deleted or replaced."""
     b = bytearray(raw)
@@ -181,6 +190,13 @@ PINNED = [
     b'{"event_id":"e","user_id":"u1","ts":1767225500000,"type":"click","events":[]}',
     b'{"events":[{"event_id":"e","user_id":"u1","ts":1767225500000,"type":"click","events":1}]}',
     b'{"events":[]}', b'{"events":null}', b'{"events":{}}', b"[]", b'"events"',
+    # single events: valid, with an unknown field, an RFC 3339 time, a non-canonical category
+    b'{"event_id":"e","user_id":"u1","ts":1767225500000,"type":"view","dwell_ms":5,"category":"news"}',
+    b'{"event_id":"e","user_id":"u1","ts":1767225500000,"type":"click","app":"x"}',
+    b'{"event_id":"e","user_id":"u1","ts":"2025-01-01T10:00:00Z","type":"click"}',
+    b'{"event_id":"e","user_id":"u1","ts":1767225500000,"type":"click","category":"NEWS"}',
+    b'{"event_id":"e","user_id":"u1","ts":1767225500000,"type":"view"}',
+    b'{"event_id":"e","user_id":"u1","ts":1767225500000,"type":"click","\\u0065vents":1}',
     # a view without its dwell, a click with one out of range, 1,000 and 1,001 elements
     b'{"events":[{"event_id":"e","user_id":"u1","ts":1767225500000,"type":"view"}]}',
     b'{"events":[{"event_id":"e","user_id":"u1","ts":1767225500000,"type":"click","dwell_ms":-1}]}',
@@ -214,6 +230,9 @@ def test_the_fast_path_takes_valid_contract_envelopes() -> None:
     assert _fast(views, None, None) == 2 == _check(views, None, None)
     assert _fast(orjson.dumps({"events": clicks}), "click", b"u1") == 1
     assert _fast(orjson.dumps({"events": events + clicks}), None, None) == 3
+    assert _fast(orjson.dumps(events[0]), "view", b"u1") == 1 == _check(orjson.dumps(events[0]), "view", b"u1")
+    assert _fast(orjson.dumps(clicks[0]), None, None) == 1 == _check(orjson.dumps(clicks[0]), None, None)
+    assert _fast(orjson.dumps(events[1]), "view", b"u1") == 0  # one event with an RFC 3339 time: the slow path
     for refused in ({"events": events, "sent_at": 1}, {"events": [{**events[0], "app": "x"}]},
                     {"events": events, "v": 2}, {"events": [{**events[0], "ts": NOW + E.MAX_FUTURE_MS + 1}]}):
         raw = orjson.dumps(refused)
