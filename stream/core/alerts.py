@@ -142,6 +142,10 @@ def rule_text(name: str, value: float, threshold: float | str) -> str:
         return f"{_clock(value)} local time, the curfew night ({threshold}) is over"
     if name == "today_active_min":
         return f"{value:.0f} min today, cap {threshold:g}" if not isinstance(threshold, str) else f"{value:.0f} min today"
+    if name == "day_over":
+        return "a new local day: the daily cap is reset"
+    if name == "session_over_min":
+        return f"the {value:.0f}-min session is over"
     if name == "session_min":
         return (f"{value:.0f} min without a break, limit {threshold:g}" if not isinstance(threshold, str)
                 else f"{value:.0f} min without a break")

@@ -12,7 +12,7 @@ import pytest
 from stream.core.alerts import Alert, alert_id
 from stream.core.events import encode_event
 from stream.core.levels import Level, decode_levels, encode_levels, fold, levels_to_json
-from stream.core.policy import PolicyState
+from stream.core.policy import PolicyState, load_policy_config
 from stream.offline import build_detector, decode_log, final_levels, run_detector, score_log, Summary
 from tests.contracts import assert_valid_levels
 from tests.eventgen import at, ev
@@ -114,3 +114,30 @@ def test_riskstream_score_levels_out_writes_each_users_final_value(tmp_path: Pat
     ups: list = []
     run_detector(decode_log(log, Summary()), det, lambda a: None, Summary(), emit_levels=ups.append)
     assert [orjson.loads(levels_to_json(r) or b"") for _, r in sorted(final_levels(ups).items())] == written
+
+
+def test_daily_cap_and_continuous_use_leave_the_levels_when_their_day_and_session_are_over(tmp_path: Path) -> None:
+    """A 13-15-year-old uses the platform 70 min without a break one afternoon (cap 60 min, break
+    after 45), then briefly the next morning: the one-shot rule kinds are listed, then cleared."""
+    day0 = [ev("teen", at(0, 15, m, s), "view", dwell_ms=20_000, age_band="13-15")
+            for m in range(70) for s in (0, 20, 40)]
+    day1 = [ev("teen", at(1, 9, m), "view", dwell_ms=20_000, age_band="13-15") for m in range(3)]
+    log = tmp_path / "teen.jsonl"
+    log.write_bytes(b"".join(encode_event(e) + b"\n" for e in day0 + day1))
+    out, levels = io.BytesIO(), io.BytesIO()
+    score_log(log, out, policy_config=load_policy_config(None), scorer=None, levels_out=levels)  # the shipped rules
+    alerts = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    seen = [(a["kind"], a["level"], a["event_time"][:10]) for a in alerts if a["kind"].startswith("rule:")]
+    d0, d1 = (orjson.loads(encode_event(e))["ts"] for e in (day0[0], day1[0]))
+    assert ("rule:daily_cap", "high", _date(d0)) in seen
+    assert ("rule:continuous_use", "elevated", _date(d0)) in seen
+    assert ("rule:daily_cap", "cleared", _date(d1)) in seen
+    assert ("rule:continuous_use", "cleared", _date(d1)) in seen
+    final = [assert_valid_levels(line) for line in levels.getvalue().splitlines()]
+    assert all(not set(r["levels"]) & {"rule:daily_cap", "rule:continuous_use"} for r in final), final
+
+
+def _date(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date().isoformat()

@@ -361,8 +361,31 @@ def test_daily_cap_fires_once_per_local_day() -> None:
     assert ds[0].details == {"profile": "young_teen", "daily_cap_min": 60, "local_day": 19_675}
     assert policy.decide(state, ev(2, age_band=teen, today_active_min=75.0)) == []
     assert policy.decide(state, ev(300, age_band=teen, today_active_min=200.0)) == []
-    next_day = ev(1440, age_band=teen, today_active_min=61.0, local_day=19_676)
-    assert kinds(policy.decide(state, next_day)) == ["rule:daily_cap"]
+    # the next local day: the last day's alert clears (risk.levels drops the kind) at the first
+    # evaluation, and the cap may fire again that day, once
+    next_day = ev(1440, age_band=teen, today_active_min=2.0, local_day=19_676)
+    ds = policy.decide(state, next_day)
+    assert [(d.kind, d.level) for d in ds] == [("rule:daily_cap", "cleared")]
+    assert ds[0].reasons == (("day_over", 19_676, 19_675),)
+    assert ds[0].details == {"profile": "young_teen", "daily_cap_min": 60, "local_day": 19_675}
+    assert policy.decide(state, ev(1441, age_band=teen, today_active_min=3.0, local_day=19_676)) == []
+    ds = policy.decide(state, ev(1500, age_band=teen, today_active_min=61.0, local_day=19_676))
+    assert [(d.kind, d.level) for d in ds] == [("rule:daily_cap", "high")]
+    # an evaluation the day after that finds the cap reached at once: cleared, then the new day's alert
+    ds = policy.decide(state, ev(2880, age_band=teen, today_active_min=61.0, local_day=19_677))
+    assert [(d.kind, d.level) for d in ds] == [("rule:daily_cap", "cleared"), ("rule:daily_cap", "high")]
+    assert len({d.alert_id for d in ds}) == 2
+
+
+def test_a_state_stored_before_cleared_cap_alerts_clears_its_cap_day() -> None:
+    """pol:cap_open did not exist before: a stored cap day is an alert never cleared."""
+    fields = PolicyState(cap_day=19_675, cap_open=True).to_fields()
+    del fields["pol:cap_open"]
+    old = PolicyState.from_fields(fields)
+    assert old.cap_open
+    ds = rules_policy().decide(old, ev(1440, age_band="13-15", today_active_min=1.0, local_day=19_676))
+    assert [(d.kind, d.level) for d in ds] == [("rule:daily_cap", "cleared")]
+    assert not PolicyState.from_fields({**fields, "pol:cap_day": ""}).cap_open
 
 
 def test_older_teen_cap_is_two_hours() -> None:
@@ -382,8 +405,12 @@ def test_continuous_use_fires_once_per_session_and_again_in_a_new_one() -> None:
         for d in policy.decide(state, ev(i, age_band=child, session_min=s)):
             got.append((i, d.kind, d.reasons))
     assert got == [(20, "rule:continuous_use", (("session_min", 30.0, 30),))]
-    # A new session starts (length drops): it gets its own alert at 30 min.
-    assert policy.decide(state, ev(200, age_band=child, session_min=1.0)) == []
+    # A new session starts (length drops): the last one's alert clears, and the new session gets
+    # its own alert at 30 min.
+    ds = policy.decide(state, ev(200, age_band=child, session_min=1.0))
+    assert [(d.kind, d.level) for d in ds] == [("rule:continuous_use", "cleared")]
+    assert ds[0].reasons == (("session_over_min", 95.0, 30),)
+    assert ds[0].details == {"profile": "child", "continuous_use_min": 30}
     assert policy.decide(state, ev(228, age_band=child, session_min=29.0)) == []
     ds = policy.decide(state, ev(229, age_band=child, session_min=30.0))
     assert kinds(ds) == ["rule:continuous_use"]
@@ -394,7 +421,9 @@ def test_continuous_use_resets_when_no_session() -> None:
     assert kinds(policy.decide(state, ev(0, age_band="13-15", session_min=31.0))) == [
         "rule:continuous_use"
     ]
-    assert policy.decide(state, ev(1, age_band="13-15", session_min=0.0)) == []
+    ds = policy.decide(state, ev(1, age_band="13-15", session_min=0.0))
+    assert [(d.kind, d.level) for d in ds] == [("rule:continuous_use", "cleared")]
+    assert policy.decide(state, ev(2, age_band="13-15", session_min=0.0)) == []  # cleared once
     assert kinds(policy.decide(state, ev(40, age_band="13-15", session_min=31.0))) == [
         "rule:continuous_use"
     ]
@@ -419,7 +448,10 @@ def test_rules_run_from_day_one_and_ml_comes_first() -> None:
     # 01:30 the next local day: the same curfew night (no new curfew alert), a new day for the cap
     e1 = ev(120, 0.9, age_band="13-15", history_days=10, local_minute=1 * 60 + 30, local_day=19_676,
             today_active_min=80, session_min=1)  # fmt: skip
-    assert kinds(policy.decide(state, e1)) == ["ml_risk", "rule:daily_cap"]
+    # (and a new session: the last one's continuous-use alert clears)
+    assert [(d.kind, d.level) for d in policy.decide(state, e1)] == [
+        ("ml_risk", "high"), ("rule:daily_cap", "cleared"), ("rule:daily_cap", "high"),
+        ("rule:continuous_use", "cleared")]
 
 
 def test_rule_decision_to_alert_json() -> None:

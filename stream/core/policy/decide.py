@@ -269,23 +269,36 @@ class AlertPolicy:
         out: list[Decision] = []
 
         cap = profile.daily_cap_min
+        if state.cap_open and state.cap_day is not None and r.local_day > state.cap_day:
+            # the day whose cap was reached is over: its alert clears (risk.levels drops the kind)
+            state.cap_open = False
+            reason: tuple[str, float, float | str] = ("day_over", r.local_day, state.cap_day)
+            details: dict[str, float | int | str] = {"local_day": state.cap_day}
+            if cap is not None:
+                details["daily_cap_min"] = cap
+            out.append(_rule_decision(ev, profile.name, KIND_DAILY_CAP, LEVEL_CLEARED, reason, details))
         if (
             cap is not None
             and r.today_active_min >= cap
             and (state.cap_day is None or r.local_day > state.cap_day)
         ):
-            state.cap_day = r.local_day
-            reason: tuple[str, float, float | str] = ("today_active_min", r.today_active_min, cap)
-            details: dict[str, float | int | str] = {"daily_cap_min": cap, "local_day": r.local_day}
+            state.cap_day, state.cap_open = r.local_day, True
+            reason = ("today_active_min", r.today_active_min, cap)
+            details = {"daily_cap_min": cap, "local_day": r.local_day}
             out.append(_rule_decision(ev, profile.name, KIND_DAILY_CAP, LEVEL_HIGH, reason, details))
 
         out.extend(self._decide_curfew(state, ev, profile))
 
-        # A shorter session than at the last evaluation (or none) means a new session began.
+        # A shorter session than at the last evaluation (or none) means a new session began: the
+        # last session's alert (if any) clears (risk.levels drops the kind).
+        every = profile.continuous_use_min
         if r.session_min <= 0 or r.session_min < state.session_min:
+            if state.session_alerts:
+                reason = ("session_over_min", state.session_min, every if every is not None else "")
+                details = {"continuous_use_min": every} if every is not None else {}
+                out.append(_rule_decision(ev, profile.name, KIND_CONTINUOUS_USE, LEVEL_CLEARED, reason, details))
             state.session_alerts = 0
         state.session_min = max(float(r.session_min), 0.0)
-        every = profile.continuous_use_min
         if every is not None and state.session_alerts == 0 and r.session_min >= every:
             state.session_alerts = 1  # once per session
             reason = ("session_min", r.session_min, every)

@@ -29,6 +29,7 @@ _F_ML_AT: Final = "pol:ml_at"
 _F_EL_T0: Final = "pol:el_t0"
 _F_HI_T0: Final = "pol:hi_t0"
 _F_CAP_DAY: Final = "pol:cap_day"
+_F_CAP_OPEN: Final = "pol:cap_open"
 _F_CF_NIGHT: Final = "pol:cf_night"
 _F_CF_OPEN: Final = "pol:cf_open"
 _F_CU_N: Final = "pol:cu_n"
@@ -38,7 +39,7 @@ _F_CDAY: Final = "pol:cday"
 _F_CSCORE: Final = "pol:cscore"
 _F_LEVELS: Final = "pol:lv"
 STATE_FIELDS: Final = (
-    _F_TICK, _F_ML, _F_ML_AT, _F_EL_T0, _F_HI_T0, _F_CAP_DAY, _F_CF_NIGHT, _F_CF_OPEN, _F_CU_N, _F_CU_MIN,
+    _F_TICK, _F_ML, _F_ML_AT, _F_EL_T0, _F_HI_T0, _F_CAP_DAY, _F_CAP_OPEN, _F_CF_NIGHT, _F_CF_OPEN, _F_CU_N, _F_CU_MIN,
     _F_DAYS, _F_CDAY, _F_CSCORE, _F_LEVELS,
 )
 
@@ -53,6 +54,7 @@ class PolicyState:
     elevated_since_ms: int | None = None  # t0 of the current run of score >= elevated_enter
     high_since_ms: int | None = None  # t0 of the current run of score >= high_enter
     cap_day: int | None = None  # local day on which rule:daily_cap last fired
+    cap_open: bool = False  # that day's rule:daily_cap alert is not cleared yet
     curfew_night: int | None = None  # local day on which the last curfew night with an alert began
     curfew_open: bool = False  # that night's rule:curfew alert is not cleared yet
     session_alerts: int = 0  # 1 once the current session got its rule:continuous_use alert
@@ -73,6 +75,7 @@ class PolicyState:
             _F_EL_T0: _opt_int_str(self.elevated_since_ms),
             _F_HI_T0: _opt_int_str(self.high_since_ms),
             _F_CAP_DAY: _opt_int_str(self.cap_day),
+            _F_CAP_OPEN: "1" if self.cap_open else "",
             _F_CF_NIGHT: _opt_int_str(self.curfew_night),
             _F_CF_OPEN: "1" if self.curfew_open else "",
             _F_CU_N: str(self.session_alerts),
@@ -105,7 +108,9 @@ class PolicyState:
                 ml_emitted_ms=_parse_opt_int(get(_F_ML_AT, "")),
                 elevated_since_ms=_parse_opt_int(get(_F_EL_T0, "")),
                 high_since_ms=_parse_opt_int(get(_F_HI_T0, "")),
-                cap_day=_parse_opt_int(get(_F_CAP_DAY, "")),
+                cap_day=(cap_day := _parse_opt_int(get(_F_CAP_DAY, ""))),
+                # a state written before cleared daily-cap alerts existed: a cap day is still open
+                cap_open=get(_F_CAP_OPEN, "") == "1" if _F_CAP_OPEN in fields else cap_day is not None,
                 curfew_night=_parse_opt_int(get(_F_CF_NIGHT, "")),
                 curfew_open=get(_F_CF_OPEN, "") == "1",
                 session_alerts=int(get(_F_CU_N, "") or 0),
