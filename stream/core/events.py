@@ -202,9 +202,10 @@ def decode_message_into(raw: bytes, *, topic_type: str | None, key: bytes | None
 
     A single event or a batch envelope whose every element is a valid event with only contract
     fields (the common case) is decoded by a typed decoder (msgspec) straight into the lists.
-    Anything else — a bad element, an unknown field, an RFC 3339 time in a single event — goes through :func:`decode_message`'s own
-    checks, so the result (events, rejections and their details) is always exactly that of
-    :func:`decode_message` (pinned by a differential property test, tests/unit/test_fast_decode.py).
+    Anything else — a bad element, an unknown field, an RFC 3339 time in a single event — goes
+    through :func:`decode_message`'s own checks, so the result (events, rejections and their
+    details) is always exactly that of :func:`decode_message` (pinned by a differential property
+    test, tests/unit/test_fast_decode.py).
     """
     if len(raw) <= MAX_MESSAGE_BYTES:
         if b'"events"' in raw:
