@@ -183,6 +183,18 @@ class EventLists:
     def __len__(self) -> int:
         return len(self.user_ids)
 
+    def add(self, user_id: str, ts: int, etype: str, event_id: str, category: str, dwell: int,
+            tz: int | None, band: str | None) -> None:
+        """Append one event."""
+        self.user_ids.append(user_id)
+        self.ts.append(ts)
+        self.types.append(etype)
+        self.event_ids.append(event_id)
+        self.categories.append(category)
+        self.dwell.append(dwell)
+        self.tz.append(tz)
+        self.bands.append(band)
+
     def extend_tuples(self, events: list[EventTuple]) -> None:
         if events:
             user, ts, etype, event_id, category, dwell, tz, band, _, _ = zip(*events)
@@ -216,15 +228,7 @@ def decode_message_into(raw: bytes, *, topic_type: str | None, key: bytes | None
             return 1, []
     events, rejections = _decode_message(raw, topic_type, key, now_ms, _make_tuple)
     if len(events) == 1:  # one event per message (or per log line): no zip
-        user, ts, etype, event_id, category, dwell, tz, band, _, _ = events[0]
-        out.user_ids.append(user)
-        out.ts.append(ts)
-        out.types.append(etype)
-        out.event_ids.append(event_id)
-        out.categories.append(category)
-        out.dwell.append(dwell)
-        out.tz.append(tz)
-        out.bands.append(band)
+        out.add(*events[0][:8])
     elif events:
         out.extend_tuples(events)
     return len(events), rejections
@@ -285,14 +289,7 @@ def _decode_one_fast(raw: bytes, topic_type: str | None, key: bytes | None, now_
     category = _CATEGORY_FAST.get(e.category)
     if category is None:  # not canonical as sent: the slow path's rule
         category = _CANONICAL_CATEGORY.get(e.category.lower(), "other")  # type: ignore[union-attr]
-    out.user_ids.append(e.user_id)
-    out.ts.append(ts)
-    out.types.append(etype)
-    out.event_ids.append(e.event_id)
-    out.categories.append(category)
-    out.dwell.append(dwell)
-    out.tz.append(e.tz_offset_min)
-    out.bands.append(e.age_band)
+    out.add(e.user_id, ts, etype, e.event_id, category, dwell, e.tz_offset_min, e.age_band)
     return True
 
 
