@@ -288,7 +288,7 @@ def _decode_one_fast(raw: bytes, topic_type: str | None, key: bytes | None, now_
         return False
     category = _CATEGORY_FAST.get(e.category)
     if category is None:  # not canonical as sent: the slow path's rule
-        category = _CANONICAL_CATEGORY.get(e.category.lower(), "other")  # type: ignore[union-attr]
+        category = _canonical_category(e.category)  # type: ignore[arg-type]
     out.add(e.user_id, ts, etype, e.event_id, category, dwell, e.tz_offset_min, e.age_band)
     return True
 
@@ -329,7 +329,7 @@ def _decode_envelope_fast(raw: bytes, topic_type: str | None, key: bytes | None,
             return 0
     categories: list[Any] = list(map(_CATEGORY_FAST.get, [e.category for e in evs]))
     if None in categories:  # not canonical as sent: the slow path's rule (case-folded, else "other")
-        categories = [c if c is not None else _CANONICAL_CATEGORY.get(e.category.lower(), "other")  # type: ignore[union-attr]
+        categories = [c if c is not None else _canonical_category(e.category)  # type: ignore[arg-type]
                       for c, e in zip(categories, evs)]
     out.user_ids += users
     out.ts += ts
@@ -491,8 +491,7 @@ def _decode_event(
         allowed = f"at most {MAX_CATEGORY_CHARS} characters"
         return _field_rejection(obj, index, "category", category, str, allowed)
     else:
-        canonical = _CANONICAL_CATEGORY.get(category)
-        category = canonical if canonical is not None else _CANONICAL_CATEGORY.get(category.lower(), "other")
+        category = _canonical_category(category)
 
     item_id = get("item_id")
     if item_id is not None and (type(item_id) is not str or len(item_id) > MAX_ITEM_ID_CHARS):
@@ -543,6 +542,12 @@ def _make_event(user_id: str, ts: int, etype: str, event_id: str, category: str,
     ev.session_id = session_id
     ev.__class__ = Event
     return ev  # type: ignore[no-any-return]
+
+
+def _canonical_category(category: str) -> str:
+    """The contract's category for one sent: as is, else case-folded, else ``"other"``."""
+    canonical = _CANONICAL_CATEGORY.get(category)
+    return canonical if canonical is not None else _CANONICAL_CATEGORY.get(category.lower(), "other")
 
 
 def _make_tuple(*fields: Any) -> tuple[Any, ...]:
