@@ -258,6 +258,29 @@ class ReorderBuffer(_Watermarked, Generic[M]):
 _MAX_CHUNKS = 64  # chunks a column buffer keeps before it merges them
 
 
+@dataclass(slots=True)
+class _Chunk:
+    """Rows of one push still waiting in a :class:`ColumnReorderBuffer`: ``rows`` of ``cols`` (None:
+    all of them), with their event times and meta already picked. A partial release picks the
+    waiting rows' times and meta again but never copies the string columns of the rows left: those
+    are copied once, when the row is released (``take``)."""
+
+    cols: EventColumns
+    rows: NDArray[np.intp] | None
+    ts: NDArray[np.int64]
+    meta: NDArray[np.int64]
+
+    def take(self, i: NDArray[np.intp] | None = None) -> EventColumns:
+        """The waiting rows (``i``: those of them) as columns of their own."""
+        if i is None:
+            return self.cols if self.rows is None else self.cols.take(self.rows)
+        return self.cols.take(i if self.rows is None else self.rows[i])
+
+    def keep(self, i: NDArray[np.intp]) -> _Chunk:
+        """The chunk of the waiting rows ``i`` only."""
+        return _Chunk(self.cols, i if self.rows is None else self.rows[i], self.ts[i], self.meta[:, i])
+
+
 class ColumnReorderBuffer(_Watermarked):
     """:class:`ReorderBuffer` of event columns (the live worker): the same watermark, lateness,
     forced releases and canonical release order, without an object per event.
@@ -271,7 +294,7 @@ class ColumnReorderBuffer(_Watermarked):
                  max_events: int = 100_000, meta_rows: int = 1) -> None:
         super().__init__(inputs, lateness_ms=lateness_ms, max_events=max_events)
         self.meta_rows = meta_rows
-        self._chunks: list[tuple[EventColumns, NDArray[np.int64]]] = []
+        self._chunks: list[_Chunk] = []
         self._n = 0
 
     def __len__(self) -> int:
@@ -280,22 +303,22 @@ class ColumnReorderBuffer(_Watermarked):
     def pending(self) -> tuple[EventColumns, NDArray[np.int64]]:
         """The buffered rows (arrival order) and their meta, as one chunk."""
         chunks = self._chunks
-        if len(chunks) != 1:
-            cols = EventColumns.concat([c for c, _ in chunks])
-            meta = (np.concatenate([m for _, m in chunks], axis=1) if chunks
+        if len(chunks) != 1 or chunks[0].rows is not None:
+            cols = EventColumns.concat([c.take() for c in chunks])
+            meta = (np.concatenate([c.meta for c in chunks], axis=1) if chunks
                     else np.empty((self.meta_rows, 0), np.int64))
-            self._chunks = chunks = [(cols, meta)]
-        return chunks[0]
+            self._chunks = chunks = [_Chunk(cols, None, cols.ts, meta)]
+        return chunks[0].cols, chunks[0].meta
 
     def pending_times(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """The buffered rows' event times and meta (arrival order), without copying the string
         columns: what the watermark and the fence floors need."""
         chunks = self._chunks
         if len(chunks) == 1:
-            return chunks[0][0].ts, chunks[0][1]
+            return chunks[0].ts, chunks[0].meta
         if not chunks:
             return np.empty(0, np.int64), np.empty((self.meta_rows, 0), np.int64)
-        return np.concatenate([c.ts for c, _ in chunks]), np.concatenate([m for _, m in chunks], axis=1)
+        return np.concatenate([c.ts for c in chunks]), np.concatenate([c.meta for c in chunks], axis=1)
 
     def push(self, input_name: str, cols: EventColumns, meta: NDArray[np.int64]) -> NDArray[np.intp]:
         """Buffer events of one input (at least one); returns the indices of the late ones (below
@@ -311,10 +334,10 @@ class ColumnReorderBuffer(_Watermarked):
             late = np.flatnonzero(late_mask)
             keep = np.flatnonzero(~late_mask)
             if len(keep):
-                self._chunks.append((cols.take(keep), meta[:, keep]))
+                self._chunks.append(_Chunk(cols, keep, ts[keep], meta[:, keep]))
                 self._n += len(keep)
             return late
-        self._chunks.append((cols, meta))
+        self._chunks.append(_Chunk(cols, None, ts, meta))
         self._n += len(ts)
         return np.empty(0, np.intp)
 
@@ -342,25 +365,27 @@ class ColumnReorderBuffer(_Watermarked):
             self.released_to = max(self.released_to, last + 1)
         if not out.any():
             return EventColumns.concat([]), np.empty((self.meta_rows, 0), np.int64), max(wm, self.released_to)
-        # Per chunk, in arrival order: a chunk nothing left stays as it is (the rows still waiting
-        # are not copied again at every release: with a long lateness bound they are most rows)
+        # Per chunk, in arrival order: a chunk nothing left stays as it is, and a chunk some rows
+        # stay in keeps them by index (the rows still waiting are not copied at every release:
+        # with a long lateness bound they are most rows)
         taken: list[tuple[EventColumns, NDArray[np.int64]]] = []
-        kept: list[tuple[EventColumns, NDArray[np.int64]]] = []
+        kept: list[_Chunk] = []
         start = 0
-        for cols, meta in self._chunks:
-            n = len(cols.ts)
+        for chunk in self._chunks:
+            n = len(chunk.ts)
             o = out[start:start + n]
             start += n
             if o.all():
-                taken.append((cols, meta))
+                taken.append((chunk.take(), chunk.meta))
             elif o.any():
-                i, k = np.flatnonzero(o), np.flatnonzero(~o)
-                taken.append((cols.take(i), meta[:, i]))
-                kept.append((cols.take(k), meta[:, k]))
+                i = np.flatnonzero(o)
+                taken.append((chunk.take(i), chunk.meta[:, i]))
+                kept.append(chunk.keep(np.flatnonzero(~o)))
             else:
-                kept.append((cols, meta))
+                kept.append(chunk)
         if len(kept) > _MAX_CHUNKS:  # many small chunks: one concatenation now and then
-            kept = [(EventColumns.concat([c for c, _ in kept]), np.concatenate([m for _, m in kept], axis=1))]
+            cols = EventColumns.concat([c.take() for c in kept])
+            kept = [_Chunk(cols, None, cols.ts, np.concatenate([c.meta for c in kept], axis=1))]
         self._chunks, self._n = kept, len(ts) - int(out.sum())
         sel = EventColumns.concat([c for c, _ in taken])
         smeta = taken[0][1] if len(taken) == 1 else np.concatenate([m for _, m in taken], axis=1)
