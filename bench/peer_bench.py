@@ -1,7 +1,7 @@
 """The peer in the bench: riskstream against a Faust no-op agent and Quix Streams apps (issue #17 item 4).
 
     python bench/peer_bench.py [--events 276000] [--users 56] [--days 3] [--repeats 2] [--envelopes 1 8 20]
-                               [--variants faust-noop worker quix-noop quix-tumbling quix-sliding]
+                               [--variants faust-noop worker worker-handoff quix-noop quix-tumbling quix-sliding]
                                [--peer-venv ~/.cache/riskstream/peer-venv] [--timeout 1800]
 
 On the real stack (Kafka + Redis up). For each input shape — one event per message, and the same
@@ -13,6 +13,9 @@ with a fresh consumer group, in alternating order (A B C … A B C …):
 - ``faust-noop``: a Faust agent that does nothing (bench/stream_bench.py's ``--agent noop``);
 - ``worker``: the riskstream worker, shipped model, fresh Redis state; for uploads its lateness
   bound is set above the upload window (an upload reorders events by up to the window);
+- ``worker-handoff``: a control, the same worker with its detector taken out (bench/handoff: its
+  pipeline process reports every message done unread), i.e. Faust plus the worker's batching,
+  hand-off and acks: the ceiling of any detector behind that hand-off on this machine;
 - ``quix-noop``: a Quix Streams app without transformation (its consumer loop);
 - ``quix-tumbling``: Quix Streams, per user a 1-minute tumbling count + sum of dwell, durable
   (RocksDB state in a temp dir + changelog topics);
@@ -51,7 +54,8 @@ from stream.topics import admin_client, ensure_topics  # noqa: E402
 
 DEFAULT_VENV = Path.home() / ".cache" / "riskstream" / "peer-venv"
 QUIX_APP = ROOT / "bench" / "peer_quix_app.py"
-VARIANTS = ["faust-noop", "worker", "quix-noop", "quix-tumbling", "quix-sliding"]
+HANDOFF = ROOT / "bench" / "handoff"  # the worker-handoff control's sitecustomize
+VARIANTS = ["faust-noop", "worker", "worker-handoff", "quix-noop", "quix-tumbling", "quix-sliding"]
 ENVELOPE_CAP = 100  # events per upload at most (an SDK's batch limit; the contract allows 1,000)
 WINDOWS_S = [5, 10, 20, 30, 60, 100, 200, 300, 600, 900, 1200, 1800, 2700, 3300]
 
@@ -141,7 +145,7 @@ def run_variant(variant: str, *, py: str, peer_py: Path, s, ns: str, parts: int,
     if variant == "faust-noop":
         cmd = [py, sb.__file__, "--agent", "noop", "--namespace", ns, "--group", group]
         return sb.drain(label, cmd, s.kafka_bootstrap, f"{ns}.{group}", topics, parts, msgs, epm, timeout=timeout)
-    if variant == "worker":
+    if variant in ("worker", "worker-handoff"):
         from stream.state import delete_keys, redis_client
 
         r = redis_client(s)
@@ -153,7 +157,10 @@ def run_variant(variant: str, *, py: str, peer_py: Path, s, ns: str, parts: int,
                "--loglevel", "WARNING"]
         if lateness_ms is not None:
             cmd += ["--lateness-ms", str(lateness_ms)]
-        return sb.drain(label, cmd, s.kafka_bootstrap, f"{ns}.{group}", topics, parts, msgs, epm, timeout=timeout)
+        env = None if variant == "worker" else {"PYTHONPATH": f"{HANDOFF}{os.pathsep}{sb.ENV['PYTHONPATH']}",
+                                                "RISKSTREAM_BENCH_HANDOFF_ONLY": "1"}
+        return sb.drain(label, cmd, s.kafka_bootstrap, f"{ns}.{group}", topics, parts, msgs, epm, timeout=timeout,
+                        env=env)
     kind = variant.removeprefix("quix-")
     qgroup = f"{ns}.{group}"
     made_groups.append(qgroup)
@@ -205,7 +212,7 @@ def main() -> None:
     py = sys.executable
     peer_py = peer_python(a.peer_venv, a.quix_spec) if any(v.startswith("quix") for v in a.variants) else None
     model = ROOT / "models" / "riskstream.onnx"
-    if "worker" in a.variants and not model.exists():
+    if any(v.startswith("worker") for v in a.variants) and not model.exists():
         raise SystemExit(f"peer_bench: no model at {model} (python -m models.build)")
     tmp = Path(tempfile.mkdtemp(prefix="rs-peer-bench-"))
     log = tmp / "events.jsonl.gz"
@@ -281,15 +288,15 @@ def report(a: argparse.Namespace, results: dict[tuple[float, str], list[float]],
             cells.append(f"{med[(target, v)]:,.0f} ({', '.join(f'{x / 1000:.1f}k' for x in runs)})" if runs
                          else "too fast for the input")
         print(f"| {shapes.get(target, target)} | " + " | ".join(cells) + " |")
-    if "worker" not in a.variants:
-        return
-    print("\nratios (medians): worker / …")
-    for target in a.envelopes:
-        w = med[(target, "worker")]
-        parts = [f"{v} {w / med[(target, v)]:.2f}" if med[(target, v)] > 0 else f"{v} n/a"
-                 for v in a.variants if v != "worker"]
-        print(f"  {shapes.get(target, target)}: " + ",  ".join(parts))
-
+    for lead in ("worker", "worker-handoff"):
+        if lead not in a.variants:
+            continue
+        print(f"\nratios (medians): {lead} / …")
+        for target in a.envelopes:
+            w = med[(target, lead)]
+            parts = [f"{v} {w / med[(target, v)]:.2f}" if med[(target, v)] > 0 else f"{v} n/a"
+                     for v in a.variants if v not in (lead, "worker")]
+            print(f"  {shapes.get(target, target)}: " + ",  ".join(parts))
 
 if __name__ == "__main__":
     try:
