@@ -61,6 +61,21 @@ def test_columns_from_tuples_equal_columns_from_events() -> None:
     assert len(EventColumns.from_tuples([])) == 0
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["click", "view"]), st.sampled_from([None, "13-15", "18+"]),
+                          st.sampled_from([None, 0, -300])), min_size=1, max_size=30),
+       st.sampled_from([None, "click", "view"]), st.booleans())
+def test_columns_from_tuples_equal_columns_from_events_for_one_type_and_absent_bands(
+        rows: list[tuple[str, str | None, int | None]], one_type: str | None, no_bands: bool) -> None:
+    """from_tuples (from_lists) counts types and bands in C first: all of one type, all without a
+    band, and mixes give the columns of from_events."""
+    events = [ev("u", at(0) + i, one_type or t, dwell_ms=5 if (one_type or t) == "view" else 0,
+                 age_band=None if no_bands else band, tz=tz)
+              for i, (t, band, tz) in enumerate(rows)]
+    _columns_equal(EventColumns.from_tuples([dataclasses.astuple(e) for e in events]),
+                   EventColumns.from_events(events))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.sampled_from(["a", "b", "c", "aa"])), max_size=60))
 def test_canonical_order_sorts_like_the_canonical_key(rows: list[tuple[int, bool, str]]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain as _chain
 from operator import attrgetter, is_not, itemgetter
 from typing import NamedTuple, overload
 
@@ -220,14 +221,18 @@ class EventColumns:
         n = len(ev)
         if n == 0:
             return cls.from_events([])
-        tz = ev.tz
+        tz, types, bands = ev.tz, ev.types, ev.bands
+        # counted in C first: the events of one input topic are all of its type, bands often absent
+        views = types.count(_VIEW)
         return cls(
             ts=np.fromiter(ev.ts, np.int64, n),
-            view=np.fromiter(map(_VIEW.__eq__, ev.types), np.int8, n),
+            view=(np.ones(n, np.int8) if views == n else np.zeros(n, np.int8) if not views
+                  else np.fromiter(map(_VIEW.__eq__, types), np.int8, n)),
             dwell=np.fromiter(ev.dwell, np.int64, n),
             cat=np.fromiter(map(CATEGORY_CODE.__getitem__, ev.categories), np.int64, n),
             tz=np.fromiter((TZ_ABSENT if t is None else t for t in tz) if None in tz else tz, np.int64, n),
-            has_band=np.fromiter(map(_NOT_NONE, ev.bands), np.int8, n),
+            has_band=(np.zeros(n, np.int8) if bands.count(None) == n
+                      else np.fromiter(map(_NOT_NONE, bands), np.int8, n)),
             late=np.zeros(n, np.int8),
             bands=ev.bands,
             user_ids=ev.user_ids,
@@ -262,8 +267,8 @@ class EventColumns:
         cat = np.concatenate
         return cls(cat([c.ts for c in parts]), cat([c.view for c in parts]), cat([c.dwell for c in parts]),
                    cat([c.cat for c in parts]), cat([c.tz for c in parts]), cat([c.has_band for c in parts]),
-                   cat([c.late for c in parts]), [b for c in parts for b in c.bands],
-                   [u for c in parts for u in c.user_ids], [e for c in parts for e in c.event_ids])
+                   cat([c.late for c in parts]), list(_chain(*[c.bands for c in parts])),
+                   list(_chain(*[c.user_ids for c in parts])), list(_chain(*[c.event_ids for c in parts])))
 
     def event(self, i: int) -> Event:
         """Row ``i`` as an :class:`Event` (the fields the columns keep; no item or session id)."""
