@@ -414,6 +414,7 @@ class Detector:
 
         The features are computed part by part and only they are joined: the window rings (2.5 KB
         a row) are never copied into one array (measured: 0.6 µs per event with uploads)."""
+        snaps: Snapshots | _Rows
         if len(parts) == 1:
             snaps = parts[0]
             x, rules = F.compute_arrays(snaps.rings, snaps.scalars, snaps.tick_end)

@@ -264,7 +264,8 @@ _decode_envelope = msgspec.json.Decoder(_FastEnvelope).decode
 _decode_one = msgspec.json.Decoder(_FastEvent).decode
 _MsgspecError = msgspec.DecodeError  # ValidationError is a subclass
 # category as sent -> canonical name; None (absent or null) -> "other"; anything else: the slow path's rule
-_CATEGORY_FAST: dict[str | None, str] = {**_CANONICAL_CATEGORY, None: "other"}
+_CATEGORY_FAST: dict[str | None, str] = {name: canonical for name, canonical in _CANONICAL_CATEGORY.items()}
+_CATEGORY_FAST[None] = "other"
 
 
 def _decode_one_fast(raw: bytes, topic_type: str | None, key: bytes | None, now_ms: int, out: EventLists) -> bool:
@@ -307,12 +308,12 @@ def _decode_envelope_fast(raw: bytes, topic_type: str | None, key: bytes | None,
     key_user = None if key is None else key.decode("utf-8", "surrogateescape")
     if key_user is not None and users.count(key_user) != n:
         return 0
-    types = [e.type for e in evs]
+    types: list[str] = [e.type for e in evs]
     if topic_type is not None and types.count(topic_type) != n:
         return 0
-    ts = [e.ts for e in evs]
+    ts: list[Any] = [e.ts for e in evs]
     if list(map(type, ts)).count(int) != n:  # RFC 3339 strings among them
-        ts = [t if type(t) is int else _parse_rfc3339_ms(t) for t in ts]  # type: ignore[arg-type]
+        ts = [t if type(t) is int else _parse_rfc3339_ms(t) for t in ts]
         if None in ts:
             return 0
     if min(ts) < MIN_TS_MS or max(ts) > now_ms + MAX_FUTURE_MS:

@@ -91,7 +91,8 @@ class LevelsBoard:
             return
         if u is None:
             u = self._users[uid] = {"age_band": None, "score": None, "event_time": None, "levels": {}}
-        details = alert.get("details") if isinstance(alert.get("details"), dict) else {}
+        raw_details = alert.get("details")
+        details: dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
         band = details.get("age_band")
         if isinstance(band, str):
             u["age_band"] = band

@@ -118,7 +118,7 @@ class Dashboard:
                                      "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'"})
 
     def snapshot(self) -> dict[str, Any]:
-        snap = self.feed.snapshot(time.time())
+        snap: dict[str, Any] = self.feed.snapshot(time.time())
         snap["workers"] = self.rates.summary()
         snap["namespace"] = self.settings.namespace
         snap["now"] = time.time()
