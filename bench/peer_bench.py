@@ -298,6 +298,7 @@ def report(a: argparse.Namespace, results: dict[tuple[float, str], list[float]],
                      for v in a.variants if v not in (lead, "worker")]
             print(f"  {shapes.get(target, target)}: " + ",  ".join(parts))
 
+
 if __name__ == "__main__":
     try:
         main()
