@@ -420,7 +420,11 @@ class Pipeline:
         """Per topic-partition of a partition, how far the offset fences may settle: up to the lowest
         position not yet applied (the buffered rows, and the step's late rows), at most the lowest
         one that arrived out of order; and the event time to force out of the buffer when too much
-        was applied above a waiting position (None: nothing)."""
+        was applied above a waiting position (None: nothing).
+
+        The committed offset counts only for a topic-partition nothing arrived from here: where
+        something did, this pipeline knows better, and a commit above a waiting position (a consumer
+        that commits past un-acked messages, faust-streaming #606) must not settle it."""
         floor = dict(committed)
         force_to = None
         bts, bmeta = part.buffer.pending_times()
@@ -448,8 +452,7 @@ class Pipeline:
                 f = track.last + 1
             if track.low is not None:
                 f = min(f, track.low)
-            key = keys[code]
-            floor[key] = max(floor.get(key, -1), f)
+            floor[keys[code]] = f
         return floor, force_to
 
     def _retried(self) -> None:

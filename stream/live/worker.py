@@ -117,7 +117,14 @@ class Engine:
         self.link = link
         self.inputs = settings.input_kinds
         self.tps: dict[tuple[str, int], InputProgress] = defaultdict(InputProgress)
-        self.inflight: dict[WireId, Any] = {}  # handed to the pipeline, not yet done: faust events to ack
+        self.inflight: dict[WireId, Any] = {}  # handed to the pipeline, not yet acked: faust events to ack
+        # Acks go in offset order per input topic-partition: a message reported done waits until every
+        # earlier one handed over is done too. Faust (0.15) commits over a single un-acked message at
+        # the head of a partition, and over any number before the partition's first commit
+        # (faust-streaming #606): acked out of order, a message whose events still wait in the reorder
+        # buffer would be committed, lost after a restart, and settled by the offset fences' floor.
+        self._handed: dict[tuple[str, int], deque[int]] = defaultdict(deque)  # offsets, ascending
+        self._done_early: set[WireId] = set()  # done, an earlier message of its partition is not
         self._gathered: list[Any] = []  # the batch being filled
         self._gathered_at = 0.0
         self._backlog_at, self._backlog_cached = -1.0, 0
@@ -160,6 +167,13 @@ class Engine:
             raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
             key = msg.key if isinstance(msg.key, bytes) or msg.key is None else bytes(msg.key)
             messages.append((topic, p, off, key, raw))  # plain tuples: see protocol.WireMessage
+            if (topic, p, off) not in inflight:
+                handed = self._handed[(topic, p)]
+                if handed and off < handed[-1]:  # never within an assignment; kept ascending regardless
+                    handed.append(off)
+                    self._handed[(topic, p)] = deque(sorted(handed))
+                else:
+                    handed.append(off)
             inflight[(topic, p, off)] = fe
             partitions.add(p)
         self.metrics.messages.inc(len(batch))
@@ -420,11 +434,7 @@ class Engine:
         self._apply(report)
 
     def _apply(self, rep: Report) -> None:
-        inflight = self.inflight
-        for mid in rep.done:
-            fe = inflight.pop(mid, None)
-            if fe is not None:
-                fe.ack()
+        self._ack_in_order(rep.done)
         for p, state in rep.buffers.items():
             self._flow_control(p, state)
         m = self.metrics
@@ -453,6 +463,21 @@ class Engine:
         for p, wm in rep.watermarks.items():
             m.watermark_lag.labels(partition=str(p)).set(max(0.0, now - wm / 1000))
 
+    def _ack_in_order(self, done: list[WireId]) -> None:
+        """Ack the messages reported done, each once every earlier one of its partition is acked."""
+        inflight, early = self.inflight, self._done_early
+        touched: set[tuple[str, int]] = set()
+        for mid in done:
+            if mid in inflight:  # else revoked meanwhile: not ours to ack
+                early.add(mid)
+                touched.add((mid[0], mid[1]))
+        for topic, p in touched:
+            handed = self._handed[(topic, p)]
+            while handed and (topic, p, handed[0]) in early:
+                mid = (topic, p, handed.popleft())
+                early.discard(mid)
+                inflight.pop(mid).ack()  # handed and inflight hold the same messages
+
     def _flow_control(self, p: int, buffer: BufferState) -> None:
         """Pause the input running ahead when the reorder buffer is full; resume when it half drains."""
         full, behind, size = buffer
@@ -478,6 +503,12 @@ class Engine:
                 self.tps.pop((topic, p), None)
         for mid in [mid for mid in self.inflight if mid[1] in gone]:  # (topic, partition, offset)
             del self.inflight[mid]
+        self._done_early = {mid for mid in self._done_early if mid[1] not in gone}
+        for tp in [tp for tp in self._handed if tp[1] in gone]:
+            del self._handed[tp]
+        # a batch being gathered may hold their messages: they must not reach the pipeline after the
+        # partition is assigned here again (the new assignment redelivers them from the commit)
+        self._gathered = [fe for fe in self._gathered if fe.message.partition not in self.revoked]
         await self.link.connect()
         try:
             await self.link.drop(gone)  # after the steps sent before it: their reports came first

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream.core.events import encode_event
+from stream.core.events import Event, encode_event
 from stream.core.features import FEATURE_NAMES, FEATURE_SPEC_HASH
 from stream.core.policy import load_policy_config
 from stream.core.scoring import OnnxScorer
@@ -573,3 +573,78 @@ def test_sigkill_between_checkpoints_acks_nothing_unwritten_and_restart_gives_pa
         stop(proc)
     assert_same_alerts(got, want)
     assert_same_state(settings, mem)
+
+
+def _events_total(port: int, outcome: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(f'riskstream_events_total{{outcome="{outcome}"}}'))
+
+
+def _committed_of(settings, topic: str, partition: int) -> int:
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id,
+                  "enable.auto.commit": False})
+    try:
+        return c.committed([TopicPartition(topic, partition)], timeout=10)[0].offset
+    finally:
+        c.close()
+
+
+def test_a_buffered_message_behind_a_done_one_is_neither_committed_nor_lost(settings, artifacts, tmp_path):
+    """A message whose event waits in the reorder buffer while the next message of its partition is
+    done (disorder inside L). Faust 0.15 commits over a single un-acked message at the head of a
+    partition, and over any number before the first commit (faust-streaming #606); the worker acks in
+    offset order so that never happens: the offset stays uncommitted, and the event is applied when
+    its time comes, not skipped by an offset fence that trusted the commit."""
+    t0 = 1_709_294_400_000  # 2024-03-01 12:00 UTC, a tick start
+    s = 1000
+
+    def ev(user: str, kind: str, at_s: int) -> Event:
+        return Event(user_id=user, ts_ms=t0 + at_s * s, type=kind, event_id=f"{user}-{kind}-{at_s}",
+                     category="social", dwell_ms=30_000 if kind == "view" else 0, tz_offset_min=0,
+                     age_band=None, item_id=None, session_id=None)
+
+    # clicks@0: x at +100 s (buffered: the watermark stops at +70 s), y at +0 s (decided: its tick ends
+    # at +60 s), z at +190 s; views@0: w at +200 s. Then x and w again, far later, move everything out.
+    first = [ev("x", "click", 100), ev("y", "click", 0), ev("z", "click", 190), ev("w", "view", 200)]
+    then = [ev("x", "click", 400), ev("w", "view", 500)]
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(b"\n".join(encode_event(e) for e in first + then) + b"\n")
+    expected, mem = offline({**artifacts, "log": log})
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True})
+
+    def publish(events: list[Event]) -> None:
+        for e in events:
+            topic = settings.clicks_topic if e.type == "click" else settings.views_topic
+            producer.produce(topic, key=e.user_id.encode(), value=encode_event(e), partition=0)
+        assert producer.flush(10) == 0
+
+    fast = {"RISKSTREAM_COMMIT_INTERVAL_S": "0.05", "RISKSTREAM_CHECKPOINT_MS": "20"}
+    proc = start_worker(settings, artifacts, "--batch-size", "1", "--idle-ms", "8000",
+                        "--metrics-port", "19475", env=fast)
+    try:
+        time.sleep(4)  # joined; the inputs are not idle yet (8 s)
+        publish(first)
+        deadline = time.monotonic() + 30
+        while _events_total_or_zero(19475, "applied") < 1:  # y is applied and decided
+            assert time.monotonic() < deadline, "the worker applied nothing"
+            assert proc.poll() is None, stop(proc).decode()[-3000:]
+            time.sleep(0.1)
+        time.sleep(2)  # its ack, a checkpoint and many commit intervals later
+        assert _committed_of(settings, settings.clicks_topic, 0) < 0, \
+            "committed past x's message while x was still in the reorder buffer"
+        publish(then)
+        wait_drained(settings, timeout=60)  # the inputs go idle: everything is decided and committed
+        duplicates = _events_total(19475, "duplicate")
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out.decode()[-3000:]
+    assert duplicates == 0, "nothing was redelivered: no event may be skipped as a duplicate"
+    assert_same_state(settings, mem)
+
+
+def _events_total_or_zero(port: int, outcome: str) -> float:
+    try:
+        return _events_total(port, outcome)
+    except OSError:  # not serving metrics yet
+        return 0.0

@@ -11,7 +11,7 @@ from stream.core.events import encode_event
 from stream.core.policy import AlertPolicy, load_policy_config
 from stream.core.windows import MemoryWindowStore
 from stream.live.pipeline import Pipeline
-from stream.live.protocol import Step
+from stream.live.protocol import Step, TopicPartition
 from stream.settings import load_settings
 from tests.eventgen import at, ev
 from tests.unit.test_pipeline import FakeProducer
@@ -63,6 +63,24 @@ def test_the_fence_settles_up_to_the_lowest_unapplied_position():
     assert len(kept) <= 100 and frontier >= 58 * 1024
 
 
+def test_a_commit_above_a_waiting_position_does_not_settle_it():
+    """A consumer that commits past an un-acked message (faust-streaming #606) must not make the
+    fence skip the waiting event: for a topic-partition it received from, the pipeline's floor is
+    the lowest position it has not applied, whatever the commit says."""
+    p = pipeline()
+    t0 = at(1, 9)
+    topic = p.s.clicks_topic
+    msgs = [(topic, 0, 0, b"x", encode_event(ev("x", t0 + 100_000, "click"))),
+            (topic, 0, 1, b"y", encode_event(ev("y", t0, "click"))),
+            (topic, 0, 2, b"z", encode_event(ev("z", t0 + 190_000, "click"))),
+            (p.s.views_topic, 0, 0, b"w", encode_event(ev("w", t0 + 200_000, "view")))]
+    r1 = run(p, msgs)
+    assert r1.applied == 1 and (topic, 0, 1) in r1.done  # y released and decided; x waits
+    ahead = {TopicPartition(topic, 0): 2}  # "committed" past x
+    r2 = p.step(Step([], [0], BOTH_IDLE, ahead, 0.0, NOW))
+    assert r2.duplicates == 0 and r2.applied == 3
+
+
 def test_a_position_waiting_while_too_much_is_applied_above_it_is_forced_out():
     """The fence's hard bound: a partition never has more than buffer_max_events positions applied
     above one still waiting; past that, the waiting one is forced out (counted), so no user's fence
@@ -109,8 +127,7 @@ def test_the_worker_counts_forced_releases():
     from stream.live.worker import Engine
     from stream.metrics import Metrics
 
-    e = Engine.__new__(Engine)  # only what applying a report needs
-    e.s, e.metrics, e.inflight = load_settings(), Metrics(CollectorRegistry()), {}
+    e = Engine(load_settings(), app=None, metrics=Metrics(CollectorRegistry()), link=None)  # type: ignore[arg-type]
     e._apply(Report(forced_releases=42))
     assert e.metrics.registry.get_sample_value("riskstream_buffer_forced_releases_total") == 42
 

@@ -9,9 +9,9 @@ from stream.live.worker import BACKLOG_BATCHES, Engine
 
 
 def engine(backlog: int, batch_size: int = 10, wait_s: float = 60.0) -> Engine:
-    e = Engine.__new__(Engine)  # only the batching state: no Faust app, pipeline or metrics
-    e.s = load_settings(batch_size=batch_size, batch_wait_s=wait_s)
-    e._gathered, e._gathered_at = [], 0.0
+    # no Faust app, pipeline or metrics: a test sets what it uses
+    e = Engine(load_settings(batch_size=batch_size, batch_wait_s=wait_s), app=None, metrics=None,  # type: ignore[arg-type]
+               link=None)  # type: ignore[arg-type]
     e._backlog = lambda: backlog  # type: ignore[method-assign]
     return e
 
