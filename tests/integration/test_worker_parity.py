@@ -610,7 +610,7 @@ def test_a_buffered_message_behind_a_done_one_is_neither_committed_nor_lost(sett
     then = [ev("x", "click", 400), ev("w", "view", 500)]
     log = tmp_path / "events.jsonl"
     log.write_bytes(b"\n".join(encode_event(e) for e in first + then) + b"\n")
-    expected, mem = offline({**artifacts, "log": log})
+    _, mem = offline({**artifacts, "log": log})
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True})
 
     def publish(events: list[Event]) -> None:
