@@ -327,6 +327,8 @@ class Pipeline:
             for r in bad:
                 dlq.append((r, m))
             if not n:
+                if not bad:  # nothing in it (the decoder never says so): done, not holding its partition's acks
+                    self._done.append(m.id)
                 continue
             m.no = no
             msgs[no] = m
