@@ -10,6 +10,8 @@ offsets go from 10 % to 90 % of the input (stream_bench's window):
 
 - reads the CPU time (user + system, all threads, /proc/PID/stat) of the worker's Faust process
   and of its pipeline child process(es, summed; ``--pipelines``): µs of CPU per event for each;
+  and, in the same window, of the local stack's broker and Redis (``.state/pids``) and of the
+  whole machine (/proc/stat): what the detector competes with for the cores;
 - samples the pipeline child with py-spy (``--nonblocking``: the child is never paused, so the CPU
   figures stay honest), writing a flame graph (``pipeline.svg``) and the collapsed stacks
   (``pipeline.txt``) into ``--out``, and prints the top functions by inclusive and by own samples,
@@ -53,6 +55,27 @@ def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def stack_pids() -> dict[str, int]:
+    """The local stack's broker and Redis (``deploy/local/stack`` pid files), those that run."""
+    out = {}
+    for name in ("kafka", "redis"):
+        try:
+            pid = int((ROOT / ".state" / "pids" / f"{name}.pid").read_text().split()[0])
+            cpu_s(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+        out[name] = pid
+    return out
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return (sum(v[:8]) - idle) / TICK, sum(v[:8]) / TICK
 
 
 def children(pid: int) -> list[int]:
@@ -168,6 +191,8 @@ def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap
                 raise SystemExit(f"worker exited: {worker.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             time.sleep(0.05)
         c0, t0, w0, p0 = c, time.monotonic(), cpu_s(worker.pid), [cpu_s(k) for k in kids]
+        others = stack_pids()
+        o0, m0 = {k: cpu_s(v) for k, v in others.items()}, machine_busy_s()
         if spy:  # the first pipeline process (with several: the share of its partitions)
             for fmt, name in (("flamegraph", "pipeline.svg"), ("raw", "pipeline.txt")):
                 spies.append(subprocess.Popen([spy, "record", "--pid", str(kids[0]), "--nonblocking", "--function",
@@ -182,6 +207,7 @@ def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap
                 raise SystemExit(f"worker exited: {worker.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             time.sleep(0.05)
         c1, t1, w1, p1 = c, time.monotonic(), cpu_s(worker.pid), [cpu_s(k) for k in kids]
+        o1, m1 = {k: cpu_s(v) for k, v in others.items()}, machine_busy_s()
     finally:
         for sp in spies:
             sp.send_signal(signal.SIGINT)
@@ -210,6 +236,13 @@ def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap
           f"{faust_us:.1f} µs (pipeline {sum(each) / wall * 100:.0f} % of a core"
           + (f" = {' + '.join(f'{x / wall * 100:.0f}' for x in each)}" if pipelines > 1 else "")
           + f", Faust {(w1 - w0) / wall * 100:.0f} %)", flush=True)
+    # the rest of the machine's CPU in the same window: what the detector competes with for the cores
+    rest = ", ".join(f"{k} {(o1[k] - o0[k]) / ev * 1e6:.1f} µs ({(o1[k] - o0[k]) / wall * 100:.0f} % of a core)"
+                     for k in o0)
+    busy, total = m1[0] - m0[0], m1[1] - m0[1]
+    cores = os.cpu_count() or 1
+    print(f"  the stack: {rest or 'no local stack pid files'}; the whole machine busy {busy / total * cores:.2f} "
+          f"of {cores} cores ({busy / ev * 1e6:.1f} µs of CPU per event, everything included)", flush=True)
     return ev / wall, pipe_us, faust_us
 
 

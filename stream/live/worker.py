@@ -93,6 +93,46 @@ REDIS_MEMORY_S = 15.0  # Redis' INFO memory is sampled this often into riskstrea
 BACKLOG_RECHECK_S = 0.005  # the backlog estimate reads fetch metadata of every input partition: not per message
 
 
+class Unacked:
+    """One input topic-partition's messages handed to the pipeline and not acked yet, acked in
+    offset order: a message reported done waits until every earlier one is done too.
+
+    Faust (0.15) commits over a single un-acked message at the head of a partition, and over any
+    number of them before the partition's first commit (faust-streaming #606). Acked out of order,
+    a message whose events still wait in a reorder buffer was committed: lost after a restart.
+    """
+
+    __slots__ = ("done", "queue")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[int, Any]] = deque()  # (offset, Faust event), ascending offsets
+        self.done: set[int] = set()  # reported done, an earlier one is not
+
+    def add(self, off: int, fe: Any) -> None:
+        """A message at or below the newest one queued (never within an assignment): kept once,
+        in order."""
+        by_offset = dict(self.queue)
+        by_offset[off] = fe
+        self.queue = deque(sorted(by_offset.items(), key=lambda x: x[0]))
+
+    def done_with(self, offsets: list[int]) -> None:
+        """Messages reported done: ack the run at the head of the queue that is done."""
+        q, done = self.queue, self.done
+        if not q:
+            return
+        lo, hi = q[0][0], q[-1][0]
+        done.update(o for o in offsets if lo <= o <= hi)  # others: not queued (any more)
+        while q and q[0][0] in done:
+            off, fe = q.popleft()
+            done.discard(off)
+            fe.ack()
+        if not q:
+            done.clear()
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+
 @dataclass(slots=True)
 class InputProgress:
     last_offset: int = -1
@@ -117,14 +157,8 @@ class Engine:
         self.link = link
         self.inputs = settings.input_kinds
         self.tps: dict[tuple[str, int], InputProgress] = defaultdict(InputProgress)
-        self.inflight: dict[WireId, Any] = {}  # handed to the pipeline, not yet acked: faust events to ack
-        # Acks go in offset order per input topic-partition: a message reported done waits until every
-        # earlier one handed over is done too. Faust (0.15) commits over a single un-acked message at
-        # the head of a partition, and over any number before the partition's first commit
-        # (faust-streaming #606): acked out of order, a message whose events still wait in the reorder
-        # buffer would be committed, lost after a restart, and settled by the offset fences' floor.
-        self._handed: dict[tuple[str, int], deque[int]] = defaultdict(deque)  # offsets, ascending
-        self._done_early: set[WireId] = set()  # done, an earlier message of its partition is not
+        # handed to the pipeline, not yet acked: per input topic-partition, the Faust events to ack
+        self.unacked: dict[tuple[str, int], Unacked] = {}
         self._gathered: list[Any] = []  # the batch being filled
         self._gathered_at = 0.0
         self._backlog_at, self._backlog_cached = -1.0, 0
@@ -150,7 +184,7 @@ class Engine:
         received_at = now
         messages: list[WireMessage] = []
         partitions: set[int] = set()
-        inflight, tps = self.inflight, self.tps
+        tps, unacked = self.tps, self.unacked
         revoked = self.revoked
         for fe in batch:
             msg = fe.message
@@ -167,14 +201,14 @@ class Engine:
             raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
             key = msg.key if isinstance(msg.key, bytes) or msg.key is None else bytes(msg.key)
             messages.append((topic, p, off, key, raw))  # plain tuples: see protocol.WireMessage
-            if (topic, p, off) not in inflight:
-                handed = self._handed[(topic, p)]
-                if handed and off < handed[-1]:  # never within an assignment; kept ascending regardless
-                    handed.append(off)
-                    self._handed[(topic, p)] = deque(sorted(handed))
-                else:
-                    handed.append(off)
-            inflight[(topic, p, off)] = fe
+            u = unacked.get((topic, p))
+            if u is None:
+                u = unacked[(topic, p)] = Unacked()
+            q = u.queue
+            if q and off <= q[-1][0]:
+                u.add(off, fe)
+            else:
+                q.append((off, fe))
             partitions.add(p)
         self.metrics.messages.inc(len(batch))
         # An alert is decidable once the message that moved the watermark past its tick has arrived;
@@ -254,7 +288,7 @@ class Engine:
         """Messages done but not acked wait for a checkpoint, which the pipeline takes in a step:
         while some are outstanding, send an empty step every half interval, so an input that went
         quiet still gets its acks within about the interval (``RISKSTREAM_CHECKPOINT_MS``)."""
-        if self.inflight:
+        if any(u.queue for u in self.unacked.values()):
             await self.link.connect()
             await self._finish(self._send([], [], {}))
 
@@ -465,18 +499,18 @@ class Engine:
 
     def _ack_in_order(self, done: list[WireId]) -> None:
         """Ack the messages reported done, each once every earlier one of its partition is acked."""
-        inflight, early = self.inflight, self._done_early
-        touched: set[tuple[str, int]] = set()
-        for mid in done:
-            if mid in inflight:  # else revoked meanwhile: not ours to ack
-                early.add(mid)
-                touched.add((mid[0], mid[1]))
-        for topic, p in touched:
-            handed = self._handed[(topic, p)]
-            while handed and (topic, p, handed[0]) in early:
-                mid = (topic, p, handed.popleft())
-                early.discard(mid)
-                inflight.pop(mid).ack()  # handed and inflight hold the same messages
+        by_tp: dict[tuple[str, int], list[int]] = {}
+        for topic, p, off in done:
+            offs = by_tp.get((topic, p))
+            if offs is None:
+                by_tp[(topic, p)] = [off]
+            else:
+                offs.append(off)
+        unacked = self.unacked
+        for tp, offs in by_tp.items():
+            u = unacked.get(tp)
+            if u is not None:  # else revoked meanwhile: not ours to ack
+                u.done_with(offs)
 
     def _flow_control(self, p: int, buffer: BufferState) -> None:
         """Pause the input running ahead when the reorder buffer is full; resume when it half drains."""
@@ -501,11 +535,8 @@ class Engine:
         for p in gone:
             for topic in self.inputs:
                 self.tps.pop((topic, p), None)
-        for mid in [mid for mid in self.inflight if mid[1] in gone]:  # (topic, partition, offset)
-            del self.inflight[mid]
-        self._done_early = {mid for mid in self._done_early if mid[1] not in gone}
-        for tp in [tp for tp in self._handed if tp[1] in gone]:
-            del self._handed[tp]
+        for tp in [tp for tp in self.unacked if tp[1] in gone]:
+            del self.unacked[tp]
         # a batch being gathered may hold their messages: they must not reach the pipeline after the
         # partition is assigned here again (the new assignment redelivers them from the commit)
         self._gathered = [fe for fe in self._gathered if fe.message.partition not in self.revoked]

@@ -64,7 +64,7 @@ def test_a_done_message_waits_for_the_earlier_ones_of_its_partition():
         await hand(e, link, [msg(acked, VIEWS, 0, 0)], [(VIEWS, 0, 0), (CLICKS, 0, 0)])
         assert sorted(acked[1:]) == [(CLICKS, 0, 0), (CLICKS, 0, 1), (CLICKS, 0, 2), (VIEWS, 0, 0)]
         assert [a for a in acked if a[:2] == (CLICKS, 0)] == [(CLICKS, 0, 0), (CLICKS, 0, 1), (CLICKS, 0, 2)]
-        assert not e.inflight and not e._done_early
+        assert not any(e.unacked.values())
 
     asyncio.run(go())
 
@@ -82,7 +82,7 @@ def test_revoked_partitions_are_forgotten_and_their_gathered_messages_dropped():
         e._gathered = [msg(acked, CLICKS, 0, 2), msg(acked, CLICKS, 1, 0)]
         await e.on_revoked({TP(CLICKS, 0), TP(VIEWS, 0)})
         assert [fe.message.partition for fe in e._gathered] == [1]
-        assert not e.inflight and not e._done_early and (CLICKS, 0) not in e._handed
+        assert (CLICKS, 0) not in e.unacked and (VIEWS, 0) not in e.unacked
         e.on_assigned({TP(CLICKS, 0), TP(VIEWS, 0)})
         # redelivered from the commit: the old done report of offset 1 does not count
         await hand(e, link, [msg(acked, CLICKS, 0, 0), msg(acked, CLICKS, 0, 1)], [(CLICKS, 0, 1)])
@@ -138,3 +138,20 @@ def test_whatever_order_messages_finish_in_faust_never_commits_one_not_done(case
         assert committed == n and sorted(off for _, _, off in acked) == list(range(n))
 
     asyncio.run(go())
+
+
+def test_a_message_handed_again_or_below_the_newest_is_kept_once_in_order():
+    from stream.live.worker import Unacked
+
+    acked: list[str] = []
+    u = Unacked()
+    for off, name in ((5, "5"), (6, "6-first"), (4, "4"), (6, "6-again")):
+        if u.queue and off <= u.queue[-1][0]:
+            u.add(off, SimpleNamespace(ack=lambda n=name: acked.append(n)))
+        else:
+            u.queue.append((off, SimpleNamespace(ack=lambda n=name: acked.append(n))))
+    assert [off for off, _ in u.queue] == [4, 5, 6]
+    u.done_with([5, 6, 99])  # 99: never queued, ignored
+    assert acked == [] and 99 not in u.done
+    u.done_with([4])
+    assert acked == ["4", "5", "6-again"] and not u.queue and not u.done

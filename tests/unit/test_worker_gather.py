@@ -106,7 +106,7 @@ def test_an_input_whose_leader_stopped_answering_fetches_is_never_idle():
     e.app = type("App", (), {"consumer": _Consumer(hw, polled)})()
     e.tps = {(e.s.clicks_topic, 0): InputProgress(last_offset=9, last_seen=0.0),
              (e.s.views_topic, 0): InputProgress(last_offset=4, last_seen=0.0)}
-    e.link, e.metrics, e.inflight = _Link(), Metrics(CollectorRegistry()), {}
+    e.link, e.metrics = _Link(), Metrics(CollectorRegistry())
     asyncio.run(e.on_timer())
     (step,) = e.link.steps
     assert step.idle == {(0, "click"): True, (0, "view"): False}
@@ -127,7 +127,7 @@ def test_steps_carry_the_generation_of_the_assignment_and_skip_revoked_partition
     e = engine(backlog=0)
     e.inputs = {e.s.clicks_topic: "click", e.s.views_topic: "view"}
     e.app = type("App", (), {"consumer_generation_id": 7})()
-    e.link, e.metrics, e.inflight, e.tps = _Link(), Metrics(CollectorRegistry()), {}, defaultdict(InputProgress)
+    e.link, e.metrics, e.tps = _Link(), Metrics(CollectorRegistry()), defaultdict(InputProgress)
     e._unidle = lambda partitions: {}  # type: ignore[method-assign]
     e._commit_floor = dict  # type: ignore[method-assign]
 
