@@ -109,9 +109,13 @@ class Unacked:
         self.done: set[int] = set()  # reported done, an earlier one is not
 
     def add(self, off: int, fe: Any) -> None:
-        """A message at or below the newest one queued (never within an assignment): kept once,
-        in order."""
-        by_offset = dict(self.queue)
+        """Queue a message handed to the pipeline. One at or below the newest queued (never within
+        an assignment) is kept once, in order."""
+        q = self.queue
+        if not q or off > q[-1][0]:
+            q.append((off, fe))
+            return
+        by_offset = dict(q)
         by_offset[off] = fe
         self.queue = deque(sorted(by_offset.items(), key=lambda x: x[0]))
 
@@ -204,11 +208,7 @@ class Engine:
             u = unacked.get((topic, p))
             if u is None:
                 u = unacked[(topic, p)] = Unacked()
-            q = u.queue
-            if q and off <= q[-1][0]:
-                u.add(off, fe)
-            else:
-                q.append((off, fe))
+            u.add(off, fe)
             partitions.add(p)
         self.metrics.messages.inc(len(batch))
         # An alert is decidable once the message that moved the watermark past its tick has arrived;

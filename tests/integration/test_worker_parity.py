@@ -338,16 +338,29 @@ def test_sigkill_mid_stream_and_restart_gives_the_same_state_and_alerts(settings
     assert_same_state(settings, mem)
 
 
-def _messages_consumed(port: int) -> float:
+def _metric(port: int, sample: str) -> float:
+    """The sum of a worker's metric samples that start with ``sample`` (name and labels)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("riskstream_messages_total "))
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(sample))
+
+
+def _metric_or_zero(port: int, sample: str) -> float:
+    try:
+        return _metric(port, sample)
+    except OSError:  # not serving metrics yet
+        return 0.0
+
+
+def _messages_consumed(port: int) -> float:
+    return _metric(port, "riskstream_messages_total ")
 
 
 def _consumed_or_zero(port: int) -> float:
-    try:
-        return _messages_consumed(port)
-    except OSError:  # not serving metrics yet
-        return 0.0
+    return _metric_or_zero(port, "riskstream_messages_total ")
+
+
+def _events_total(outcome: str) -> str:
+    return f'riskstream_events_total{{outcome="{outcome}"}}'
 
 
 def test_a_second_worker_joining_mid_stream_gives_the_same_alerts_and_state(settings, artifacts):
@@ -575,12 +588,6 @@ def test_sigkill_between_checkpoints_acks_nothing_unwritten_and_restart_gives_pa
     assert_same_state(settings, mem)
 
 
-def _events_total(port: int, outcome: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(f'riskstream_events_total{{outcome="{outcome}"}}'))
-
-
 def _committed_of(settings, topic: str, partition: int) -> int:
     c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id,
                   "enable.auto.commit": False})
@@ -626,7 +633,7 @@ def test_a_buffered_message_behind_a_done_one_is_neither_committed_nor_lost(sett
         time.sleep(4)  # joined; the inputs are not idle yet (8 s)
         publish(first)
         deadline = time.monotonic() + 30
-        while _events_total_or_zero(19475, "applied") < 1:  # y is applied and decided
+        while _metric_or_zero(19475, _events_total("applied")) < 1:  # y is applied and decided
             assert time.monotonic() < deadline, "the worker applied nothing"
             assert proc.poll() is None, stop(proc).decode()[-3000:]
             time.sleep(0.1)
@@ -635,16 +642,9 @@ def test_a_buffered_message_behind_a_done_one_is_neither_committed_nor_lost(sett
             "committed past x's message while x was still in the reorder buffer"
         publish(then)
         wait_drained(settings, timeout=60)  # the inputs go idle: everything is decided and committed
-        duplicates = _events_total(19475, "duplicate")
+        duplicates = _metric(19475, _events_total("duplicate"))
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out.decode()[-3000:]
     assert duplicates == 0, "nothing was redelivered: no event may be skipped as a duplicate"
     assert_same_state(settings, mem)
-
-
-def _events_total_or_zero(port: int, outcome: str) -> float:
-    try:
-        return _events_total(port, outcome)
-    except OSError:  # not serving metrics yet
-        return 0.0

@@ -146,10 +146,7 @@ def test_a_message_handed_again_or_below_the_newest_is_kept_once_in_order():
     acked: list[str] = []
     u = Unacked()
     for off, name in ((5, "5"), (6, "6-first"), (4, "4"), (6, "6-again")):
-        if u.queue and off <= u.queue[-1][0]:
-            u.add(off, SimpleNamespace(ack=lambda n=name: acked.append(n)))
-        else:
-            u.queue.append((off, SimpleNamespace(ack=lambda n=name: acked.append(n))))
+        u.add(off, SimpleNamespace(ack=lambda n=name: acked.append(n)))
     assert [off for off, _ in u.queue] == [4, 5, 6]
     u.done_with([5, 6, 99])  # 99: never queued, ignored
     assert acked == [] and 99 not in u.done
