@@ -1,7 +1,8 @@
 """The peer in the bench: riskstream against a Faust no-op agent and Quix Streams apps (issue #17 item 4).
 
     python bench/peer_bench.py [--events 276000] [--users 56] [--days 3] [--repeats 2] [--envelopes 1 8 20]
-                               [--variants faust-noop worker worker-handoff quix-noop quix-tumbling quix-sliding]
+                               [--variants faust-noop faust-noop-drain worker worker-handoff quix-noop
+                                           quix-tumbling quix-sliding]
                                [--peer-venv ~/.cache/riskstream/peer-venv] [--timeout 1800]
 
 On the real stack (Kafka + Redis up). For each input shape — one event per message, and the same
@@ -10,7 +11,11 @@ within an upload window, grouped as a mobile SDK uploads them; the window is cho
 mean lands near the target) — the input topics are filled once, then every variant drains them
 with a fresh consumer group, in alternating order (A B C … A B C …):
 
-- ``faust-noop``: a Faust agent that does nothing (bench/stream_bench.py's ``--agent noop``);
+- ``faust-noop``: a Faust agent that does nothing (bench/stream_bench.py's ``--agent noop``): ``async
+  for`` over its stream, Faust's idiom, the baseline of issue #17's ratios;
+- ``faust-noop-drain``: a Faust agent that does nothing but ack, taking its messages off its
+  channel's queue as the worker's agent does (``--agent noop-drain``): Faust's consumer without its
+  stream iterator;
 - ``worker``: the riskstream worker, shipped model, fresh Redis state; for uploads its lateness
   bound is set above the upload window (an upload reorders events by up to the window);
 - ``worker-handoff``: a control, the same worker with its detector taken out (bench/handoff: its
@@ -55,7 +60,7 @@ from stream.topics import admin_client, ensure_topics  # noqa: E402
 DEFAULT_VENV = Path.home() / ".cache" / "riskstream" / "peer-venv"
 QUIX_APP = ROOT / "bench" / "peer_quix_app.py"
 HANDOFF = ROOT / "bench" / "handoff"  # the worker-handoff control's sitecustomize
-VARIANTS = ["faust-noop", "worker", "worker-handoff", "quix-noop", "quix-tumbling", "quix-sliding"]
+VARIANTS = ["faust-noop", "faust-noop-drain", "worker", "worker-handoff", "quix-noop", "quix-tumbling", "quix-sliding"]
 ENVELOPE_CAP = 100  # events per upload at most (an SDK's batch limit; the contract allows 1,000)
 WINDOWS_S = [5, 10, 20, 30, 60, 100, 200, 300, 600, 900, 1200, 1800, 2700, 3300]
 
@@ -142,8 +147,8 @@ def run_variant(variant: str, *, py: str, peer_py: Path, s, ns: str, parts: int,
     topics = [s.clicks_topic, s.views_topic]
     group = f"{variant}-{tag}"
     label = f"{variant} ({tag})"
-    if variant == "faust-noop":
-        cmd = [py, sb.__file__, "--agent", "noop", "--namespace", ns, "--group", group]
+    if variant in ("faust-noop", "faust-noop-drain"):
+        cmd = [py, sb.__file__, "--agent", variant.removeprefix("faust-"), "--namespace", ns, "--group", group]
         return sb.drain(label, cmd, s.kafka_bootstrap, f"{ns}.{group}", topics, parts, msgs, epm, timeout=timeout)
     if variant in ("worker", "worker-handoff"):
         from stream.state import delete_keys, redis_client

@@ -66,6 +66,20 @@ def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
         async def noop(stream):  # type: ignore[no-untyped-def]
             async for _ in stream:
                 pass
+    elif kind == "noop-drain":
+        @app.agent(topic)
+        async def noop_drain(stream):  # type: ignore[no-untyped-def]
+            # as the worker's agent takes its messages (stream/live/worker.py), acking each
+            q = stream.channel.queue
+            get = q.get_nowait
+            while True:
+                batch = [await q.get()]
+                while not q.empty():
+                    batch.append(get())
+                gen = app.consumer_generation_id
+                for fe in batch:
+                    if fe.message.generation_id == gen:
+                        fe.ack()
     elif kind == "noop-take":
         @app.agent(topic)
         async def noop_take(stream):  # type: ignore[no-untyped-def]
@@ -193,7 +207,7 @@ def redis_cpu(r) -> float:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--agent", choices=["naive", "noop", "noop-take"])
+    ap.add_argument("--agent", choices=["naive", "noop", "noop-take", "noop-drain"])
     ap.add_argument("--namespace")
     ap.add_argument("--group")
     ap.add_argument("--model")
@@ -295,7 +309,8 @@ def faust_configs(py: str, s, ns: str, parts: int, events: int) -> None:  # type
     print("no-op Faust agent, one event per message:")
     topics = [s.clicks_topic, s.views_topic]
     for label, kind, env in [
-        ("async for over the stream, uvloop, Cython (the worker's)", "noop", {}),
+        ("async for over the stream, uvloop, Cython", "noop", {}),
+        ("the agent draining its channel's queue (the worker's since (I))", "noop-drain", {}),
         ("noack_take(2000, within=5 ms) + ack", "noop-take", {}),
         ("without Faust's Cython extensions (NO_CYTHON=1)", "noop", {"NO_CYTHON": "1"}),
         ("asyncio's own event loop instead of uvloop", "noop", {"BENCH_LOOP": "asyncio"}),

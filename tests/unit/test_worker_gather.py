@@ -20,9 +20,7 @@ def feed(e: Engine, items: list[int], more_after: bool = False) -> list[list[int
     """Add items as Faust delivers them (more queued until the last); the batches that came out."""
     out = []
     for i, x in enumerate(items):
-        ready = e.add(x, more=more_after or i < len(items) - 1)
-        if ready:
-            out.append(ready)
+        out += e.add([x], more=more_after or i < len(items) - 1)
     return out
 
 
@@ -153,3 +151,78 @@ def test_steps_carry_the_generation_of_the_assignment_and_skip_revoked_partition
     asyncio.run(run())
     got = [(s.generation, [(m[1], m[2]) for m in s.messages]) for s in e.link.steps]
     assert got == [(0, [(0, 1)]), (7, [(0, 2)]), (7, [(0, 4)]), (9, [(1, 5)]), (9, [(1, 6)])]
+
+
+def test_messages_received_together_are_cut_into_full_batches_and_the_rest_waits_when_behind():
+    e = engine(backlog=BACKLOG_BATCHES * 4, batch_size=4)
+    assert e.add(list(range(10)), more=False) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert e.add([10, 11], more=False) == [[8, 9, 10, 11]]
+    live = engine(backlog=0, batch_size=4)
+    assert live.add(list(range(6)), more=False) == [[0, 1, 2, 3], [4, 5]]
+    assert live.add([6], more=True) == [] and live.add([], more=False) == [[6]]
+
+
+def test_messages_fetched_before_a_rebalance_are_not_handed_over():
+    """Faust stamps each message with the consumer generation it was fetched in; while a rebalance
+    runs its flow control is off. Neither kind of message reaches a batch (nor is acked)."""
+    e = engine(backlog=0)
+    flow = type("Flow", (), {"active": True, "is_active": lambda self: self.active})()
+    e.app = type("App", (), {"consumer_generation_id": 3, "flow_control": flow})()
+
+    def fe(gen: int, n: int) -> object:
+        return type("E", (), {"message": type("M", (), {"generation_id": gen})(), "n": n})()
+
+    got = e.receive([fe(2, 0), fe(3, 1), fe(2, 2), fe(3, 3)], more=False)
+    assert [[x.n for x in b] for b in got] == [[1, 3]]
+    flow.active = False
+    assert e.receive([fe(3, 4)], more=False) == [] and e._gathered == []
+
+
+def test_batches_ready_together_are_all_handed_over_before_the_idle_timer_can_flush():
+    """The agent takes everything queued at once and may get several full batches; it awaits
+    earlier steps only after handing all of them over. Otherwise the idle timer, flushing the batch
+    being gathered while the agent waits, would hand later offsets to the pipeline first."""
+    import asyncio
+    from collections import defaultdict
+
+    from prometheus_client import CollectorRegistry
+
+    from stream.live.worker import STEPS_AHEAD, InputProgress
+    from stream.metrics import Metrics
+
+    e = engine(backlog=10**6, batch_size=2)  # behind: the rest waits for a full batch
+    e.inputs = {e.s.clicks_topic: "click", e.s.views_topic: "view"}
+    flow = type("Flow", (), {"is_active": lambda self: True})()
+    e.app = type("App", (), {"consumer_generation_id": 1, "flow_control": flow})()
+    e.metrics, e.tps = Metrics(CollectorRegistry()), defaultdict(InputProgress)
+    e._unidle = lambda partitions: {}  # type: ignore[method-assign]
+    e._commit_floor = dict  # type: ignore[method-assign]
+    handed: list[int] = []
+
+    class Stalled:  # a pipeline whose steps do not finish (Redis down, say)
+        def step(self, step):  # type: ignore[no-untyped-def]
+            handed.extend(m[2] for m in step.messages)
+            return asyncio.get_running_loop().create_future()
+
+    e.link = Stalled()  # type: ignore[assignment]
+
+    def fe(off: int) -> object:
+        msg = type("M", (), {"topic": e.s.clicks_topic, "partition": 0, "offset": off, "key": b"u",
+                             "value": b"{}", "time_in": None, "generation_id": 1})()
+        return type("E", (), {"message": msg})()
+
+    n = 2 * (STEPS_AHEAD + 2) + 1  # more full batches than steps ahead, and one message over
+
+    async def run() -> None:
+        q: asyncio.Queue = asyncio.Queue()
+        for off in range(n):
+            q.put_nowait(fe(off))
+        agent = asyncio.ensure_future(e.consume(q))
+        await asyncio.sleep(0.05)  # the agent now waits for its first step
+        assert handed == list(range(n - 1)) and [x.message.offset for x in e._gathered] == [n - 1]
+        ready, e._gathered = e._gathered, []  # what the idle timer does with an old gathered batch
+        e.submit(ready)
+        agent.cancel()
+
+    asyncio.run(run())
+    assert handed == list(range(n))
