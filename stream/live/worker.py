@@ -249,10 +249,9 @@ class Engine:
         consumer generation. Others were fetched before a rebalance: not handed over and not acked
         (the assignment fetches them again from the commit), as Faust's stream iterator skips them
         (it acks them, though)."""
-        app = self.app
-        if not app.flow_control.is_active():  # a rebalance is under way
+        generation = faust_compat.current_generation(self.app)
+        if generation is None:  # a rebalance is under way
             return []
-        generation = app.consumer_generation_id
         return self.add([fe for fe in received if fe.message.generation_id == generation], more)
 
     def add(self, received: Sequence[Any], more: bool) -> list[list[Any]]:
@@ -636,7 +635,7 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
         # into the channel are raised by the queue's get (StopAsyncIteration when the agent stops).
         await engine.link.connect()
         try:
-            await engine.consume(stream.channel.queue)
+            await engine.consume(faust_compat.agent_queue(stream))
         except StopAsyncIteration:
             return  # thrown into the channel by Faust when the agent stops (the iterator's end)
         except asyncio.CancelledError:

@@ -57,3 +57,30 @@ def test_faust_keeps_its_committed_offsets_per_partition():
     assert "self._committed_offset.pop(tp, None)" in src  # revoked partitions leave it
     assert faust_compat.committed_offsets(SimpleNamespace(consumer=SimpleNamespace(_committed_offset={1: 2}))) == {1: 2}
     assert faust_compat.committed_offsets(SimpleNamespace(consumer=object())) == {}
+
+
+def test_the_agent_queue_is_what_the_stream_iterator_awaits_and_stops_on():
+    from faust.agents.actor import Actor
+    from faust.channels import Channel
+    from faust.streams import Stream
+    from mode.utils.queues import FlowControlQueue, ThrowableQueue
+
+    assert "await self.queue.get()" in inspect.getsource(Channel.__anext__)
+    assert "_throw(StopAsyncIteration())" in inspect.getsource(Actor.cancel)
+    for method in (ThrowableQueue.get, ThrowableQueue.get_nowait):  # errors thrown in are raised
+        assert "self._errors.popleft()" in inspect.getsource(method)
+    assert "maybe_endorse_pressure_drop" in inspect.getsource(FlowControlQueue.get_nowait)  # fetching resumes
+    q = object()
+    assert faust_compat.agent_queue(SimpleNamespace(channel=SimpleNamespace(queue=q))) is q
+    # the iterator's skip test, which current_generation repeats
+    src = inspect.getsource(Stream._py_aiter)
+    assert "not self.app.flow_control.is_active()" in src
+    assert "message.generation_id != self.app.consumer_generation_id" in src
+    assert "generation_id=self.app.consumer_generation_id" in inspect.getsource(faust_aiokafka.Consumer._to_message)
+
+
+def test_current_generation_is_none_while_flow_control_is_off():
+    def app(active: bool) -> SimpleNamespace:
+        return SimpleNamespace(consumer_generation_id=4, flow_control=SimpleNamespace(is_active=lambda: active))
+    assert faust_compat.current_generation(app(True)) == 4
+    assert faust_compat.current_generation(app(False)) is None
