@@ -6,12 +6,13 @@ default, so that the two use both cores instead of taking turns on the GIL (with
 ``RISKSTREAM_PIPELINES`` > 1 in several, the input partitions sharded across them:
 :class:`~stream.live.link.ShardedLink`).
 
-The agent iterates the stream with Faust's compiled iterator, acks off, and cuts micro-batches:
-live, a batch is what Faust has queued when the queue runs empty (so it is small when the input is
+The agent takes its messages off its channel's queue (not through Faust's stream iterator, which
+costs a loop iteration per message) and cuts micro-batches: live, a batch is what Faust has queued
+when the queue runs empty (so it is small when the input is
 slow, larger when it is fast); while a backlog of ``BACKLOG_BATCHES`` full batches or more is left,
 batches are filled to ``batch_size`` (or ``batch_wait_s``). Each batch goes to the pipeline as one
 :class:`~stream.live.pipeline.Step` at once; the agent goes on consuming while it runs and waits only
-before sending a second one. The step's :class:`~stream.live.pipeline.Report` says which messages are
+once ``STEPS_AHEAD`` steps are outstanding. The step's :class:`~stream.live.pipeline.Report` says which messages are
 completely done, and only those are acked. An event whose tick is not yet decided stays un-acked
 (so it is redelivered after a crash, and the tick is decided by whoever owns the partition then);
 buffered events are never acked. Faust commits the contiguous acked offsets.
