@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -106,6 +107,12 @@ def pipeline_children(pid: int, n: int = 1, timeout: float = 120) -> list[int]:
     raise SystemExit(f"profile_pipeline: the worker's {n} pipeline child process(es) did not appear")
 
 
+def steps_done(port: int) -> float:
+    """Steps the worker's pipeline(s) ran so far (``riskstream_batch_seconds_count``)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("riskstream_batch_seconds_count"))
+
+
 def committed(probe: Consumer, tps: list[TopicPartition]) -> int:
     return sum(max(tp.offset, 0) for tp in probe.committed(tps, timeout=10))
 
@@ -176,8 +183,9 @@ def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap
     print(f"\nRISKSTREAM_PIPELINES={pipelines}; input: {n:,} events of {a.users} users, {epm:.2f} events per "
           f"message ({msgs:,} messages)" + (f", worker --lateness-ms {lateness}" if lateness else "")
           + f"; load average {os.getloadavg()[0]:.1f}", flush=True)
+    port = 19465
     cmd = [sys.executable, "-m", "stream", "worker", "--namespace", ns, "--group", "prof", "--model", str(model),
-           "--loglevel", "WARNING"] + (["--lateness-ms", str(lateness)] if lateness else [])
+           "--metrics-port", str(port), "--loglevel", "WARNING"] + (["--lateness-ms", str(lateness)] if lateness else [])
     probe = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"{ns}.prof", "enable.auto.commit": False})
     tps = [TopicPartition(t, p) for t in (s.clicks_topic, s.views_topic) for p in range(parts)]
     worker = subprocess.Popen(cmd, cwd=ROOT, env={**sb.ENV, "RISKSTREAM_PIPELINES": str(pipelines)},
@@ -191,6 +199,7 @@ def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap
                 raise SystemExit(f"worker exited: {worker.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             time.sleep(0.05)
         c0, t0, w0, p0 = c, time.monotonic(), cpu_s(worker.pid), [cpu_s(k) for k in kids]
+        steps0 = steps_done(port)
         others = stack_pids()
         o0, m0 = {k: cpu_s(v) for k, v in others.items()}, machine_busy_s()
         if spy:  # the first pipeline process (with several: the share of its partitions)
@@ -207,6 +216,7 @@ def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap
                 raise SystemExit(f"worker exited: {worker.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             time.sleep(0.05)
         c1, t1, w1, p1 = c, time.monotonic(), cpu_s(worker.pid), [cpu_s(k) for k in kids]
+        steps1 = steps_done(port)
         o1, m1 = {k: cpu_s(v) for k, v in others.items()}, machine_busy_s()
     finally:
         for sp in spies:
@@ -231,7 +241,9 @@ def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap
     wall = t1 - t0
     each = [(b - e) for e, b in zip(p0, p1)]
     faust_us, pipe_us = (w1 - w0) / ev * 1e6, sum(each) / ev * 1e6
-    print(f"live, 10→90 % of the input: {ev:,.0f} events in {wall:.1f} s = {ev / wall:,.0f} events/s")
+    steps = max(1.0, steps1 - steps0)
+    print(f"live, 10→90 % of the input: {ev:,.0f} events in {wall:.1f} s = {ev / wall:,.0f} events/s, "
+          f"{steps:,.0f} steps ({(c1 - c0) / steps:,.0f} messages, {ev / steps:,.0f} events per step)")
     print(f"  CPU per event: pipeline process{'es' if pipelines > 1 else ''} {pipe_us:.1f} µs, Faust process "
           f"{faust_us:.1f} µs (pipeline {sum(each) / wall * 100:.0f} % of a core"
           + (f" = {' + '.join(f'{x / wall * 100:.0f}' for x in each)}" if pipelines > 1 else "")
