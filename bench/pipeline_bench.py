@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import sys
 import tempfile
 import time
 import uuid
 import zlib
+from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +62,11 @@ class NullProducer:
         return 0
 
 
-def messages(src: Path, cap: int, clicks: str, views: str, partitions: int = PARTITIONS) -> list[WireMessage]:
-    """The log as the worker would receive it: (topic, partition, offset, key, value), log order."""
+def messages(src: Path, cap: int, clicks: str, views: str, partitions: int = PARTITIONS,
+             fetch: int = 0) -> list[WireMessage]:
+    """The log as the worker would receive it: (topic, partition, offset, key, value); in log order,
+    or (``fetch`` > 0) as a consumer fetching unevenly: runs of 1..``fetch`` messages of one input
+    partition at a time, the partition picked at random (seeded), each partition in offset order."""
     out: list[WireMessage] = []
     offsets: dict[tuple[str, int], int] = {}
     with open_log(src) as f:
@@ -72,7 +77,22 @@ def messages(src: Path, cap: int, clicks: str, views: str, partitions: int = PAR
             off = offsets.get((topic, p), 0)
             offsets[(topic, p)] = off + 1
             out.append((topic, p, off, user.encode(), value))
-    return out
+    if fetch <= 0:
+        return out
+    rng = random.Random(7)
+    queues: dict[tuple[str, int], deque[WireMessage]] = {}
+    for m in out:
+        queues.setdefault((m[0], m[1]), deque()).append(m)
+    fetched: list[WireMessage] = []
+    keys = list(queues)
+    while keys:
+        k = rng.choice(keys)
+        q = queues[k]
+        for _ in range(min(len(q), rng.randint(1, fetch))):
+            fetched.append(q.popleft())
+        if not q:
+            keys.remove(k)
+    return fetched
 
 
 def run(a: argparse.Namespace, model: Path, src: Path, cap: int, lateness: int | None, step_msgs: int) -> float:
@@ -80,7 +100,7 @@ def run(a: argparse.Namespace, model: Path, src: Path, cap: int, lateness: int |
     ns = f"pb{uuid.uuid4().hex[:8]}"
     kw = {} if lateness is None else {"lateness_ms": lateness}
     s = load_settings(namespace=ns, redis_url=a.redis, partitions=a.partitions, **kw)
-    msgs = messages(src, cap, s.clicks_topic, s.views_topic, a.partitions)
+    msgs = messages(src, cap, s.clicks_topic, s.views_topic, a.partitions, a.fetch)
     client = redis_client(s)
     store = RedisWindowStore(client, key_prefix=s.key_prefix, ttl_s=s.state_ttl_s,
                              max_cached_users=s.state_cache_users, keep_outbox=False, defer_writes=True)
@@ -119,6 +139,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[250, 2000], help="messages per step, interleaved")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=PARTITIONS, help="of each input topic (users hashed over them)")
+    ap.add_argument("--fetch", type=int, default=0,
+                    help="uneven fetch: runs of up to N messages of one input partition (0: log order)")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     a = ap.parse_args()
     model = ROOT / "models" / "riskstream.onnx"
