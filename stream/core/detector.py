@@ -47,6 +47,8 @@ from stream.core.windows import (
     ColumnarStore,
     EventColumns,
     FencedColumnarStore,
+    FencedPart,
+    FencedResult,
     Item,
     Snapshots,
     UserBatch,
@@ -248,11 +250,18 @@ class Detector:
         """
         out: Outcome[M] = Outcome()
         parts: list[Snapshots] = []
-        for rel in (releases,) if isinstance(releases, (Release, ColumnRelease)) else releases:
-            if isinstance(rel, ColumnRelease):
-                parts.append(self._apply_release_columns(rel, out))  # type: ignore[arg-type]
-            else:
-                parts.append(self._apply(rel, position, out))
+        rels = (releases,) if isinstance(releases, (Release, ColumnRelease)) else releases
+        if self._fenced_columns and len(rels) > 1 and all(isinstance(r, ColumnRelease) for r in rels) \
+                and len({r.group for r in rels}) == len(rels):
+            # the live worker's releases, one per partition: one store call (per-call costs are
+            # most of a small step's)
+            parts.append(self._apply_release_columns(rels, out))  # type: ignore[arg-type]
+        else:
+            for rel in rels:
+                if isinstance(rel, ColumnRelease):
+                    parts.append(self._apply_release_columns([rel], out))  # type: ignore[arg-type]
+                else:
+                    parts.append(self._apply(rel, position, out))
         parts = [p for p in parts if len(p)]
         if parts:
             self._evaluate(parts, out)
@@ -338,63 +347,73 @@ class Detector:
             tps, positions = zip(*map(position, metas))
         else:
             tps = positions = ()
-        res = store.apply_fenced(cols, tps, positions, due, rel.watermark_ms, rel.commit_floor)
+        fenced = store.apply_fenced([FencedPart(cols, tps, positions, due, rel.watermark_ms, rel.commit_floor)])
+        res = fenced.parts[0]
         for u, pt in zip(res.users, res.pending):
             self._set_pending(rel.group, u, pt)
-        if len(res.too_late):
-            rank = {u: r for r, u in enumerate(dict.fromkeys(first_seen))}
-            uids = cols.user_ids
-            for i in sorted(res.too_late.tolist(), key=lambda i: (rank[uids[i]], i)):
-                out.rejected.append((events[i], metas[i], Reason.TOO_LATE))
+        for i in _too_late_in_order(res.too_late, first_seen, cols.user_ids):
+            out.rejected.append((events[i], metas[i], Reason.TOO_LATE))
         out.duplicates += res.duplicates
         out.applied += len(events) - res.duplicates - len(res.too_late)
-        return res.snapshots
+        return fenced.snapshots
 
-    def _apply_release_columns(self, rel: ColumnRelease, out: Outcome[tuple[int, int]]) -> Snapshots:
-        """A :class:`ColumnRelease`: :meth:`_apply_columns` without events or metas to carry (the same
-        users, fences, rejections in the same order, and snapshots)."""
+    def _apply_release_columns(self, rels: Sequence[ColumnRelease], out: Outcome[tuple[int, int]]) -> Snapshots:
+        """:class:`ColumnRelease` s of distinct groups: :meth:`_apply_columns` without events or metas
+        to carry (the same users, fences, rejections in the same order, and snapshots), in one store
+        call when the store has the columnar entry."""
         store = self.store
-        cols, group = rel.cols, rel.group
-        n = len(cols)
         if not self._fenced_columns:
             # a store without the columnar entry: the per-user path, on events made from the rows
-            pairs = [(cols.event(i), (rel.tps[i], rel.positions[i], i)) for i in range(n)]
-            k = n - rel.n_late
-            sub: Outcome[tuple[str | None, int | None, int]] = Outcome()
-            snaps = self._apply(Release(pairs[:k], rel.watermark_ms, pairs[k:], rel.commit_floor, group),
-                                lambda m: (m[0], m[1]), sub)
-            out.rejected += [(ev, (group, m[2]), reason) for ev, m, reason in sub.rejected]
-            out.late += sub.late
-            out.duplicates += sub.duplicates
-            out.applied += sub.applied
-            return snaps
-        out.late += rel.n_late
-        due = self._due(group, rel.watermark_ms, set(cols.user_ids))
-        if not n and not due:
+            return Snapshots.concat([self._apply_release_per_user(rel, out) for rel in rels])
+        taken: list[tuple[ColumnRelease, EventColumns, NDArray[np.intp] | None]] = []
+        fparts: list[FencedPart] = []
+        for rel in rels:
+            cols = rel.cols
+            out.late += rel.n_late
+            due = self._due(rel.group, rel.watermark_ms, set(cols.user_ids))
+            if not len(cols) and not due:
+                continue
+            tps, positions = rel.tps, rel.positions
+            order: NDArray[np.intp] | None = None
+            if rel.n_late:
+                # released events are in canonical order; late ones go in between, per user (a stable
+                # sort: an event equal in canonical key to a released one stays after it, as per user)
+                order = canonical_order(cols.ts, cols.view, cols.event_ids)
+                cols = cols.take(order)
+                il = order.tolist()
+                tps = [tps[i] for i in il]
+                positions = [positions[i] for i in il]
+            taken.append((rel, cols, order))
+            fparts.append(FencedPart(cols, tps, positions, due, rel.watermark_ms, rel.commit_floor))
+        if not fparts:
             return Snapshots.empty()
-        first_seen = cols.user_ids  # the per-user path's user order: first appearance, released then late
-        tps, positions = rel.tps, rel.positions
-        order: NDArray[np.intp] | None = None
-        if rel.n_late:
-            # released events are in canonical order; late ones go in between, per user (a stable
-            # sort: an event equal in canonical key to a released one stays after it, as per user)
-            order = canonical_order(cols.ts, cols.view, cols.event_ids)
-            cols = cols.take(order)
-            il = order.tolist()
-            tps = [tps[i] for i in il]
-            positions = [positions[i] for i in il]
-        res = cast(FencedColumnarStore, store).apply_fenced(cols, tps, positions, due, rel.watermark_ms, rel.commit_floor)
-        for u, pt in zip(res.users, res.pending):
-            self._set_pending(group, u, pt)
-        if len(res.too_late):
-            rank = {u: r for r, u in enumerate(dict.fromkeys(first_seen))}
-            uids = cols.user_ids
-            for i in sorted(res.too_late.tolist(), key=lambda i: (rank[uids[i]], i)):
+        fenced: FencedResult = cast(FencedColumnarStore, store).apply_fenced(fparts)
+        for (rel, cols, order), res in zip(taken, fenced.parts):
+            group = rel.group
+            for u, pt in zip(res.users, res.pending):
+                self._set_pending(group, u, pt)
+            # the per-user path's user order: first appearance, released then late
+            for i in _too_late_in_order(res.too_late, rel.cols.user_ids, cols.user_ids):
                 row = i if order is None else int(order[i])
                 out.rejected.append((cols.event(i), (group, row), Reason.TOO_LATE))
-        out.duplicates += res.duplicates
-        out.applied += n - res.duplicates - len(res.too_late)
-        return res.snapshots
+            out.duplicates += res.duplicates
+            out.applied += len(cols) - res.duplicates - len(res.too_late)
+        return fenced.snapshots
+
+    def _apply_release_per_user(self, rel: ColumnRelease, out: Outcome[tuple[int, int]]) -> Snapshots:
+        """A :class:`ColumnRelease` through the per-user :meth:`_apply`, on events made from its rows."""
+        cols, group = rel.cols, rel.group
+        n = len(cols)
+        pairs = [(cols.event(i), (rel.tps[i], rel.positions[i], i)) for i in range(n)]
+        k = n - rel.n_late
+        sub: Outcome[tuple[str | None, int | None, int]] = Outcome()
+        snaps = self._apply(Release(pairs[:k], rel.watermark_ms, pairs[k:], rel.commit_floor, group),
+                            lambda m: (m[0], m[1]), sub)
+        out.rejected += [(ev, (group, m[2]), reason) for ev, m, reason in sub.rejected]
+        out.late += sub.late
+        out.duplicates += sub.duplicates
+        out.applied += sub.applied
+        return snaps
 
     def policy_fields(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The persisted policy state of users, wherever it lives (store, or resident offline)."""
@@ -524,6 +543,15 @@ class _Rows:
     user_ids: list[str]
     tick_end: NDArray[np.int64]
     age_bands: list[str | None]
+
+
+def _too_late_in_order(too_late: NDArray[np.intp], first_seen: Sequence[str], uids: Sequence[str]) -> list[int]:
+    """Refused rows (indices into ``uids``) in the per-user path's order: user by user in order of
+    first appearance in ``first_seen``, then by row."""
+    if not len(too_late):
+        return []
+    rank = {u: r for r, u in enumerate(dict.fromkeys(first_seen))}
+    return sorted(too_late.tolist(), key=lambda i: (rank[uids[i]], i))
 
 
 def _num(v: Any) -> float:

@@ -54,6 +54,7 @@ from stream.core import layout as L
 from stream.core.policy import POLICY_PREFIX
 from stream.core.windows import (
     EventColumns,
+    FencedPart,
     FencedResult,
     StateTable,
     UserBatch,
@@ -190,14 +191,13 @@ class RedisWindowStore:
         """Whether :meth:`apply_fenced` serves (no outbox: the worker's store)."""
         return not self._table.keep_outbox
 
-    def apply_fenced(self, cols: EventColumns, tps: Sequence[str | None], positions: Sequence[int | None],
-                     due: Sequence[str], watermark_ms: int,
-                     commit_floor: Mapping[str, int] | None = None) -> FencedResult:
+    def apply_fenced(self, parts: Sequence[FencedPart]) -> FencedResult:
         """:meth:`apply` of columns (the live columnar path, ``StateTable.apply_fenced``), with the
-        same loading, decided-tick and dirty bookkeeping."""
-        self._before_apply([*dict.fromkeys(cols.user_ids), *due])
-        res = self._table.apply_fenced(cols, tps, positions, due, watermark_ms, commit_floor)
-        self._after_apply(zip(res.snapshots.user_ids, res.snapshots.tick_end.tolist()), res.users)
+        same loading, decided-tick and dirty bookkeeping; every part's users loaded in one round trip."""
+        self._before_apply([*dict.fromkeys(u for p in parts for u in (*p.cols.user_ids, *p.due))])
+        res = self._table.apply_fenced(parts)
+        self._after_apply(zip(res.snapshots.user_ids, res.snapshots.tick_end.tolist()),
+                          [u for r in res.parts for u in r.users])
         return res
 
     def _before_apply(self, users: Sequence[str]) -> None:

@@ -120,14 +120,16 @@ def _emit(r: Any, sc: Any, u: int, tick_end: int, abi: int, k: int, out_rings: A
 @numba.njit(cache=True, nogil=True)
 def apply_kernel(r: Any, sc: Any, seg_slot: Any, seg_lo: Any, seg_hi: Any,
                   ts_a: Any, view_a: Any, dwell_a: Any, cat_a: Any, tz_a: Any, ab_a: Any, late_a: Any,
-                  watermark: int, out_rings: Any, out_sc: Any, out_tick: Any, out_abi: Any,
-                  seg_out: Any, seg_ab: Any, status: Any) -> int:
-    """Apply each segment's events (one user per segment, canonical order) to state rows.
+                  seg_wm: Any, out_rings: Any, out_sc: Any, out_tick: Any, out_abi: Any,
+                  seg_out: Any, seg_ab: Any, seg_pt: Any, status: Any) -> int:
+    """Apply each segment's events (one user per segment, canonical order) to state rows; a
+    segment's pending tick is decided when its watermark (``seg_wm``) passed the tick's end.
 
     Writes a snapshot row for every tick it decides (``out_*``; ``out_abi`` = index of the newest
     applied event that carried an age band, -1 for the band stored before the call), the first
     output row of each segment (``seg_out``), the newest band-carrying event per segment
-    (``seg_ab``) and each event's status; returns the number of snapshot rows.
+    (``seg_ab``), the user's pending tick after each segment (``seg_pt``) and each event's status;
+    returns the number of snapshot rows.
     """
     k = 0
     for g in range(seg_slot.shape[0]):
@@ -217,10 +219,11 @@ def apply_kernel(r: Any, sc: Any, seg_slot: Any, seg_lo: Any, seg_hi: Any,
             if sc[u, _S_FD] == _NONE or db < sc[u, _S_FD]:
                 sc[u, _S_FD] = db
         pt = sc[u, _S_PT]
-        if pt != _NONE and (pt + 1) * _TICK_MS <= watermark:
+        if pt != _NONE and (pt + 1) * _TICK_MS <= seg_wm[g]:
             k = _emit(r, sc, u, (pt + 1) * _TICK_MS, abi, k, out_rings, out_sc, out_tick, out_abi)
             sc[u, _S_PT] = _NONE
         seg_ab[g] = abi
+        seg_pt[g] = sc[u, _S_PT]
     return k
 
 

@@ -8,6 +8,7 @@ from stream.core.windows.table import StateTable
 from stream.core.windows.types import (
     ColumnResult,
     EventColumns,
+    FencedPart,
     FencedResult,
     UserBatch,
     UserResult,
@@ -48,11 +49,9 @@ class MemoryWindowStore:
     def fenced_columns(self) -> bool:
         return not self.table.keep_outbox
 
-    def apply_fenced(self, cols: EventColumns, tps: Sequence[str | None], positions: Sequence[int | None],
-                     due: Sequence[str], watermark_ms: int,
-                     commit_floor: Mapping[str, int] | None = None) -> FencedResult:
+    def apply_fenced(self, parts: Sequence[FencedPart]) -> FencedResult:
         """The live columnar path (see :meth:`StateTable.apply_fenced`)."""
-        return self.table.apply_fenced(cols, tps, positions, due, watermark_ms, commit_floor)
+        return self.table.apply_fenced(parts)
 
     def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         return self.table.load_policy(user_ids)

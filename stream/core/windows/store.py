@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 from stream.core.windows.types import (
     ColumnResult,
     EventColumns,
+    FencedPart,
     FencedResult,
     UserBatch,
     UserResult,
@@ -66,11 +67,10 @@ class FencedColumnarStore(WindowStore, Protocol):
     def fenced_columns(self) -> bool:
         ...
 
-    def apply_fenced(self, cols: EventColumns, tps: Sequence[str | None], positions: Sequence[int | None],
-                     due: Sequence[str], watermark_ms: int,
-                     commit_floor: Mapping[str, int] | None = None) -> FencedResult:
-        """Apply canonical-order event columns (per user) through each user's offset fence, and
-        decide the ``due`` users' pending ticks the watermark passed (see :meth:`StateTable.apply_fenced`)."""
+    def apply_fenced(self, parts: Sequence[FencedPart]) -> FencedResult:
+        """Apply each part's canonical-order event columns (per user) through each user's offset
+        fence, and decide its ``due`` users' pending ticks its watermark passed; the parts in one
+        call, with the result of applying them one after another (see :meth:`StateTable.apply_fenced`)."""
         ...
 
 

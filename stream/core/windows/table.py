@@ -18,7 +18,9 @@ from stream.core.windows.types import (
     ApplyResults,
     ColumnResult,
     EventColumns,
+    FencedPart,
     FencedResult,
+    PartResult,
     Snapshots,
     UserBatch,
     UserResult,
@@ -99,8 +101,14 @@ class StateTable:
         return out
 
     def _run(self, cols: EventColumns, seg_slot: NDArray[np.int64], seg_lo: NDArray[np.int64],
-             seg_hi: NDArray[np.int64], watermark_ms: int) -> tuple[Snapshots, NDArray[np.int64], NDArray[np.int8]]:
+             seg_hi: NDArray[np.int64], watermark_ms: int | NDArray[np.int64],
+             ) -> tuple[Snapshots, NDArray[np.int64], NDArray[np.int8], NDArray[np.int64]]:
+        """One kernel call: (snapshots, first snapshot row of each segment, each event's status, each
+        segment's pending tick after it). ``watermark_ms``: one for all segments, or one each."""
         n_out = len(cols) + len(seg_slot)
+        seg_wm = (np.full(len(seg_slot), watermark_ms, np.int64) if isinstance(watermark_ms, int)
+                  else watermark_ms)
+        seg_pt = np.empty(len(seg_slot), np.int64)
         out_rings = np.empty((n_out, L.RING_WORDS), np.uint32)
         out_sc = np.empty((n_out, _NS), np.int64)
         out_tick = np.empty(n_out, np.int64)
@@ -110,8 +118,8 @@ class StateTable:
         status = np.zeros(len(cols), np.int8)
         GUARD.ensure()
         k = apply_kernel(self._rings, self._sc, seg_slot, seg_lo, seg_hi, cols.ts, cols.view, cols.dwell,
-                          cols.cat, cols.tz, cols.has_band, cols.late, watermark_ms,
-                          out_rings, out_sc, out_tick, out_abi, seg_out, seg_ab, status)
+                          cols.cat, cols.tz, cols.has_band, cols.late, seg_wm,
+                          out_rings, out_sc, out_tick, out_abi, seg_out, seg_ab, seg_pt, status)
         # resolve user ids and age bands of the rows (a band is the state's as of the row's tick)
         # segment by segment: a user may have two segments in one call
         uids, bands, ev_bands = self._uids, self._bands, cols.bands
@@ -128,7 +136,7 @@ class StateTable:
             if last >= 0:
                 bands[s] = ev_bands[last]
         snaps = Snapshots(row_users, out_tick[:k], out_sc[:k], out_rings[:k], row_bands)
-        return snaps, seg_out, status
+        return snaps, seg_out, status, seg_pt
 
     # -- the columnar path (offline) -----------------------------------------------------------------
     def apply_columns(self, cols: EventColumns, watermark_ms: int) -> ColumnResult:
@@ -152,25 +160,72 @@ class StateTable:
             seg_lo = np.concatenate([seg_lo, np.full(len(due), len(s_sorted), np.int64)])
             seg_hi = np.concatenate([seg_hi, np.full(len(due), len(s_sorted), np.int64)])
         grouped = cols.take(order)
-        snaps, _, status = self._run(grouped, seg_slot.astype(np.int64), seg_lo, seg_hi, watermark_ms)
+        snaps, _, status, _ = self._run(grouped, seg_slot.astype(np.int64), seg_lo, seg_hi, watermark_ms)
         return ColumnResult(snaps, order[np.flatnonzero(status == TOO_LATE)], len(seg_slot))
 
     # -- the columnar path with the offset fence (live) -------------------------------------------------
-    def apply_fenced(self, cols: EventColumns, tps: Sequence[str | None], positions: Sequence[int | None],
-                     due: Sequence[str], watermark_ms: int,
-                     commit_floor: Mapping[str, int] | None = None) -> FencedResult:
-        """:meth:`apply` without per-user batches: the same result for the same events.
+    def apply_fenced(self, parts: Sequence[FencedPart]) -> FencedResult:
+        """:meth:`apply` without per-user batches, for several groups in one kernel call: the same
+        result as applying the parts one after another.
 
-        ``cols``: events of any users, canonical order per user; ``tps``/``positions``: each event's
-        fence key and Kafka position (None: no fence, as an :class:`Item` without them); ``due``:
-        users without events here whose pending tick is to be decided. Each user is one segment
-        (users in order of first appearance, then ``due``), its events checked against and marked
-        in its offset fence in order, exactly as :meth:`apply` does item by item. Only without an
-        outbox (``keep_outbox=False``: the worker), which is what makes per-user results unnecessary.
+        A part's events (any users, canonical order per user) are checked against and marked in each
+        user's offset fence in order, exactly as :meth:`apply` does item by item; its ``due`` users
+        have no events there and their pending tick is decided against the part's watermark. Each
+        user of a part is one segment (users in order of first appearance, then ``due``), parts in
+        order. Only without an outbox (``keep_outbox=False``: the worker), which is what makes
+        per-user results unnecessary.
         """
         if self.keep_outbox:
             raise ValueError("apply_fenced needs a table without an outbox (keep_outbox=False)")
-        floors = commit_floor or {}
+        segs: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]] = []
+        wms: list[int] = []
+        grouped: list[EventColumns] = []
+        applied: list[NDArray[np.intp]] = []  # per part: its rows in the grouped columns, in order
+        dups: list[int] = []
+        base = 0  # rows of the earlier parts in the grouped columns
+        for part in parts:
+            rows, duplicates, seg = self._fence_part(part, base)
+            applied.append(rows)
+            dups.append(duplicates)
+            segs.append(seg)
+            wms.append(part.watermark_ms)
+            if len(rows):
+                n = len(part.cols)
+                grouped.append(part.cols if len(rows) == n and (rows == np.arange(n)).all()
+                               else part.cols.take(rows))
+            base += len(rows)
+        seg_slot = np.concatenate([s for s, _, _ in segs]) if segs else np.empty(0, np.int64)
+        if not len(seg_slot):
+            return FencedResult(_EMPTY, [PartResult(np.empty(0, np.intp), d, [], []) for d in dups])
+        seg_lo = np.concatenate([lo for _, lo, _ in segs])
+        seg_hi = np.concatenate([hi for _, _, hi in segs])
+        seg_wm = np.repeat(np.array(wms, np.int64), [len(s) for s, _, _ in segs])
+        cols = grouped[0] if len(grouped) == 1 else EventColumns.concat(grouped)
+        snaps, _, status, seg_pt = self._run(cols, seg_slot, seg_lo, seg_hi, seg_wm)
+        uids, fences = self._uids, self._fence
+        results: list[PartResult] = []
+        base = g = 0
+        pts = seg_pt.tolist()
+        for part, rows, duplicates, (slots, _, _) in zip(parts, applied, dups, segs):
+            too_late = rows[np.flatnonzero(status[base:base + len(rows)] == TOO_LATE)]
+            base += len(rows)
+            for i in too_late.tolist():
+                tp, off = part.tps[i], part.positions[i]
+                if tp is not None and off is not None:
+                    # refused events are not applied: a redelivery is refused again, not skipped
+                    fences[self._slot[part.cols.user_ids[i]]][tp][1].discard(off)
+            k = len(slots)
+            results.append(PartResult(too_late, duplicates, [uids[s] for s in slots.tolist()],
+                                      [None if pt == L.NONE else pt for pt in pts[g:g + k]]))
+            g += k
+        return FencedResult(snaps, results)
+
+    def _fence_part(self, part: FencedPart, base: int,
+                    ) -> tuple[NDArray[np.intp], int, tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]]:
+        """A part's events through the offset fences: (its applied rows, user by user; how many were
+        duplicates; its segments (slot, first row, end row), rows counted from ``base``)."""
+        cols, tps, positions = part.cols, part.tps, part.positions
+        floors = part.commit_floor or {}
         n = len(cols)
         slots = self.slots(cols.user_ids)
         # one segment per user, in order of first appearance; a stable sort keeps each user's events
@@ -184,7 +239,7 @@ class StateTable:
         fences = self._fence
         slot_list = slots.tolist()
         # fence_seen + fence_mark per event, as apply does; only a user's first event of a fence key
-        # in this call can move its frontier (the floor is the same for all), so the rest test and
+        # in this part can move its frontier (the floor is the same for all), so the rest test and
         # add to the entry directly (the same outcome, without two calls per event)
         settled: dict[int, dict[str, tuple[int, set[int]]]] = {}
         for i in order.tolist():
@@ -202,7 +257,7 @@ class StateTable:
                     keep[i] = False
                     duplicates += 1
                 else:
-                    fence_mark(fence, tp, off)  # now: a redelivery inside this call is a duplicate
+                    fence_mark(fence, tp, off)  # now: a redelivery inside this part is a duplicate
                 if tp in fence:
                     settled.setdefault(s, {})[tp] = fence[tp]
                 continue
@@ -216,30 +271,18 @@ class StateTable:
         rows = order[kept_sorted]  # the applied events, user by user
         s_sorted = slots[order]
         starts = np.flatnonzero(np.diff(s_sorted, prepend=-1)) if n else np.empty(0, np.intp)
-        cum = np.concatenate([[0], np.cumsum(kept_sorted, dtype=np.int64)])
+        cum = np.concatenate([[0], np.cumsum(kept_sorted, dtype=np.int64)]) + base
         seg_slot = s_sorted[starts].astype(np.int64)
         seg_lo = cum[starts]
-        seg_hi = cum[np.append(starts[1:], n).astype(np.intp)]
-        if len(due):
-            due_slots = self.slots(due)
+        # each segment ends where the next begins; no events, no segments (not one ending at 0)
+        seg_hi = cum[np.append(starts[1:], n).astype(np.intp)] if len(starts) else cum[:0]
+        if len(part.due):
+            due_slots = self.slots(part.due).astype(np.int64)
+            end = np.full(len(due_slots), base + len(rows), np.int64)
             seg_slot = np.concatenate([seg_slot, due_slots])
-            seg_lo = np.concatenate([seg_lo, np.full(len(due_slots), len(rows), np.int64)])
-            seg_hi = np.concatenate([seg_hi, np.full(len(due_slots), len(rows), np.int64)])
-        if not len(seg_slot):
-            return FencedResult(_EMPTY, np.empty(0, np.intp), duplicates, [], [])
-        grouped = cols.take(rows) if len(rows) != n or n == 0 or (order != np.arange(n)).any() else cols
-        snaps, _, status = self._run(grouped, seg_slot, seg_lo.astype(np.int64), seg_hi.astype(np.int64),
-                                     watermark_ms)
-        too_late = rows[np.flatnonzero(status == TOO_LATE)]
-        for i in too_late.tolist():
-            tp, off = tps[i], positions[i]
-            if tp is not None and off is not None:
-                # refused events are not applied: a redelivery is refused again, not skipped
-                fences[slot_list[i]][tp][1].discard(off)
-        seg = seg_slot.tolist()
-        uids = self._uids
-        pending = [None if pt == L.NONE else pt for pt in self._sc[seg_slot, L.S_PT].tolist()]
-        return FencedResult(snaps, too_late, duplicates, [uids[s] for s in seg], pending)
+            seg_lo = np.concatenate([seg_lo, end])
+            seg_hi = np.concatenate([seg_hi, end])
+        return rows, duplicates, (seg_slot, seg_lo.astype(np.int64), seg_hi.astype(np.int64))
 
     # -- the WindowStore operations --------------------------------------------------------------------
     def apply(
@@ -282,7 +325,7 @@ class StateTable:
                 where.append((g, i))
             seg_hi[g] = len(events)
         cols = EventColumns.from_events(events, lates)
-        snaps, seg_out, status = self._run(cols, slots, seg_lo, seg_hi, watermark_ms)
+        snaps, seg_out, status, _ = self._run(cols, slots, seg_lo, seg_hi, watermark_ms)
         bounds = np.append(seg_out, len(snaps)).tolist()
         st = status.tolist()
         for j, (g, i) in enumerate(where):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain as _chain
@@ -21,8 +21,10 @@ __all__ = [
     "ApplyResults",
     "ColumnResult",
     "EventColumns",
+    "FencedPart",
     "FencedResult",
     "Item",
+    "PartResult",
     "Snapshot",
     "Snapshots",
     "UserBatch",
@@ -299,12 +301,34 @@ class ColumnResult:
     users: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class FencedPart:
+    """One group's share of a :meth:`StateTable.apply_fenced` call (the live worker: one partition's
+    release): its events in canonical order per user, each with its fence key and Kafka position
+    (None: no fence), the users without events whose pending tick is to be decided, the group's
+    watermark, and how far its fences may settle (per fence key)."""
+
+    cols: EventColumns
+    tps: Sequence[str | None]
+    positions: Sequence[int | None]
+    due: Sequence[str]
+    watermark_ms: int
+    commit_floor: Mapping[str, int] | None = None
+
+
+@dataclass(slots=True)
+class PartResult:
+    """What :meth:`StateTable.apply_fenced` did with one :class:`FencedPart`."""
+
+    too_late: NDArray[np.intp]  # indices into the part's columns of the refused (too late) events
+    duplicates: int  # events the offset fence skipped (applied before)
+    users: list[str]  # every user the part touched (with events, or due), in segment order
+    pending: list[int | None]  # each of those users' pending tick after the part
+
+
 @dataclass(slots=True)
 class FencedResult:
     """What :meth:`StateTable.apply_fenced` did (the live columnar path)."""
 
-    snapshots: Snapshots  # every newly decided snapshot, user by user
-    too_late: NDArray[np.intp]  # indices into the input columns of the refused (too late) events
-    duplicates: int  # events the offset fence skipped (applied before)
-    users: list[str]  # every user the call touched (with events, or due), in segment order
-    pending: list[int | None]  # each user's pending tick after the call
+    snapshots: Snapshots  # every newly decided snapshot of every part, part by part, user by user
+    parts: list[PartResult]  # one per part, in order
