@@ -53,7 +53,6 @@ from redis.exceptions import (
 from stream.core import layout as L
 from stream.core.policy import POLICY_PREFIX
 from stream.core.windows import (
-    EventColumns,
     FencedPart,
     FencedResult,
     StateTable,
