@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.checkpoint_bench import NullProducer  # noqa: E402
 from bench.peer_bench import ENVELOPE_CAP, _keys, choose_window, make_log, write_uploads  # noqa: E402
 from bench.profile_pipeline import offline_cpu  # noqa: E402
 from stream.core.detector import Detector  # noqa: E402
@@ -47,19 +48,6 @@ from stream.state.poison import RedisPoisonLedger  # noqa: E402
 from stream.tools.replay import ReplaySummary, _groups  # noqa: E402
 
 PARTITIONS = 6
-
-
-class NullProducer:
-    """Alerts are counted by the pipeline and dropped here."""
-
-    def produce(self, topic: str, key: bytes | None = None, value: bytes = b"") -> None:
-        pass
-
-    def flush(self, _timeout: float = 0) -> int:
-        return 0
-
-    def poll(self, _timeout: float = 0) -> int:
-        return 0
 
 
 def messages(src: Path, cap: int, clicks: str, views: str, partitions: int = PARTITIONS,
