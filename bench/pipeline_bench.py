@@ -129,6 +129,9 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=PARTITIONS, help="of each input topic (users hashed over them)")
     ap.add_argument("--fetch", type=int, default=0,
                     help="uneven fetch: runs of up to N messages of one input partition (0: log order)")
+    ap.add_argument("--lateness-ms", type=int, default=None,
+                    help="the lateness bound L (default: the upload window + 60 s, at most 1 h; with one event "
+                         "per message the settings' default)")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     a = ap.parse_args()
     model = ROOT / "models" / "riskstream.onnx"
@@ -142,6 +145,8 @@ def main() -> None:
         src, cap = tmp / "uploads.jsonl.gz", ENVELOPE_CAP
         write_uploads(keys, src, window_ms)
         lateness = min(3_600_000, window_ms + 60_000)
+    if a.lateness_ms is not None:
+        lateness = a.lateness_ms
     warm_up()
     n_msgs = len(messages(src, cap, "c", "v"))
     print(f"input: {len(keys):,} events, {len(keys) / n_msgs:.2f} per message ({n_msgs:,} messages), "

@@ -58,6 +58,22 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of a process (threads of one name summed): where a process's
+    CPU goes besides its Python main thread (librdkafka's threads, onnxruntime's pool, ...)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            with open(task / "stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+        except OSError:  # the thread ended
+            continue
+        name = head.split("(", 1)[1]
+        fields = tail.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
 def stack_pids() -> dict[str, int]:
     """The local stack's broker and Redis (``deploy/local/stack`` pid files), those that run."""
     out = {}
@@ -199,6 +215,7 @@ def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap
                 raise SystemExit(f"worker exited: {worker.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             time.sleep(0.05)
         c0, t0, w0, p0 = c, time.monotonic(), cpu_s(worker.pid), [cpu_s(k) for k in kids]
+        th0 = thread_cpu_s(kids[0])
         steps0 = steps_done(port)
         others = stack_pids()
         o0, m0 = {k: cpu_s(v) for k, v in others.items()}, machine_busy_s()
@@ -216,6 +233,7 @@ def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap
                 raise SystemExit(f"worker exited: {worker.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
             time.sleep(0.05)
         c1, t1, w1, p1 = c, time.monotonic(), cpu_s(worker.pid), [cpu_s(k) for k in kids]
+        th1 = thread_cpu_s(kids[0])
         steps1 = steps_done(port)
         o1, m1 = {k: cpu_s(v) for k, v in others.items()}, machine_busy_s()
     finally:
@@ -248,6 +266,9 @@ def run_once(a: argparse.Namespace, spy: str | None, model: Path, src: Path, cap
           f"{faust_us:.1f} µs (pipeline {sum(each) / wall * 100:.0f} % of a core"
           + (f" = {' + '.join(f'{x / wall * 100:.0f}' for x in each)}" if pipelines > 1 else "")
           + f", Faust {(w1 - w0) / wall * 100:.0f} %)", flush=True)
+    threads = sorted(((th1[k] - th0.get(k, 0.0), k) for k in th1), reverse=True)
+    print("  the " + ("first " if pipelines > 1 else "") + "pipeline process by thread: "
+          + ", ".join(f"{name} {t / ev * 1e6 * pipelines:.2f} µs" for t, name in threads if t > 0), flush=True)
     # the rest of the machine's CPU in the same window: what the detector competes with for the cores
     rest = ", ".join(f"{k} {(o1[k] - o0[k]) / ev * 1e6:.1f} µs ({(o1[k] - o0[k]) / wall * 100:.0f} % of a core)"
                      for k in o0)

@@ -32,7 +32,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -261,14 +262,24 @@ _MAX_CHUNKS = 64  # chunks a column buffer keeps before it merges them
 @dataclass(slots=True)
 class _Chunk:
     """Rows of one push still waiting in a :class:`ColumnReorderBuffer`: ``rows`` of ``cols`` (None:
-    all of them), with their event times and meta already picked. A partial release picks the
-    waiting rows' times and meta again but never copies the string columns of the rows left: those
-    are copied once, when the row is released (``take``)."""
+    all of them), with their event times and meta already picked, and the lowest and highest of
+    those times (a release touches only the chunks the watermark reached). A partial release picks
+    the waiting rows' times and meta again but never copies the string columns of the rows left:
+    those are copied once, when the row is released (``take``). ``memo``: what a caller derived
+    from the chunk's rows (:meth:`ColumnReorderBuffer.summaries`)."""
 
     cols: EventColumns
     rows: NDArray[np.intp] | None
     ts: NDArray[np.int64]
     meta: NDArray[np.int64]
+    lo: int = 0
+    hi: int = 0
+    memo: Any = None
+
+    @classmethod
+    def of(cls, cols: EventColumns, rows: NDArray[np.intp] | None, ts: NDArray[np.int64],
+           meta: NDArray[np.int64]) -> _Chunk:
+        return cls(cols, rows, ts, meta, int(ts.min()), int(ts.max())) if len(ts) else cls(cols, rows, ts, meta)
 
     def take(self, i: NDArray[np.intp] | None = None) -> EventColumns:
         """The waiting rows (``i``: those of them) as columns of their own."""
@@ -278,7 +289,7 @@ class _Chunk:
 
     def keep(self, i: NDArray[np.intp]) -> _Chunk:
         """The chunk of the waiting rows ``i`` only."""
-        return _Chunk(self.cols, i if self.rows is None else self.rows[i], self.ts[i], self.meta[:, i])
+        return _Chunk.of(self.cols, i if self.rows is None else self.rows[i], self.ts[i], self.meta[:, i])
 
 
 class ColumnReorderBuffer(_Watermarked):
@@ -307,7 +318,7 @@ class ColumnReorderBuffer(_Watermarked):
             cols = EventColumns.concat([c.take() for c in chunks])
             meta = (np.concatenate([c.meta for c in chunks], axis=1) if chunks
                     else np.empty((self.meta_rows, 0), np.int64))
-            self._chunks = chunks = [_Chunk(cols, None, cols.ts, meta)]
+            self._chunks = chunks = [_Chunk.of(cols, None, cols.ts, meta)]
         return chunks[0].cols, chunks[0].meta
 
     def pending_times(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -334,17 +345,48 @@ class ColumnReorderBuffer(_Watermarked):
             late = np.flatnonzero(late_mask)
             keep = np.flatnonzero(~late_mask)
             if len(keep):
-                self._chunks.append(_Chunk(cols, keep, ts[keep], meta[:, keep]))
+                self._chunks.append(_Chunk.of(cols, keep, ts[keep], meta[:, keep]))
                 self._n += len(keep)
             return late
-        self._chunks.append(_Chunk(cols, None, ts, meta))
+        self._chunks.append(_Chunk(cols, None, ts, meta, int(ts.min()), top))
         self._n += len(ts)
         return np.empty(0, np.intp)
+
+    def summaries(self, summarise: Callable[[NDArray[np.int64], NDArray[np.int64]], Any]) -> list[Any]:
+        """``summarise(ts, meta)`` of each chunk of waiting rows, memoised on the chunk: a caller that
+        needs something of every waiting row at every step (the pipeline's fence floors) computes
+        it only for the chunks that changed since it last asked. One ``summarise`` per buffer."""
+        out = []
+        for c in self._chunks:
+            if c.memo is None:
+                c.memo = summarise(c.ts, c.meta)
+            out.append(c.memo)
+        return out
 
     def release(self, force_to: int | None = None) -> tuple[EventColumns, NDArray[np.int64], int]:
         """:meth:`ReorderBuffer.release`: the rows the watermark passed (and the forced ones), in
         canonical order, their meta, and the watermark."""
         wm = self.watermark()
+        if force_to is None and self._n <= self.max_events:
+            # nothing to force: only the chunks the watermark reached are looked at
+            if wm > self.released_to:
+                self.released_to = wm
+            taken: list[tuple[EventColumns, NDArray[np.int64]]] = []
+            kept: list[_Chunk] = []
+            n_out = 0
+            for chunk in self._chunks:
+                if chunk.lo >= wm:
+                    kept.append(chunk)
+                elif chunk.hi < wm:
+                    taken.append((chunk.take(), chunk.meta))
+                    n_out += len(chunk.ts)
+                else:
+                    o = chunk.ts < wm
+                    i = np.flatnonzero(o)
+                    taken.append((chunk.take(i), chunk.meta[:, i]))
+                    kept.append(chunk.keep(np.flatnonzero(~o)))
+                    n_out += len(i)
+            return self._released(taken, kept, self._n - n_out, max(wm, self.released_to))
         ts, _ = self.pending_times()
         out = ts < wm
         if wm > self.released_to:
@@ -363,13 +405,11 @@ class ColumnReorderBuffer(_Watermarked):
             self.forced += int(forced.sum())
             out |= forced
             self.released_to = max(self.released_to, last + 1)
-        if not out.any():
-            return EventColumns.concat([]), np.empty((self.meta_rows, 0), np.int64), max(wm, self.released_to)
         # Per chunk, in arrival order: a chunk nothing left stays as it is, and a chunk some rows
         # stay in keeps them by index (the rows still waiting are not copied at every release:
         # with a long lateness bound they are most rows)
-        taken: list[tuple[EventColumns, NDArray[np.int64]]] = []
-        kept: list[_Chunk] = []
+        taken = []
+        kept = []
         start = 0
         for chunk in self._chunks:
             n = len(chunk.ts)
@@ -383,11 +423,18 @@ class ColumnReorderBuffer(_Watermarked):
                 kept.append(chunk.keep(np.flatnonzero(~o)))
             else:
                 kept.append(chunk)
+        return self._released(taken, kept, len(ts) - int(out.sum()), max(wm, self.released_to))
+
+    def _released(self, taken: list[tuple[EventColumns, NDArray[np.int64]]], kept: list[_Chunk], left: int,
+                  wm: int) -> tuple[EventColumns, NDArray[np.int64], int]:
+        """The taken rows in canonical order with their meta, and ``wm``; the kept chunks stay."""
+        if not taken:
+            return EventColumns.concat([]), np.empty((self.meta_rows, 0), np.int64), wm
         if len(kept) > _MAX_CHUNKS:  # many small chunks: one concatenation now and then
             cols = EventColumns.concat([c.take() for c in kept])
-            kept = [_Chunk(cols, None, cols.ts, np.concatenate([c.meta for c in kept], axis=1))]
-        self._chunks, self._n = kept, len(ts) - int(out.sum())
+            kept = [_Chunk.of(cols, None, cols.ts, np.concatenate([c.meta for c in kept], axis=1))]
+        self._chunks, self._n = kept, left
         sel = EventColumns.concat([c for c, _ in taken])
         smeta = taken[0][1] if len(taken) == 1 else np.concatenate([m for _, m in taken], axis=1)
         order = canonical_order(sel.ts, sel.view, sel.event_ids)
-        return sel.take(order), smeta[:, order], max(wm, self.released_to)
+        return sel.take(order), smeta[:, order], wm

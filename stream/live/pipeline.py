@@ -429,27 +429,30 @@ class Pipeline:
         that commits past un-acked messages, faust-streaming #606) must not settle it."""
         floor = dict(committed)
         force_to = None
-        bts, bmeta = part.buffer.pending_times()
+        # per fence key code: [rows, lowest position, lowest arrival number, its event time]
+        low: dict[int, list[int]] = {}
+        sums = part.buffer.summaries(_waiting)
         if late is not None:
-            ts = np.concatenate([bts, late[0].ts])
-            meta = np.concatenate([bmeta, late[1]], axis=1)
-        else:
-            ts, meta = bts, bmeta
-        many = len(part.tracks) > 1
+            sums.append(_waiting(late[0].ts, late[1]))
+        for summary in sums:
+            for code, (k, pos, arr, ts) in summary.items():
+                cur = low.get(code)
+                if cur is None:
+                    low[code] = [k, pos, arr, ts]
+                    continue
+                cur[0] += k
+                if pos < cur[1]:
+                    cur[1] = pos
+                if arr < cur[2]:
+                    cur[2], cur[3] = arr, ts
         keys = self._tp_keys
         for code, track in part.tracks.items():
-            if many:
-                sel = np.flatnonzero(meta[_TP] == code)
-                pos, arr, t = meta[_POS, sel], meta[_ARRIVAL, sel], ts[sel]
-            else:
-                pos, arr, t = meta[_POS], meta[_ARRIVAL], ts
-            if len(pos):
-                f = int(pos.min())
-                head = int(arr.argmin())
-                overtaken = track.added - int(arr[head]) - len(pos)
+            cur = low.get(code)
+            if cur is not None:
+                k, f, arr, ts = cur
+                overtaken = track.added - arr - k
                 if overtaken > self.s.buffer_max_events:
-                    head_ts = int(t[head])
-                    force_to = head_ts if force_to is None else max(force_to, head_ts)
+                    force_to = ts if force_to is None else max(force_to, ts)
             else:
                 f = track.last + 1
             if track.low is not None:
@@ -685,6 +688,26 @@ class Pipeline:
         self._suspects = {tp: v for tp, v in self._suspects.items() if tp[1] not in gone}
         if self.store is not None:
             self.store.invalidate()
+
+
+def _waiting(ts: NDArray[np.int64], meta: NDArray[np.int64]) -> dict[int, tuple[int, int, int, int]]:
+    """What the fence floors need of waiting rows, per fence key code: (rows, lowest position,
+    lowest arrival number, the event time of that row)."""
+    out: dict[int, tuple[int, int, int, int]] = {}
+    if not len(ts):
+        return out
+    codes = meta[_TP]
+    first = int(codes[0])
+    groups: list[tuple[int, NDArray[np.intp] | None]]
+    if (codes == first).all():  # a chunk is one push: one input topic-partition
+        groups = [(first, None)]
+    else:
+        groups = [(c, np.flatnonzero(codes == c)) for c in np.unique(codes).tolist()]
+    for code, sel in groups:
+        pos, arr, t = (meta[_POS], meta[_ARRIVAL], ts) if sel is None else (meta[_POS, sel], meta[_ARRIVAL, sel], ts[sel])
+        head = int(arr.argmin())
+        out[code] = (len(pos), int(pos.min()), int(arr[head]), int(t[head]))
+    return out
 
 
 def _is_envelope(raw: bytes) -> bool:
