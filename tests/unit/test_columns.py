@@ -120,3 +120,20 @@ def test_offline_fast_path_equals_the_release_path_through_the_store_protocol() 
     assert sorted(fast_store.users()) == users
     assert all(fast_store.state_of(u) == store.state_of(u) for u in users)
     assert fast.policy_fields(users) == slow.policy_fields(users)
+
+
+def test_a_numpy_integer_watermark_decides_what_the_same_int_decides() -> None:
+    """A watermark that is a numpy integer (what ``ts[...]`` gives) is one watermark for every user,
+    not an array of them."""
+    events = random_log(5)
+    cols = EventColumns.from_events(events)
+    cols = cols.take(canonical_order(cols.ts, cols.view, cols.event_ids))
+    wm = cols.ts[len(cols) // 2]
+    assert isinstance(wm, np.integer)
+    a, b = MemoryWindowStore(keep_outbox=False), MemoryWindowStore(keep_outbox=False)
+    got, want = a.apply_columns(cols, wm), b.apply_columns(cols, int(wm))
+    assert len(want.snapshots) and list(got.too_late) == list(want.too_late)
+    assert got.snapshots.user_ids == want.snapshots.user_ids
+    assert (got.snapshots.tick_end == want.snapshots.tick_end).all()
+    assert sorted(a.users()) == sorted(b.users())
+    assert all(a.state_of(u) == b.state_of(u) for u in b.users())

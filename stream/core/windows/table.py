@@ -106,7 +106,7 @@ class StateTable:
         """One kernel call: (snapshots, first snapshot row of each segment, each event's status, each
         segment's pending tick after it). ``watermark_ms``: one for all segments, or one each."""
         n_out = len(cols) + len(seg_slot)
-        seg_wm = (np.full(len(seg_slot), watermark_ms, np.int64) if isinstance(watermark_ms, int)
+        seg_wm = (np.full(len(seg_slot), watermark_ms, np.int64) if np.ndim(watermark_ms) == 0
                   else watermark_ms)
         seg_pt = np.empty(len(seg_slot), np.int64)
         out_rings = np.empty((n_out, L.RING_WORDS), np.uint32)
