@@ -222,7 +222,7 @@ class Detector:
         users: dict[str, None] = {}
         for rel in (releases,) if isinstance(releases, (Release, ColumnRelease)) else releases:
             if isinstance(rel, ColumnRelease):
-                users.update(dict.fromkeys(rel.cols.user_ids))
+                users.update(dict.fromkeys(rel.cols.user_ids.tolist()))
             else:
                 for events in (rel.released, rel.late):
                     for ev, _ in events:
@@ -331,7 +331,7 @@ class Detector:
         metas: Sequence[M]
         events, metas = zip(*items) if items else ((), ())
         cols = EventColumns.from_events(events, [False] * len(released) + [True] * len(late) if late else False)
-        due = self._due(rel.group, rel.watermark_ms, set(cols.user_ids))
+        due = self._due(rel.group, rel.watermark_ms, set(cols.user_ids.tolist()))
         if not events and not due:
             return Snapshots.empty()
         first_seen = cols.user_ids  # the per-user path's user order: first appearance, released then late
@@ -370,7 +370,7 @@ class Detector:
         for rel in rels:
             cols = rel.cols
             out.late += rel.n_late
-            due = self._due(rel.group, rel.watermark_ms, set(cols.user_ids))
+            due = self._due(rel.group, rel.watermark_ms, set(cols.user_ids.tolist()))
             if not len(cols) and not due:
                 continue
             tps, positions = rel.tps, rel.positions
@@ -545,12 +545,14 @@ class _Rows:
     age_bands: list[str | None]
 
 
-def _too_late_in_order(too_late: NDArray[np.intp], first_seen: Sequence[str], uids: Sequence[str]) -> list[int]:
+def _too_late_in_order(too_late: NDArray[np.intp], first_seen: Sequence[str] | NDArray[np.object_],
+                       uids: Sequence[str] | NDArray[np.object_]) -> list[int]:
     """Refused rows (indices into ``uids``) in the per-user path's order: user by user in order of
     first appearance in ``first_seen``, then by row."""
     if not len(too_late):
         return []
-    rank = {u: r for r, u in enumerate(dict.fromkeys(first_seen))}
+    rank = {u: r for r, u in enumerate(dict.fromkeys(first_seen.tolist() if isinstance(first_seen, np.ndarray)
+                                                     else first_seen))}
     return sorted(too_late.tolist(), key=lambda i: (rank[uids[i]], i))
 
 

@@ -66,7 +66,8 @@ def canonical_key(ev: Event) -> tuple[int, str, str]:
     return (ev.ts_ms, ev.type, ev.event_id)
 
 
-def canonical_order(ts: NDArray[np.int64], view: NDArray[np.int8], event_ids: Sequence[str]) -> NDArray[np.intp]:
+def canonical_order(ts: NDArray[np.int64], view: NDArray[np.int8],
+                    event_ids: Sequence[str] | NDArray[np.object_]) -> NDArray[np.intp]:
     """The permutation that puts events (as columns) in canonical order, like sorting by
     :func:`canonical_key`: event time, then type ("click" < "view"), then event id."""
     order = np.lexsort((view, ts))

@@ -193,7 +193,7 @@ class RedisWindowStore:
     def apply_fenced(self, parts: Sequence[FencedPart]) -> FencedResult:
         """:meth:`apply` of columns (the live columnar path, ``StateTable.apply_fenced``), with the
         same loading, decided-tick and dirty bookkeeping; every part's users loaded in one round trip."""
-        self._before_apply([*dict.fromkeys(u for p in parts for u in (*p.cols.user_ids, *p.due))])
+        self._before_apply([*dict.fromkeys(u for p in parts for u in (*p.cols.user_ids.tolist(), *p.due))])
         res = self._table.apply_fenced(parts)
         self._after_apply(zip(res.snapshots.user_ids, res.snapshots.tick_end.tolist()),
                           [u for r in res.parts for u in r.users])

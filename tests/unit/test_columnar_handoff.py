@@ -105,7 +105,7 @@ def _same_releases(ops: list, lateness: int, cap: int) -> None:
             assert wm_c == wm
             assert meta[0].tolist() == [m for _, m in out]
             assert c.ts.tolist() == [e.ts_ms for e, _ in out]
-            assert c.user_ids == [e.user_id for e, _ in out] and c.event_ids == [e.event_id for e, _ in out]
+            assert c.user_ids.tolist() == [e.user_id for e, _ in out] and c.event_ids.tolist() == [e.event_id for e, _ in out]
         assert (cols.released_to, cols.forced, len(cols), cols.full) == (heap.released_to, heap.forced, len(heap),
                                                                           heap.full)
         assert cols.watermark() == heap.watermark() and cols.behind() == heap.behind()

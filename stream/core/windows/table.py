@@ -75,11 +75,15 @@ class StateTable:
     def users(self) -> Iterable[str]:
         return self._slot.keys()
 
-    def slots(self, user_ids: Sequence[str]) -> NDArray[np.int64]:
+    def slots(self, user_ids: Sequence[str] | NDArray[np.object_]) -> NDArray[np.int64]:
         """Each user's state row, created (empty) for users never seen."""
+        ids = user_ids.tolist() if isinstance(user_ids, np.ndarray) else user_ids
         slot = self._slot
-        out = np.empty(len(user_ids), np.int64)
-        for i, u in enumerate(user_ids):
+        known = list(map(slot.get, ids))
+        if None not in known:
+            return np.array(known, np.int64)
+        out = np.empty(len(ids), np.int64)
+        for i, u in enumerate(ids):
             s = slot.get(u)
             if s is None:
                 if self._free:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import chain as _chain
-from operator import attrgetter, is_not, itemgetter
-from typing import NamedTuple, overload
+from operator import attrgetter, is_not
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -179,6 +178,9 @@ class ApplyResults(list[UserResult]):
     batch: Snapshots | None = None
 
 
+Strings = NDArray[np.object_]
+"""A string column of :class:`EventColumns` (user ids, event ids, age bands: str or None)."""
+
 TZ_ABSENT = -(2**31)
 """Column marker for an event without ``tz_offset_min``."""
 CATEGORY_CODE: dict[str, int] = dict(L.CATEGORY_INDEX)
@@ -203,12 +205,14 @@ class EventColumns:
     tz: NDArray[np.int64]
     has_band: NDArray[np.int8]
     late: NDArray[np.int8]
-    bands: list[str | None]
-    user_ids: list[str]
-    event_ids: list[str]
+    # the string columns are object arrays: a take or a concatenation copies pointers in C
+    # (≈ 55 against ≈ 125 ns a row for lists picked by itemgetter)
+    bands: Strings
+    user_ids: Strings
+    event_ids: Strings
 
     def __len__(self) -> int:
-        return len(self.user_ids)
+        return len(self.ts)
 
     @classmethod
     def from_tuples(cls, events: Sequence[EventTuple]) -> EventColumns:
@@ -236,9 +240,9 @@ class EventColumns:
             has_band=(np.zeros(n, np.int8) if bands.count(None) == n
                       else np.fromiter(map(_NOT_NONE, bands), np.int8, n)),
             late=np.zeros(n, np.int8),
-            bands=ev.bands,
-            user_ids=ev.user_ids,
-            event_ids=ev.event_ids,
+            bands=_objects(ev.bands),
+            user_ids=_objects(ev.user_ids),
+            event_ids=_objects(ev.event_ids),
         )
 
     @classmethod
@@ -254,9 +258,9 @@ class EventColumns:
             tz=np.fromiter((TZ_ABSENT if t is None else t for t in map(_get_tz, events)), np.int64, n),
             has_band=np.fromiter(map(_NOT_NONE, bands), np.int8, n),
             late=lates,
-            bands=bands,
-            user_ids=list(map(_get_user, events)),
-            event_ids=list(map(_get_event_id, events)),
+            bands=_objects(bands),
+            user_ids=_objects(list(map(_get_user, events))),
+            event_ids=_objects(list(map(_get_event_id, events))),
         )
 
     @classmethod
@@ -269,8 +273,8 @@ class EventColumns:
         cat = np.concatenate
         return cls(cat([c.ts for c in parts]), cat([c.view for c in parts]), cat([c.dwell for c in parts]),
                    cat([c.cat for c in parts]), cat([c.tz for c in parts]), cat([c.has_band for c in parts]),
-                   cat([c.late for c in parts]), list(_chain(*[c.bands for c in parts])),
-                   list(_chain(*[c.user_ids for c in parts])), list(_chain(*[c.event_ids for c in parts])))
+                   cat([c.late for c in parts]), cat([c.bands for c in parts]),
+                   cat([c.user_ids for c in parts]), cat([c.event_ids for c in parts]))
 
     def event(self, i: int) -> Event:
         """Row ``i`` as an :class:`Event` (the fields the columns keep; no item or session id)."""
@@ -280,16 +284,16 @@ class EventColumns:
                      self.bands[i], None, None)
 
     def take(self, idx: NDArray[np.intp]) -> EventColumns:
-        il = idx.tolist()
-        if len(il) > 1:  # itemgetter picks the rows in one C call
-            pick = itemgetter(*il)
-            bands, users, eids = list(pick(self.bands)), list(pick(self.user_ids)), list(pick(self.event_ids))
-        else:
-            bands = [self.bands[i] for i in il]
-            users = [self.user_ids[i] for i in il]
-            eids = [self.event_ids[i] for i in il]
         return EventColumns(self.ts[idx], self.view[idx], self.dwell[idx], self.cat[idx], self.tz[idx],
-                            self.has_band[idx], self.late[idx], bands, users, eids)
+                            self.has_band[idx], self.late[idx], self.bands[idx], self.user_ids[idx],
+                            self.event_ids[idx])
+
+
+def _objects(values: Sequence[Any]) -> Strings:
+    """A 1-D object array of ``values`` (strings or None; never split into characters)."""
+    out = np.empty(len(values), object)
+    out[:] = values
+    return out
 
 
 @dataclass(slots=True)
