@@ -30,9 +30,8 @@ until the watermark reaches them, and are applied then. Offline and in replays o
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
