@@ -51,11 +51,17 @@ from stream.topics import ensure_topics  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(path: str | Path) -> tuple[str, float]:
+    """The name and the user + system CPU seconds of a /proc ``stat`` file (a process's or a thread's)."""
+    with open(path) as f:
+        head, tail = f.read().rsplit(")", 1)
+    fields = tail.split()
+    return head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / TICK
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return _stat(f"/proc/{pid}/stat")[1]
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -64,13 +70,10 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            with open(task / "stat") as f:
-                head, tail = f.read().rsplit(")", 1)
+            name, cpu = _stat(task / "stat")
         except OSError:  # the thread ended
             continue
-        name = head.split("(", 1)[1]
-        fields = tail.split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+        out[name] = out.get(name, 0.0) + cpu
     return out
 
 
