@@ -55,6 +55,7 @@ from stream.core.windows import (
     WindowStore,
     all_snapshots,
 )
+from stream.core.windows.types import Strings
 
 __all__ = [
     "SCORE_DECIMALS",
@@ -545,14 +546,12 @@ class _Rows:
     age_bands: list[str | None]
 
 
-def _too_late_in_order(too_late: NDArray[np.intp], first_seen: Sequence[str] | NDArray[np.object_],
-                       uids: Sequence[str] | NDArray[np.object_]) -> list[int]:
+def _too_late_in_order(too_late: NDArray[np.intp], first_seen: Strings, uids: Strings) -> list[int]:
     """Refused rows (indices into ``uids``) in the per-user path's order: user by user in order of
-    first appearance in ``first_seen``, then by row."""
+    first appearance in ``first_seen``, then by row (both: :class:`EventColumns` user ids)."""
     if not len(too_late):
         return []
-    rank = {u: r for r, u in enumerate(dict.fromkeys(first_seen.tolist() if isinstance(first_seen, np.ndarray)
-                                                     else first_seen))}
+    rank = {u: r for r, u in enumerate(dict.fromkeys(first_seen.tolist()))}
     return sorted(too_late.tolist(), key=lambda i: (rank[uids[i]], i))
 
 
