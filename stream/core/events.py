@@ -35,9 +35,11 @@ Check order, first failure wins:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from enum import StrEnum
+from itertools import chain, repeat
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -58,6 +60,7 @@ __all__ = [
     "EventTuple",
     "decode_message",
     "decode_message_into",
+    "decode_messages_into",
     "decode_message_tuples",
     "encode_event",
 ]
@@ -298,36 +301,68 @@ def _decode_envelope_fast(raw: bytes, topic_type: str | None, key: bytes | None,
                           out: EventLists) -> int:
     """Append an envelope of valid events to ``out`` and return their number; 0 (nothing appended)
     when any check of :func:`_decode_event` might refuse something: the caller then decodes it the
-    slow way. Every check here is one of those, done per list in C (counts, min/max, lookups)."""
+    slow way."""
+    counts = _decode_envelopes_fast((raw,), topic_type, (key,), now_ms, out)
+    return 0 if counts is None else counts[0]
+
+
+def _decode_envelopes_fast(raws: Sequence[bytes], topic_type: str | None, keys: Sequence[bytes | None],
+                           now_ms: int, out: EventLists) -> list[int] | None:
+    """Append the events of messages of valid events (envelopes, or single events) to ``out`` and
+    return each one's number; None (nothing appended) when any check of :func:`_decode_event` might
+    refuse something in any of them: the caller then decodes them one by one. Each message is
+    parsed on its own (never joined with the others); every check is one of :func:`_decode_event`'s,
+    done over all the messages' events at once, in C (counts, min/max, lookups, list comparisons).
+    A single event (no envelope) counts as an envelope of one."""
     try:
-        evs = _decode_envelope(raw).events
+        if len(raws) == 1:  # (one message: the same checks, without the per-message lists)
+            raw = raws[0]
+            if len(raw) > MAX_MESSAGE_BYTES:
+                return None
+            evs = _decode_envelope(raw).events if b'"events"' in raw else [_decode_one(raw)]
+            counts = [len(evs)]
+        else:
+            if max(map(len, raws)) > MAX_MESSAGE_BYTES:
+                return None
+            lists = [_decode_envelope(raw).events if b'"events"' in raw else [_decode_one(raw)] for raw in raws]
+            counts = list(map(len, lists))
+            evs = list(chain.from_iterable(lists))
     except _MsgspecError:
-        return 0
+        return None
     n = len(evs)
     users = [e.user_id for e in evs]
-    key_user = None if key is None else key.decode("utf-8", "surrogateescape")
-    if key_user is not None and users.count(key_user) != n:
-        return 0
+    if None in keys:
+        if keys.count(None) != len(keys):
+            return None  # some keyed, some not (no caller does that): one by one
+    elif len(keys) == 1:
+        if users.count(keys[0].decode("utf-8", "surrogateescape")) != n:  # type: ignore[union-attr]
+            return None
+    else:
+        key_users = [k.decode("utf-8", "surrogateescape") for k in keys]  # type: ignore[union-attr]
+        if list(chain.from_iterable(map(repeat, key_users, counts))) != users:
+            return None
     types: list[str] = [e.type for e in evs]
     if topic_type is not None and types.count(topic_type) != n:
-        return 0
+        return None
     ts: list[Any] = [e.ts for e in evs]
     if list(map(type, ts)).count(int) != n:  # RFC 3339 strings among them
         ts = [t if type(t) is int else _parse_rfc3339_ms(t) for t in ts]
         if None in ts:
-            return 0
+            return None
     if min(ts) < MIN_TS_MS or max(ts) > now_ms + MAX_FUTURE_MS:
-        return 0
-    dwell: list[Any] = [e.dwell_ms for e in evs]
+        return None
+    dwell: list[Any]
     if topic_type == "click":
         dwell = [0] * n
-    elif topic_type == "view":
-        if None in dwell:
-            return 0
     else:
-        dwell = [(-1 if d is None else d) if t == "view" else 0 for t, d in zip(types, dwell)]
-        if -1 in dwell:
-            return 0
+        dwell = [e.dwell_ms for e in evs]
+        if topic_type == "view":
+            if None in dwell:
+                return None
+        else:
+            dwell = [(-1 if d is None else d) if t == "view" else 0 for t, d in zip(types, dwell)]
+            if -1 in dwell:
+                return None
     categories: list[Any] = list(map(_CATEGORY_FAST.get, [e.category for e in evs]))
     if None in categories:  # not canonical as sent: the slow path's rule (case-folded, else "other")
         categories = [c if c is not None else _canonical_category(e.category)  # type: ignore[arg-type]
@@ -340,7 +375,22 @@ def _decode_envelope_fast(raw: bytes, topic_type: str | None, key: bytes | None,
     out.dwell += dwell
     out.tz += [e.tz_offset_min for e in evs]
     out.bands += [e.age_band for e in evs]
-    return n
+    return counts
+
+
+def decode_messages_into(raws: Sequence[bytes], *, topic_type: str | None, keys: Sequence[bytes | None],
+                         now_ms: int, out: EventLists) -> tuple[list[int], list[Sequence[Rejection]]]:
+    """:func:`decode_message_into` of each message in order (all of one topic type): each one's
+    number of valid events and rejections, in order. When the fast path takes every message
+    (envelopes and single events of contract fields), their checks run over all their events at once (the per-message Python is what
+    costs at a few events per message); otherwise each message is decoded on its own."""
+    if len(raws) > 1:
+        counts = _decode_envelopes_fast(raws, topic_type, keys, now_ms, out)
+        if counts is not None:
+            return counts, [()] * len(counts)
+    done = [decode_message_into(raw, topic_type=topic_type, key=key, now_ms=now_ms, out=out)
+            for raw, key in zip(raws, keys)]
+    return [n for n, _ in done], [bad for _, bad in done]
 
 
 def _decode_message(raw: bytes, topic_type: str | None, key: bytes | None, now_ms: int,

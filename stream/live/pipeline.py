@@ -36,7 +36,7 @@ import base64
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 
 from stream.core.alerts import alert_to_json
 from stream.core.detector import ColumnRelease, Detector, Outcome
-from stream.core.events import EventLists, Reason, Rejection, decode_message_into
+from stream.core.events import EventLists, Reason, Rejection, decode_messages_into
 from stream.core.layout import TICK_MS
 from stream.core.levels import levels_to_json
 from stream.core.ordering import NO_WATERMARK, ColumnReorderBuffer
@@ -148,8 +148,8 @@ class _Staged:
 
 
 _Bad = tuple[Rejection, _Msg]  # an element the decoder refused, and its message
-_NO_KEY = Rejection(Reason.MISSING_KEY, "the message has no key (input messages are keyed by user_id)",
-                    None, None, None)
+_NO_KEYS = (Rejection(Reason.MISSING_KEY, "the message has no key (input messages are keyed by user_id)",
+                     None, None, None),)
 
 # Kafka refusals of a DLQ record that no retry or restart can cure: logged, counted, skipped (an
 # alert is never skipped: any error of an alert fails the step)
@@ -308,21 +308,29 @@ class Pipeline:
     def _run(self, step: Step, messages: list[WireMessage], *, last: bool) -> None:
         rep = self._report
         dlq: list[_Bad] = []
-        staged: dict[tuple[int, str], _Staged] = {}
         inputs, msgs, codes = self.inputs, self._msgs, self._tp_codes
-        no = self._next_no
         now_ms = step.now_ms
-        for topic, p, off, key, raw in messages:
-            kind = inputs.get(topic)
-            st = staged.get((p, kind or "click"))
-            if st is None:
-                st = staged[(p, kind or "click")] = _Staged()
-            n: int
-            bad: list[Rejection]
-            if key is None:  # the contract keys every input message by its user id (docs/contracts.md §1)
-                n, bad = 0, [_NO_KEY]
-            else:  # the valid events go straight into the staged columns
-                n, bad = decode_message_into(raw, topic_type=kind, key=key, now_ms=now_ms, out=st.rows)
+        # decode the messages of each partition and input together (the checks run over all their
+        # events at once), into that group's staged columns in arrival order
+        groups: dict[tuple[int, str | None], list[int]] = {}
+        for i, (topic, p, _, key, _) in enumerate(messages):
+            if key is not None:  # the contract keys every input message by its user id (docs/contracts.md §1)
+                group = groups.get((p, inputs.get(topic)))
+                if group is None:
+                    group = groups[(p, inputs.get(topic))] = []
+                group.append(i)
+        counts = [0] * len(messages)
+        bads: list[Sequence[Rejection]] = [_NO_KEYS] * len(messages)
+        staged: dict[tuple[int, str | None], _Staged] = {}
+        for (p, kind), idx in groups.items():
+            st = staged[(p, kind)] = _Staged()
+            ns, bs = decode_messages_into([messages[i][4] for i in idx], topic_type=kind,
+                                          keys=[messages[i][3] for i in idx], now_ms=now_ms, out=st.rows)
+            for i, n, bad in zip(idx, ns, bs):
+                counts[i] = n
+                bads[i] = bad
+        no = self._next_no
+        for (topic, p, off, key, raw), n, bad in zip(messages, counts, bads):
             m = _Msg((topic, p, off), n + len(bad), raw, key)
             for r in bad:
                 dlq.append((r, m))
@@ -330,6 +338,7 @@ class Pipeline:
                 if not bad:  # nothing in it (the decoder never says so): done, not holding its partition's acks
                     self._done.append(m.id)
                 continue
+            st = staged[(p, inputs.get(topic))]
             m.no = no
             msgs[no] = m
             no += 1
@@ -357,7 +366,7 @@ class Pipeline:
             if not st.counts:  # only rejected messages
                 continue
             cols, meta = st.columns()
-            lost = self.parts[p].buffer.push(kind, cols, meta)
+            lost = self.parts[p].buffer.push(kind or "click", cols, meta)
             if len(lost):
                 late_parts.setdefault(p, []).append((cols.take(lost), meta[:, lost]))
         late: dict[int, tuple[EventColumns, NDArray[np.int64]]] = {}

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.core import events as E
-from stream.core.events import EventLists, decode_message_into, decode_message_tuples
+from stream.core.events import EventLists, decode_message_into, decode_messages_into, decode_message_tuples
 from stream.core.windows import EventColumns
 
 NOW = 1_767_225_600_000  # 2026-01-01
@@ -252,3 +252,82 @@ def test_columns_from_lists_equal_columns_from_tuples() -> None:
     for name in ("ts", "view", "dwell", "cat", "tz", "has_band", "late", "bands", "user_ids", "event_ids"):
         assert getattr(a, name).tolist() == getattr(b, name).tolist(), name
     assert a.tz.tolist()[1] < -(2**30)  # absent
+
+
+# -- several messages at once (the live pipeline decodes a partition's messages of one input together) --
+def _one_by_one(raws: list[bytes], topic_type: str | None, keys: list[bytes | None]
+                ) -> tuple[EventLists, list[int], list[list[E.Rejection]]]:
+    out = EventLists()
+    counts, bads = [], []
+    for raw, key in zip(raws, keys):
+        n, bad = decode_message_into(raw, topic_type=topic_type, key=key, now_ms=NOW, out=out)
+        counts.append(n)
+        bads.append(bad)
+    return out, counts, bads
+
+
+def _first_user(raw: bytes) -> bytes:
+    """The user of a message's first event (its key, when the producer keys correctly), else b"u1"."""
+    try:
+        obj = orjson.loads(raw)
+        first = obj["events"][0] if "events" in obj else obj
+        return str(first["user_id"]).encode()
+    except Exception:
+        return b"u1"
+
+
+def _check_many(raws: list[bytes], topic_type: str | None, keys: list[bytes | None]) -> list[int]:
+    out = EventLists()
+    counts, bads = decode_messages_into(raws, topic_type=topic_type, keys=keys, now_ms=NOW, out=out)
+    want, want_counts, want_bads = _one_by_one(raws, topic_type, keys)
+    assert out == want
+    assert counts == want_counts
+    assert [list(b) for b in bads] == want_bads
+    return counts
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raws=st.lists(st.one_of(envelopes(valid_bias=True), envelopes(valid_bias=True), envelopes(valid_bias=False),
+                               event_objects(valid_bias=True).map(_dumps)), min_size=1, max_size=5),
+       topic=st.sampled_from(TOPICS), data=st.data())
+def test_messages_decoded_together_decode_as_one_by_one(raws: list[bytes], topic: str | None,
+                                                        data: st.DataObject) -> None:
+    """Whatever the messages — valid, odd, single events, keyed by the right user or not — decoding
+    them together gives each one's events, counts and rejections exactly as decoding it alone."""
+    keying = data.draw(st.sampled_from(["none", "u1", "mixed", "own"]))
+    keys: list[bytes | None] = ([None] * len(raws) if keying == "none" else
+                                [b"u1"] * len(raws) if keying == "u1" else
+                                [_first_user(raw) for raw in raws] if keying == "own" else
+                                [data.draw(st.sampled_from([b"u1", b"u2", None])) for _ in raws])
+    _check_many(raws, topic, keys)
+
+
+def _valid_envelope(user: str, k: int, etype: str) -> bytes:
+    return orjson.dumps({"events": [
+        {"event_id": f"{user}-{i}", "user_id": user, "ts": NOW - 1000 * i, "type": etype,
+         **({"dwell_ms": 40 * i} if etype == "view" else {}), "category": "GAMES" if i % 2 else "news",
+         "tz_offset_min": 60 if i % 3 else None, "age_band": "13-15" if user == "u2" else None}
+        for i in range(k)]})
+
+
+def test_valid_envelopes_of_several_users_are_decoded_together() -> None:
+    """The case the live pipeline has (messages of several users, each keyed by its own) takes the
+    joint fast path; one bad message, a wrong key or a wrong topic anywhere sends all of them one by one."""
+    lone = orjson.dumps({"event_id": "u3-0", "user_id": "u3", "ts": "2025-06-01T10:00:00Z", "type": "view",
+                         "dwell_ms": 9})  # a single event (no envelope), with an RFC 3339 time
+    raws = [_valid_envelope("u1", 3, "view"), _valid_envelope("u2", 1, "view"), lone, _valid_envelope("u1", 5, "view")]
+    keys: list[bytes | None] = [b"u1", b"u2", b"u3", b"u1"]
+    out = EventLists()
+    assert E._decode_envelopes_fast(raws, "view", keys, NOW, out) == [3, 1, 1, 5]
+    assert len(out) == 10
+    assert _check_many(raws, "view", keys) == [3, 1, 1, 5]
+    assert _check_many(raws, None, [None] * 4) == [3, 1, 1, 5]
+    raws, keys = raws[:2] + raws[3:], keys[:2] + keys[3:]
+    for bad_raws, bad_keys, topic in (
+        (raws, [b"u1", b"u1", b"u1"], "view"),  # the second message's events are not its key's user
+        (raws, keys, "click"),  # views on the clicks topic
+        ([*raws[:2], b'{"events":[]}', raws[2]], [*keys[:2], b"u1", b"u1"], "view"),  # an empty envelope
+        ([raws[0], raws[1][:-1]], keys[:2], "view"),  # a truncated one
+    ):
+        assert E._decode_envelopes_fast(bad_raws, topic, bad_keys, NOW, EventLists()) is None
+        _check_many(bad_raws, topic, bad_keys)
