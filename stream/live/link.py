@@ -251,6 +251,14 @@ class ProcessLink(PipelineLink):
             fut.set_exception(self._dead)
             return fut
         assert self._writer is not None, "connect() first"
+        if self._writer.is_closing():
+            # the child hung up (killed, crashed) and the reader is still finding out how it exited:
+            # it fails every waiting call with that (writing now would raise the transport's error)
+            if self._reader_task is None or self._reader_task.done():
+                fut.set_exception(PipelineDiedError(f"the link to the pipeline process is closed{self._which}"))
+            else:
+                self._waiting.append(fut)
+            return fut
         self._waiting.append(fut)
         data = pickle.dumps(call, protocol=5)
         self._writer.write(_HEADER.pack(len(data)))
