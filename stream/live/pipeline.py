@@ -315,10 +315,7 @@ class Pipeline:
         groups: dict[tuple[int, str | None], list[int]] = {}
         for i, (topic, p, _, key, _) in enumerate(messages):
             if key is not None:  # the contract keys every input message by its user id (docs/contracts.md §1)
-                group = groups.get((p, inputs.get(topic)))
-                if group is None:
-                    group = groups[(p, inputs.get(topic))] = []
-                group.append(i)
+                groups.setdefault((p, inputs.get(topic)), []).append(i)
         counts = [0] * len(messages)
         bads: list[Sequence[Rejection]] = [_NO_KEYS] * len(messages)
         staged: dict[tuple[int, str | None], _Staged] = {}
