@@ -47,6 +47,7 @@ from stream.core.windows import (
     ColumnarStore,
     EventColumns,
     FencedColumnarStore,
+    FenceColumn,
     FencedPart,
     FencedResult,
     Item,
@@ -130,14 +131,13 @@ class ColumnRelease:
     """A release as columns (the live worker): no event objects, no per-event metadata.
 
     ``cols``: the released events in canonical order, then the late ones (``cols.late`` set), in
-    arrival order; ``tps``/``positions``: each row's fence key and Kafka position. What
+    arrival order; ``fence``: each row's fence key and Kafka position. What
     :meth:`Detector.process` refuses of it comes back in ``Outcome.rejected`` as ``(event, (group,
     row), reason)``, ``row`` indexing these columns."""
 
     cols: EventColumns
     n_late: int
-    tps: Sequence[str | None]
-    positions: Sequence[int | None]
+    fence: FenceColumn
     watermark_ms: int
     commit_floor: Mapping[str, int] | None = None
     group: int = 0
@@ -348,7 +348,8 @@ class Detector:
             tps, positions = zip(*map(position, metas))
         else:
             tps = positions = ()
-        fenced = store.apply_fenced([FencedPart(cols, tps, positions, due, rel.watermark_ms, rel.commit_floor)])
+        fence = FenceColumn.of(tps, positions)
+        fenced = store.apply_fenced([FencedPart(cols, fence, due, rel.watermark_ms, rel.commit_floor)])
         res = fenced.parts[0]
         for u, pt in zip(res.users, res.pending):
             self._set_pending(rel.group, u, pt)
@@ -374,18 +375,16 @@ class Detector:
             due = self._due(rel.group, rel.watermark_ms, set(cols.user_ids.tolist()))
             if not len(cols) and not due:
                 continue
-            tps, positions = rel.tps, rel.positions
+            fence = rel.fence
             order: NDArray[np.intp] | None = None
             if rel.n_late:
                 # released events are in canonical order; late ones go in between, per user (a stable
                 # sort: an event equal in canonical key to a released one stays after it, as per user)
                 order = canonical_order(cols.ts, cols.view, cols.event_ids)
                 cols = cols.take(order)
-                il = order.tolist()
-                tps = [tps[i] for i in il]
-                positions = [positions[i] for i in il]
+                fence = fence.take(order)
             taken.append((rel, cols, order))
-            fparts.append(FencedPart(cols, tps, positions, due, rel.watermark_ms, rel.commit_floor))
+            fparts.append(FencedPart(cols, fence, due, rel.watermark_ms, rel.commit_floor))
         if not fparts:
             return Snapshots.empty()
         fenced: FencedResult = cast(FencedColumnarStore, store).apply_fenced(fparts)
@@ -405,7 +404,7 @@ class Detector:
         """A :class:`ColumnRelease` through the per-user :meth:`_apply`, on events made from its rows."""
         cols, group = rel.cols, rel.group
         n = len(cols)
-        pairs = [(cols.event(i), (rel.tps[i], rel.positions[i], i)) for i in range(n)]
+        pairs = [(cols.event(i), (*rel.fence.at(i), i)) for i in range(n)]
         k = n - rel.n_late
         sub: Outcome[tuple[str | None, int | None, int]] = Outcome()
         snaps = self._apply(Release(pairs[:k], rel.watermark_ms, pairs[k:], rel.commit_floor, group),

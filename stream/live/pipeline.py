@@ -51,7 +51,7 @@ from stream.core.events import EventLists, Reason, Rejection, decode_messages_in
 from stream.core.layout import TICK_MS
 from stream.core.levels import levels_to_json
 from stream.core.ordering import NO_WATERMARK, ColumnReorderBuffer
-from stream.core.windows import DeferredWriteStore, EventColumns
+from stream.core.windows import DeferredWriteStore, EventColumns, FenceColumn
 from stream.errors import (
     BrokerUnavailableError,
     StaleStateError,
@@ -409,8 +409,8 @@ class Pipeline:
             else:
                 cols, meta = rcols, rmeta
             self._rel_meta[p] = meta
-            releases.append(ColumnRelease(cols, len(cols) - len(rcols), [keys[c] for c in meta[_TP].tolist()],
-                                          meta[_POS].tolist(), part.watermark, floor, group=p))
+            releases.append(ColumnRelease(cols, len(cols) - len(rcols), FenceColumn(meta[_TP], keys, meta[_POS]),
+                                          part.watermark, floor, group=p))
             # "full" asks flow control to pause the inputs not behind: only when one runs ahead (an
             # idle input holds nothing back; pausing it would hide its new data from the idle check)
             rep.buffers[p] = BufferState(part.buffer.full and part.buffer.runs_ahead(), part.buffer.behind(),

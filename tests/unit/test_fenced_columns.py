@@ -17,7 +17,7 @@ from stream.core.events import Event
 from stream.core.levels import levels_to_json
 from stream.core.ordering import canonical_key
 from stream.core.policy import AlertPolicy, load_policy_config
-from stream.core.windows import EventColumns, MemoryWindowStore
+from stream.core.windows import EventColumns, FenceColumn, MemoryWindowStore
 from tests.eventgen import at, ev
 
 Meta = tuple[str, int]
@@ -128,7 +128,7 @@ def test_refused_events_stay_unapplied_in_the_fence_and_duplicates_are_counted()
 def _column_release(rel: Release[Meta]) -> ColumnRelease:
     items = [*rel.released, *rel.late]
     cols = EventColumns.from_events([e for e, _ in items], [False] * len(rel.released) + [True] * len(rel.late))
-    return ColumnRelease(cols, len(rel.late), [m[0] for _, m in items], [m[1] for _, m in items],
+    return ColumnRelease(cols, len(rel.late), FenceColumn.of([m[0] for _, m in items], [m[1] for _, m in items]),
                          rel.watermark_ms, rel.commit_floor, rel.group)
 
 

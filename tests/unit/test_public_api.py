@@ -11,7 +11,7 @@ import pytest
 EXPORTED = {
     "stream.core.windows": [
         "APPLIED", "ApplyResults", "CATEGORY_CODE", "ColumnResult", "ColumnarStore", "DeferredWriteStore",
-        "EventColumns", "Fence", "FencedColumnarStore", "FencedPart", "FencedResult", "Item", "MAX_FENCE_OFFSETS",
+        "EventColumns", "Fence", "FenceColumn", "FencedColumnarStore", "FencedPart", "FencedResult", "Item", "MAX_FENCE_OFFSETS",
         "MemoryWindowStore", "PartResult", "Snapshot", "Snapshots",
         "StateRows", "StateTable", "TOO_LATE", "TZ_ABSENT", "UserBatch", "UserResult", "WindowStore",
         "all_snapshots", "fence_mark", "fence_seen",

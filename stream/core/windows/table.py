@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -18,6 +19,7 @@ from stream.core.windows.types import (
     ApplyResults,
     ColumnResult,
     EventColumns,
+    FenceColumn,
     FencedPart,
     FencedResult,
     PartResult,
@@ -27,6 +29,41 @@ from stream.core.windows.types import (
 )
 
 __all__ = ["StateRows", "StateTable"]
+
+
+@dataclass(frozen=True, slots=True)
+class _KernelRows:
+    """The event columns the window kernel reads (and the rows' age bands): what a call groups user
+    by user. The user and event ids are left out: copying object columns costs most of a take."""
+
+    ts: NDArray[np.int64]
+    view: NDArray[np.int8]
+    dwell: NDArray[np.int64]
+    cat: NDArray[np.int64]
+    tz: NDArray[np.int64]
+    has_band: NDArray[np.int8]
+    late: NDArray[np.int8]
+    bands: NDArray[np.object_]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @classmethod
+    def take(cls, cols: EventColumns, idx: NDArray[np.intp] | None) -> _KernelRows:
+        """Rows ``idx`` of ``cols`` (None: all of them, not copied)."""
+        if idx is None:
+            return cls(cols.ts, cols.view, cols.dwell, cols.cat, cols.tz, cols.has_band, cols.late, cols.bands)
+        return cls(cols.ts[idx], cols.view[idx], cols.dwell[idx], cols.cat[idx], cols.tz[idx],
+                   cols.has_band[idx], cols.late[idx], cols.bands[idx])
+
+    @classmethod
+    def concat(cls, parts: Sequence[_KernelRows]) -> _KernelRows:
+        if not parts:
+            return cls.take(EventColumns.from_events([]), None)
+        cat = np.concatenate
+        return cls(cat([p.ts for p in parts]), cat([p.view for p in parts]), cat([p.dwell for p in parts]),
+                   cat([p.cat for p in parts]), cat([p.tz for p in parts]), cat([p.has_band for p in parts]),
+                   cat([p.late for p in parts]), cat([p.bands for p in parts]))
 
 
 class StateRows(NamedTuple):
@@ -104,7 +141,7 @@ class StateTable:
             self._rings, self._sc = rings, sc
         return out
 
-    def _run(self, cols: EventColumns, seg_slot: NDArray[np.int64], seg_lo: NDArray[np.int64],
+    def _run(self, cols: EventColumns | _KernelRows, seg_slot: NDArray[np.int64], seg_lo: NDArray[np.int64],
              seg_hi: NDArray[np.int64], watermark_ms: int | NDArray[np.int64],
              ) -> tuple[Snapshots, NDArray[np.int64], NDArray[np.int8], NDArray[np.int64]]:
         """One kernel call: (snapshots, first snapshot row of each segment, each event's status, each
@@ -163,7 +200,7 @@ class StateTable:
             seg_slot = np.concatenate([seg_slot, due])
             seg_lo = np.concatenate([seg_lo, np.full(len(due), len(s_sorted), np.int64)])
             seg_hi = np.concatenate([seg_hi, np.full(len(due), len(s_sorted), np.int64)])
-        grouped = cols.take(order)
+        grouped = _KernelRows.take(cols, order)
         snaps, _, status, _ = self._run(grouped, seg_slot.astype(np.int64), seg_lo, seg_hi, watermark_ms)
         return ColumnResult(snaps, order[np.flatnonzero(status == TOO_LATE)], len(seg_slot))
 
@@ -183,7 +220,7 @@ class StateTable:
             raise ValueError("apply_fenced needs a table without an outbox (keep_outbox=False)")
         segs: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]] = []
         wms: list[int] = []
-        grouped: list[EventColumns] = []
+        grouped: list[_KernelRows] = []
         applied: list[NDArray[np.intp]] = []  # per part: its rows in the grouped columns, in order
         dups: list[int] = []
         base = 0  # rows of the earlier parts in the grouped columns
@@ -195,8 +232,8 @@ class StateTable:
             wms.append(part.watermark_ms)
             if len(rows):
                 n = len(part.cols)
-                grouped.append(part.cols if len(rows) == n and (rows == np.arange(n)).all()
-                               else part.cols.take(rows))
+                grouped.append(_KernelRows.take(part.cols, None if len(rows) == n and (rows == np.arange(n)).all()
+                                                else rows))
             base += len(rows)
         seg_slot = np.concatenate([s for s, _, _ in segs]) if segs else np.empty(0, np.int64)
         if not len(seg_slot):
@@ -204,7 +241,7 @@ class StateTable:
         seg_lo = np.concatenate([lo for _, lo, _ in segs])
         seg_hi = np.concatenate([hi for _, _, hi in segs])
         seg_wm = np.repeat(np.array(wms, np.int64), [len(s) for s, _, _ in segs])
-        cols = grouped[0] if len(grouped) == 1 else EventColumns.concat(grouped)
+        cols = grouped[0] if len(grouped) == 1 else _KernelRows.concat(grouped)
         snaps, _, status, seg_pt = self._run(cols, seg_slot, seg_lo, seg_hi, seg_wm)
         uids, fences = self._uids, self._fence
         results: list[PartResult] = []
@@ -214,7 +251,7 @@ class StateTable:
             too_late = rows[np.flatnonzero(status[base:base + len(rows)] == TOO_LATE)]
             base += len(rows)
             for i in too_late.tolist():
-                tp, off = part.tps[i], part.positions[i]
+                tp, off = part.fence.at(i)
                 if tp is not None and off is not None:
                     # refused events are not applied: a redelivery is refused again, not skipped
                     fences[self._slot[part.cols.user_ids[i]]][tp][1].discard(off)
@@ -228,7 +265,7 @@ class StateTable:
                     ) -> tuple[NDArray[np.intp], int, tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]]:
         """A part's events through the offset fences: (its applied rows, user by user; how many were
         duplicates; its segments (slot, first row, end row), rows counted from ``base``)."""
-        cols, tps, positions = part.cols, part.tps, part.positions
+        cols, fc = part.cols, part.fence
         floors = part.commit_floor or {}
         n = len(cols)
         slots = self.slots(cols.user_ids)
@@ -237,40 +274,10 @@ class StateTable:
         uniq, first, inv = np.unique(slots, return_index=True, return_inverse=True)
         rank = np.empty(len(uniq), np.int64)
         rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))
-        order = np.argsort(rank[inv], kind="stable")
+        user_rank = rank[inv]
+        order = np.argsort(user_rank, kind="stable")
         keep = np.ones(n, np.bool_)
-        duplicates = 0
-        fences = self._fence
-        slot_list = slots.tolist()
-        # fence_seen + fence_mark per event, as apply does; only a user's first event of a fence key
-        # in this part can move its frontier (the floor is the same for all), so the rest test and
-        # add to the entry directly (the same outcome, without two calls per event)
-        settled: dict[int, dict[str, tuple[int, set[int]]]] = {}
-        for i in order.tolist():
-            tp, off = tps[i], positions[i]
-            if tp is None or off is None:
-                continue
-            s = slot_list[i]
-            done = settled.get(s)
-            ent = None if done is None else done.get(tp)
-            if ent is None:
-                fence = fences.get(s)
-                if fence is None:
-                    fence = fences[s] = {}
-                if fence_seen(fence, tp, off, floors.get(tp)):
-                    keep[i] = False
-                    duplicates += 1
-                else:
-                    fence_mark(fence, tp, off)  # now: a redelivery inside this part is a duplicate
-                if tp in fence:
-                    settled.setdefault(s, {})[tp] = fence[tp]
-                continue
-            frontier, applied = ent
-            if off <= frontier or off in applied:
-                keep[i] = False
-                duplicates += 1
-            else:
-                applied.add(off)
+        duplicates = self._fence_groups(slots, user_rank, fc, floors, keep) if n else 0
         kept_sorted = keep[order]
         rows = order[kept_sorted]  # the applied events, user by user
         s_sorted = slots[order]
@@ -287,6 +294,50 @@ class StateTable:
             seg_lo = np.concatenate([seg_lo, end])
             seg_hi = np.concatenate([seg_hi, end])
         return rows, duplicates, (seg_slot, seg_lo.astype(np.int64), seg_hi.astype(np.int64))
+
+    def _fence_groups(self, slots: NDArray[np.int64], user_rank: NDArray[np.int64], fc: FenceColumn,
+                      floors: Mapping[str, int], keep: NDArray[np.bool_]) -> int:
+        """The offset fence of a part's events, one (user, fence key) at a time: clears ``keep`` of
+        the duplicates and returns how many there were. The same outcome as :meth:`apply`'s
+        ``fence_seen`` + ``fence_mark`` per event, in the part's order: only a group's first event
+        can move the frontier (the floor is the same for all), and the fences of different keys
+        never meet. A group of new positions (all above the frontier, none applied, none twice: any
+        part of fresh deliveries) is marked with set operations; any other group goes event by
+        event."""
+        n = len(slots)
+        group = user_rank * (len(fc.keys) + 1) + (fc.codes + 1)  # codes -1 (no fence): group 0 of a user
+        order = np.argsort(group, kind="stable")  # each group's events in the part's order
+        g_sorted = group[order]
+        starts = np.flatnonzero(np.diff(g_sorted, prepend=-1))
+        heads = order[starts]
+        positions = fc.positions[order].tolist()
+        keys, fences = fc.keys, self._fence
+        duplicates = 0
+        for lo, hi, s, code in zip(starts.tolist(), np.append(starts[1:], n).tolist(), slots[heads].tolist(),
+                                   fc.codes[heads].tolist()):
+            if code < 0:
+                continue
+            tp = keys[code]
+            fence = fences.get(s)
+            if fence is None:
+                fence = fences[s] = {}
+            offs = positions[lo:hi]
+            floor = floors.get(tp)
+            frontier, applied = fence.get(tp, (-1, None))
+            if (min(offs) > max(frontier, -1 if floor is None else floor - 1)
+                    and (applied is None or applied.isdisjoint(offs))
+                    and (hi - lo == 1 or len(set(offs)) == hi - lo)):
+                fence_seen(fence, tp, offs[0], floor)  # moves the frontier up to the floor (if it does)
+                fence_mark(fence, tp, offs[0])
+                fence[tp][1].update(offs)  # fence_mark of the others: all above the frontier
+                continue
+            for j, off in zip(order[lo:hi].tolist(), offs):  # the general case, as apply does
+                if fence_seen(fence, tp, off, floor):
+                    keep[j] = False
+                    duplicates += 1
+                else:
+                    fence_mark(fence, tp, off)
+        return duplicates
 
     # -- the WindowStore operations --------------------------------------------------------------------
     def apply(

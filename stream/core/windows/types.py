@@ -20,6 +20,7 @@ __all__ = [
     "ApplyResults",
     "ColumnResult",
     "EventColumns",
+    "FenceColumn",
     "FencedPart",
     "FencedResult",
     "Item",
@@ -230,6 +231,7 @@ class EventColumns:
         tz, types, bands = ev.tz, ev.types, ev.bands
         # counted in C first: the events of one input topic are all of its type, bands often absent
         views = types.count(_VIEW)
+        absent = bands.count(None)
         return cls(
             ts=np.fromiter(ev.ts, np.int64, n),
             view=(np.ones(n, np.int8) if views == n else np.zeros(n, np.int8) if not views
@@ -237,7 +239,7 @@ class EventColumns:
             dwell=np.fromiter(ev.dwell, np.int64, n),
             cat=np.fromiter(map(CATEGORY_CODE.__getitem__, ev.categories), np.int64, n),
             tz=np.fromiter((TZ_ABSENT if t is None else t for t in tz) if None in tz else tz, np.int64, n),
-            has_band=(np.zeros(n, np.int8) if bands.count(None) == n
+            has_band=(np.zeros(n, np.int8) if absent == n else np.ones(n, np.int8) if not absent
                       else np.fromiter(map(_NOT_NONE, bands), np.int8, n)),
             late=np.zeros(n, np.int8),
             bands=_objects(ev.bands),
@@ -306,15 +308,45 @@ class ColumnResult:
 
 
 @dataclass(frozen=True, slots=True)
+class FenceColumn:
+    """Each row's fence key and Kafka position, as columns: ``codes`` index ``keys`` (-1: the row
+    has no fence), ``positions`` (meaningless where the code is -1). The live pipeline passes the
+    codes it keeps per input topic-partition; :meth:`of` builds one from per-row values."""
+
+    codes: NDArray[np.int64]
+    keys: Sequence[str]
+    positions: NDArray[np.int64]
+
+    @classmethod
+    def of(cls, tps: Sequence[str | None], positions: Sequence[int | None]) -> FenceColumn:
+        """From each row's ``(fence key, position)``; a row with either one None has no fence."""
+        index: dict[str, int] = {}
+        codes = [-1 if tp is None or pos is None else index.setdefault(tp, len(index))
+                 for tp, pos in zip(tps, positions)]
+        return cls(np.array(codes, np.int64), list(index),
+                   np.array([-1 if pos is None else pos for pos in positions], np.int64))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def take(self, idx: NDArray[np.intp]) -> FenceColumn:
+        return FenceColumn(self.codes[idx], self.keys, self.positions[idx])
+
+    def at(self, i: int) -> tuple[str | None, int | None]:
+        """Row ``i``'s ``(fence key, position)``, ``(None, None)`` without a fence."""
+        code = int(self.codes[i])
+        return (None, None) if code < 0 else (self.keys[code], int(self.positions[i]))
+
+
+@dataclass(frozen=True, slots=True)
 class FencedPart:
     """One group's share of a :meth:`StateTable.apply_fenced` call (the live worker: one partition's
     release): its events in canonical order per user, each with its fence key and Kafka position
-    (None: no fence), the users without events whose pending tick is to be decided, the group's
+    (``fence``), the users without events whose pending tick is to be decided, the group's
     watermark, and how far its fences may settle (per fence key)."""
 
     cols: EventColumns
-    tps: Sequence[str | None]
-    positions: Sequence[int | None]
+    fence: FenceColumn
     due: Sequence[str]
     watermark_ms: int
     commit_floor: Mapping[str, int] | None = None
