@@ -52,18 +52,14 @@ class _KernelRows:
     def take(cls, cols: EventColumns, idx: NDArray[np.intp] | None) -> _KernelRows:
         """Rows ``idx`` of ``cols`` (None: all of them, not copied)."""
         if idx is None:
-            return cls(cols.ts, cols.view, cols.dwell, cols.cat, cols.tz, cols.has_band, cols.late, cols.bands)
-        return cls(cols.ts[idx], cols.view[idx], cols.dwell[idx], cols.cat[idx], cols.tz[idx],
-                   cols.has_band[idx], cols.late[idx], cols.bands[idx])
+            return cls(*(getattr(cols, f) for f in cls.__slots__))
+        return cls(*(getattr(cols, f)[idx] for f in cls.__slots__))
 
     @classmethod
     def concat(cls, parts: Sequence[_KernelRows]) -> _KernelRows:
         if not parts:
             return cls.take(EventColumns.from_events([]), None)
-        cat = np.concatenate
-        return cls(cat([p.ts for p in parts]), cat([p.view for p in parts]), cat([p.dwell for p in parts]),
-                   cat([p.cat for p in parts]), cat([p.tz for p in parts]), cat([p.has_band for p in parts]),
-                   cat([p.late for p in parts]), cat([p.bands for p in parts]))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__slots__))
 
 
 class StateRows(NamedTuple):
