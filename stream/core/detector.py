@@ -51,6 +51,7 @@ from stream.core.windows import (
     FencedPart,
     FencedResult,
     Item,
+    PolicyRecord,
     Snapshots,
     UserBatch,
     WindowStore,
@@ -85,7 +86,7 @@ class Outcome(Generic[M]):
 
     alerts: list[Alert] = field(default_factory=list)
     rejected: list[tuple[Event, M, Reason]] = field(default_factory=list)  # (event, meta, reason)
-    confirm: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
+    confirm: dict[str, tuple[int, PolicyRecord]] = field(default_factory=dict)
     levels: list[LevelsUpdate] = field(default_factory=list)  # risk.levels writes, after the alerts
     applied: int = 0
     late: int = 0
@@ -476,8 +477,7 @@ class Detector:
             resident = self._resident
             states = {u: resident.get(u) or resident.setdefault(u, PolicyState()) for u in users}
         else:
-            fields = self.store.load_policy(users)
-            states = {u: PolicyState.from_fields(fields[u]) for u in users}
+            states = self.store.load_policy_states(users)  # copies: nothing changes in the store before commit
         today = rules.today_active_min.tolist()
         session = rules.session_min.tolist()
         minute = rules.local_minute.tolist()
@@ -533,7 +533,7 @@ class Detector:
             for u, t in zip(uids, ticks):
                 if t > last_tick.get(u, -1):
                     last_tick[u] = t
-            out.confirm = {u: (last_tick[u], states[u].to_fields()) for u in users}
+            out.confirm = {u: (last_tick[u], states[u]) for u in users}  # handed over to the store
 
 
 @dataclass(slots=True)

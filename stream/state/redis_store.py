@@ -51,10 +51,11 @@ from redis.exceptions import (
 )
 
 from stream.core import layout as L
-from stream.core.policy import POLICY_PREFIX
+from stream.core.policy import POLICY_PREFIX, PolicyState
 from stream.core.windows import (
     FencedPart,
     FencedResult,
+    PolicyRecord,
     StateTable,
     UserBatch,
     UserResult,
@@ -228,8 +229,13 @@ class RedisWindowStore:
         self._load(users)
         return self._table.load_policy(users)
 
-    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]], *, write: bool = True) -> None:
-        """Store the policy fields (see WindowStore), then write every changed, fully confirmed user.
+    def load_policy_states(self, user_ids: Sequence[str]) -> dict[str, PolicyState]:
+        users = list(user_ids)
+        self._load(users)
+        return self._table.load_policy_states(users)
+
+    def confirm(self, done: Mapping[str, tuple[int, PolicyRecord]], *, write: bool = True) -> None:
+        """Store the policy state (see WindowStore), then write every changed, fully confirmed user.
 
         One ``EVALSHA state.lua`` per user, all in one pipeline. Call it after every batch, also
         when nothing was decided (events applied without deciding a tick change the state too).
@@ -243,8 +249,9 @@ class RedisWindowStore:
                 their copies are dropped. Stop processing: this worker no longer owns them.
             StoreUnavailableError: Redis cannot be reached (retry: the write is idempotent).
         """
-        for fields in (f for _, f in done.values()):
-            _check_policy_fields(fields)
+        for pol in (f for _, f in done.values()):
+            if not isinstance(pol, PolicyState):  # an object's fields are all named pol:*
+                _check_policy_fields(pol)
         users = list(done)
         self._load(users)
         self._table.confirm(done)

@@ -12,6 +12,7 @@ import numpy as np
 from stream.core import layout as L
 from stream.core.events import Reason
 from stream.core.features import FEATURE_INDEX, compute
+from stream.core.policy import PolicyState
 from stream.core.windows import Item, UserBatch
 from tests.eventgen import at, ev
 
@@ -266,3 +267,26 @@ def test_a_second_confirm_before_the_next_apply_replaces_the_first(store, uid):
     store.confirm({uid: (at(0, 7, 1), {"pol:tick": "1"})})  # e.g. a stale worker, late
     assert apply(store, uid, [], wm=at(0, 7, 3)).snapshots == first.snapshots[1:]
     assert store.load_policy([uid]) == {uid: {"pol:tick": "1"}}
+
+
+def test_a_confirmed_policy_state_object_is_held_and_read_back_as_fields(store, uid):
+    """The detector confirms :class:`PolicyState` objects: ``load_policy`` gives their fields merged over
+    the user's, ``load_policy_states`` a copy the store does not share (changing it, or never
+    confirming it, changes nothing), and fields confirmed after an object merge over its fields."""
+    store.confirm({uid: (at(0, 9), {"pol:x": "1"})})
+    first = store.load_policy_states([uid, uid + "-nobody"])
+    assert first == {uid: PolicyState(), uid + "-nobody": PolicyState()}
+    st = first[uid]
+    st.last_tick_ms, st.ml_level, st.session_min = at(0, 9), "elevated", 12.5
+    st.day_scores.append(0.25)
+    st.levels = {}
+    store.confirm({uid: (at(0, 9), st)})
+    got = store.load_policy_states([uid])[uid]
+    assert got == st and got is not st and got.day_scores is not st.day_scores
+    got.day_scores.append(0.75)
+    got.last_tick_ms = 1
+    assert store.load_policy_states([uid])[uid] == st  # the caller's copy changed nothing
+    assert store.load_policy([uid]) == {uid: {"pol:x": "1", **st.to_fields()}}
+    store.confirm({uid: (at(0, 9, 1), {"pol:tick": "7"})})
+    assert store.load_policy([uid]) == {uid: {"pol:x": "1", **st.to_fields(), "pol:tick": "7"}}
+    assert store.load_policy_states([uid])[uid].last_tick_ms == 7

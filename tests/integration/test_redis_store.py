@@ -538,3 +538,17 @@ def test_delete_keys_takes_the_prefix_literally(client, prefix):
     client.set(plain + "1", b"y")
     assert delete_keys(client, glob) == 1
     assert client.get(glob + "1") is None and client.get(plain + "1") == b"y"
+
+
+def test_a_confirmed_policy_state_object_is_written_as_its_fields(client, prefix):
+    """An object confirm is persisted at the write as :meth:`PolicyState.to_fields` gives it: a new
+    owner reads the same state back from Redis (the object itself never leaves the worker)."""
+    u = "pobj"
+    store = new_store(client, prefix)
+    store.apply([UserBatch(u, [Item(ev(u, at(0, 9)), False, "t:1", 3)])], at(0, 9, 1))
+    st = store.load_policy_states([u])[u]
+    st.last_tick_ms, st.cap_day, st.cap_open, st.cur_score = at(0, 9, 1), 20000, True, 0.125
+    st.day_scores += [0.5, 0.0625]
+    store.confirm({u: (at(0, 9, 1), st)})  # written now (write=True)
+    assert new_store(client, prefix).load_policy_states([u])[u] == st
+    assert new_store(client, prefix).load_policy([u]) == {u: st.to_fields()}

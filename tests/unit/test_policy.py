@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
@@ -608,6 +608,24 @@ def test_state_round_trip_fresh_and_populated() -> None:
     assert PolicyState.from_fields(as_bytes) == s
     with_others = {**as_bytes, b"win:1h": b"123", "other": "x"}
     assert PolicyState.from_fields(with_others) == s
+
+
+def test_copy_has_every_field_and_shares_nothing_decide_changes() -> None:
+    """``copy`` (what a live store hands out instead of re-parsing fields) lists the fields by
+    position: a field added to the class and not to ``copy`` fails here."""
+    values = iter(range(1, 100))
+    s = PolicyState(**{
+        f.name: (f"v{next(values)}" if f.type == "str" else [0.5, 0.25] if f.name == "day_scores"
+                 else {"ml_risk": ("high", 1, "a", 0.5)} if f.name == "levels"
+                 else True if f.type == "bool" else float(next(values)) if f.type == "float" else next(values))
+        for f in fields(PolicyState)})
+    c = s.copy()
+    assert c == s and c is not s
+    assert [getattr(c, f.name) for f in fields(PolicyState)] == [getattr(s, f.name) for f in fields(PolicyState)]
+    assert c.day_scores is not s.day_scores and c.levels is not s.levels
+    c.day_scores.append(1.0)
+    assert s.day_scores == [0.5, 0.25]
+    assert PolicyState().copy() == PolicyState()
 
 
 def test_corrupt_state_is_rejected() -> None:

@@ -12,7 +12,7 @@ EXPORTED = {
     "stream.core.windows": [
         "APPLIED", "ApplyResults", "CATEGORY_CODE", "ColumnResult", "ColumnarStore", "DeferredWriteStore",
         "EventColumns", "Fence", "FenceColumn", "FencedColumnarStore", "FencedPart", "FencedResult", "Item", "MAX_FENCE_OFFSETS",
-        "MemoryWindowStore", "PartResult", "Snapshot", "Snapshots",
+        "MemoryWindowStore", "PartResult", "PolicyRecord", "Snapshot", "Snapshots",
         "StateRows", "StateTable", "TOO_LATE", "TZ_ABSENT", "UserBatch", "UserResult", "WindowStore",
         "all_snapshots", "fence_mark", "fence_seen",
     ],

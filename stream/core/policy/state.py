@@ -66,6 +66,15 @@ class PolicyState:
     cur_score: float | None = None
     levels: Levels | None = None  # current levels (risk.levels); None: not known (new user, or expired state)
 
+    def copy(self) -> PolicyState:
+        """An independent copy: what :meth:`~stream.core.policy.AlertPolicy.decide` changes of it (every
+        field, the day-score list in place) leaves this one as it was. Levels are never changed in
+        place (a new mapping replaces them), but get their own mapping all the same."""
+        return PolicyState(
+            self.last_tick_ms, self.ml_level, self.ml_emitted_ms, self.elevated_since_ms, self.high_since_ms,
+            self.cap_day, self.cap_open, self.curfew_night, self.curfew_open, self.session_alerts, self.session_min,
+            list(self.day_scores), self.cur_day, self.cur_score, None if self.levels is None else dict(self.levels))
+
     def to_fields(self) -> dict[str, str]:
         """Serialise to a flat str→str mapping (every field present; "" = unset)."""
         return {

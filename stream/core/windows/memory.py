@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from stream.core.policy.state import PolicyState
 from stream.core.windows.table import StateTable
 from stream.core.windows.types import (
     ColumnResult,
     EventColumns,
     FencedPart,
     FencedResult,
+    PolicyRecord,
     UserBatch,
     UserResult,
 )
@@ -56,7 +58,10 @@ class MemoryWindowStore:
     def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         return self.table.load_policy(user_ids)
 
-    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
+    def load_policy_states(self, user_ids: Sequence[str]) -> dict[str, PolicyState]:
+        return self.table.load_policy_states(user_ids)
+
+    def confirm(self, done: Mapping[str, tuple[int, PolicyRecord]]) -> None:
         self.table.confirm(done)
 
     def state_of(self, user_id: str) -> tuple[tuple[int, ...], str | None, bytes] | None:

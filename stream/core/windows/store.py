@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+from stream.core.policy.state import PolicyState
 from stream.core.windows.types import (
     ColumnResult,
+    PolicyRecord,
     EventColumns,
     FencedPart,
     FencedResult,
@@ -33,8 +35,18 @@ class WindowStore(Protocol):
         """The policy-state fields of each user ({} for a user without any); names start "pol:"."""
         ...
 
-    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
-        """Per user, atomically: store the policy fields and the tick end they cover.
+    def load_policy_states(self, user_ids: Sequence[str]) -> dict[str, PolicyState]:
+        """Each user's policy state as an object the caller owns: a fresh state for a user without
+        any; changing one changes nothing in the store until it is confirmed. ``ValueError`` when a
+        user's stored fields are corrupt."""
+        ...
+
+    def confirm(self, done: Mapping[str, tuple[int, PolicyRecord]]) -> None:
+        """Per user, atomically: store the policy state and the tick end it covers.
+
+        The state is fields (merged into the user's) or a :class:`PolicyState` from
+        :meth:`load_policy_states`, which the store keeps from then on (the caller must not change
+        it any more); :meth:`load_policy` gives its fields.
 
         Outbox snapshots up to that tick end are never returned again: the user's next ``apply``
         drops them first. A later confirm before that ``apply`` replaces this one (its tick end, and
@@ -81,7 +93,7 @@ class DeferredWriteStore(WindowStore, Protocol):
         """Settle the write in flight, if any (raises what the write would have raised)."""
         ...
 
-    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]], *, write: bool = True) -> None:
+    def confirm(self, done: Mapping[str, tuple[int, PolicyRecord]], *, write: bool = True) -> None:
         """``WindowStore.confirm``; ``write=False``: confirm only, the changes wait for :meth:`checkpoint`."""
         ...
 

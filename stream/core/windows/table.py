@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 
 from stream.core import layout as L
 from stream.core.events import Event, Reason
+from stream.core.policy.state import PolicyState
 from stream.core.windows.fence import Fence, fence_mark, fence_seen
 from stream.core.windows.kernel import GUARD, TOO_LATE, apply_kernel
 from stream.core.windows.types import (
@@ -23,6 +24,7 @@ from stream.core.windows.types import (
     FencedPart,
     FencedResult,
     PartResult,
+    PolicyRecord,
     Snapshots,
     UserBatch,
     UserResult,
@@ -95,6 +97,11 @@ class StateTable:
         self._outbox: dict[int, Snapshots] = {}
         self._confirmed: dict[int, int] = {}
         self._policy: dict[str, dict[str, str]] = {}
+        # A user's policy state as its last confirm gave it, when that was an object (the detector's):
+        # the fields are made from it when asked for (a write, load_policy), not at every confirm,
+        # and the next evaluation copies it instead of parsing the fields.
+        self._pstate: dict[str, PolicyState] = {}
+        self._pstale: set[str] = set()  # users whose _policy fields lag their _pstate
 
     @staticmethod
     def _fresh_scalars(n: int) -> NDArray[np.int64]:
@@ -410,12 +417,33 @@ class StateTable:
     def load_policy(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
         for u in user_ids:
-            out[u] = dict(self._policy.get(u, {}))
+            out[u] = dict(self._fields(u) or {})
         return out
 
-    def confirm(self, done: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
-        for u, (through_ms, fields) in done.items():
-            self._policy.setdefault(u, {}).update(fields)
+    def load_policy_states(self, user_ids: Sequence[str]) -> dict[str, PolicyState]:
+        """Each user's policy state as an object the caller owns (a copy: changing it changes nothing
+        here until it is confirmed); parsed from the fields when no confirmed object is held.
+
+        Raises:
+            ValueError: a user's stored fields are corrupt (:meth:`PolicyState.from_fields`).
+        """
+        held, fields = self._pstate, self._policy
+        out: dict[str, PolicyState] = {}
+        for u in user_ids:
+            st = held.get(u)
+            out[u] = st.copy() if st is not None else PolicyState.from_fields(fields.get(u) or {})
+        return out
+
+    def confirm(self, done: Mapping[str, tuple[int, PolicyRecord]]) -> None:
+        for u, (through_ms, pol) in done.items():
+            if isinstance(pol, PolicyState):
+                self._pstate[u] = pol  # held as is: the caller gives it up (see load_policy_states)
+                self._pstale.add(u)
+            else:  # fields: merged into the fields the user has (an object held before included)
+                self._fields(u)
+                self._pstate.pop(u, None)
+                self._pstale.discard(u)
+                self._policy.setdefault(u, {}).update(pol)
             s = self._slot.get(u)
             if s is not None and self.keep_outbox:
                 self._confirmed[s] = through_ms  # last writer wins; the next apply drops the entries
@@ -443,6 +471,15 @@ class StateTable:
     def set_policy(self, user_id: str, fields: dict[str, str]) -> None:
         """Set a user's policy fields, e.g. as loaded from storage."""
         self._policy[user_id] = fields
+        self._pstate.pop(user_id, None)
+        self._pstale.discard(user_id)
+
+    def _fields(self, user_id: str) -> dict[str, str] | None:
+        """A user's policy fields, brought up to date with the object confirmed last (if any)."""
+        if user_id in self._pstale:
+            self._pstale.discard(user_id)
+            self._policy.setdefault(user_id, {}).update(self._pstate[user_id].to_fields())
+        return self._policy.get(user_id)
 
     def rows(self, user_ids: Sequence[str]) -> StateRows:
         """The state of held users (all of them must be held), for writing it somewhere."""
@@ -451,7 +488,7 @@ class StateTable:
             rings=self._rings[slots], scalars=self._sc[slots],
             bands=[self._bands[s] for s in slots.tolist()],
             fences=[self._fence.get(s) for s in slots.tolist()],
-            policies=[self._policy.get(u) for u in user_ids])
+            policies=[self._fields(u) for u in user_ids])
 
     def _has_window_state(self, s: int) -> bool:
         """Whether any event was ever applied to the user (a fresh row has no newest event time)."""
@@ -471,4 +508,6 @@ class StateTable:
             self._outbox.pop(s, None)
             self._confirmed.pop(s, None)
             self._policy.pop(u, None)
+            self._pstate.pop(u, None)
+            self._pstale.discard(u)
             self._free.append(s)

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from stream.core import layout as L
 from stream.core.events import CATEGORIES, Event, EventLists, EventTuple, Reason
+from stream.core.policy.state import PolicyState
 
 __all__ = [
     "CATEGORY_CODE",
@@ -25,12 +26,18 @@ __all__ = [
     "FencedResult",
     "Item",
     "PartResult",
+    "PolicyRecord",
     "Snapshot",
     "Snapshots",
     "UserBatch",
     "UserResult",
     "all_snapshots",
 ]
+
+PolicyRecord = Mapping[str, str] | PolicyState
+"""What a store's ``confirm`` takes per user: policy fields (merged into the user's: the fields a
+mapping names replace theirs), or the detector's :class:`PolicyState` object, which replaces the
+state and is held as is until its fields are needed (a write, ``load_policy``)."""
 
 _NS = len(L.SCALARS)
 
