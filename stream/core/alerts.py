@@ -19,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
+from numpy.typing import ArrayLike
 
 __all__ = [
     "ALERT_SCHEMA_VERSION",
@@ -43,8 +45,10 @@ __all__ = [
     "alert_from_json",
     "alert_id",
     "alert_to_json",
+    "alerts_to_json",
     "format_rfc3339_ms",
     "parse_rfc3339_ms",
+    "round_floats",
     "rule_text",
 ]
 
@@ -199,6 +203,30 @@ def parse_rfc3339_ms(text: str) -> int:
     return (dt - _EPOCH) // _ONE_MS
 
 
+def round_floats(values: ArrayLike, decimals: int = _FLOAT_DECIMALS) -> list[float]:
+    """``[round(float(v), decimals) for v in values]`` for finite values, exactly the same doubles
+    (signs of zero included), in a few array operations instead of one ``round`` (a decimal
+    conversion, ≈ 1 µs here) per value.
+
+    Python's ``round`` gives the double nearest to N / 10**decimals, N being the value times
+    10**decimals rounded half to even. The array computes that product in floating point,
+    rounds it half to even (``rint``: N itself, unless the product lies within its rounding
+    error of a half) and divides by 10**decimals (correctly rounded: the same nearest double).
+    Values whose product is that close to a half, or beyond 2**52 (or not finite), are left to
+    ``round``: a tie resolved on the exact value, not on the rounded product.
+    """
+    a = np.asarray(values, dtype=np.float64).ravel()
+    scale = 10.0 ** decimals
+    with np.errstate(over="ignore", invalid="ignore"):  # those go to round below
+        y = a * scale
+        out: list[float] = (np.rint(y) / scale).tolist()
+        ay = np.abs(y)
+        unsure = ~(ay < 2.0**52) | (np.abs(np.abs(y - np.trunc(y)) - 0.5) <= ay * 2.0**-48)  # trunc's remainder: exact
+    for i in np.flatnonzero(unsure).tolist():
+        out[i] = round(float(a[i]), decimals)
+    return out
+
+
 def _num(x: float | None) -> float | None:
     if x is None:
         return None
@@ -233,7 +261,33 @@ def _reason_to_obj(r: Reason) -> dict[str, Any]:
 
 def alert_to_json(alert: Alert) -> bytes:
     """Serialise an alert to its canonical JSON bytes (the contract-v1 keys, then ``details``)."""
-    obj: dict[str, Any] = {
+    features = alert.features
+    return orjson.dumps(_alert_obj(alert, None if features is None else {k: _num(features[k]) for k in sorted(features)}))
+
+
+def alerts_to_json(alerts: Sequence[Alert]) -> list[bytes]:
+    """:func:`alert_to_json` of each alert, byte for byte; the features of many alerts (those whose
+    values are all finite floats, as the detector's are) rounded in one :func:`round_floats`."""
+    batch = [i for i, a in enumerate(alerts)
+             if a.features and all(type(v) is float for v in a.features.values())
+             and math.isfinite(sum(a.features.values()))]
+    if len(batch) < _BATCH_ROUNDING_MIN:
+        return [alert_to_json(a) for a in alerts]
+    keys = [sorted(alerts[i].features) for i in batch]  # type: ignore[arg-type]
+    flat = round_floats([alerts[i].features[k] for i, ks in zip(batch, keys) for k in ks])  # type: ignore[index]
+    out: list[bytes | None] = [None] * len(alerts)
+    at = 0
+    for i, ks in zip(batch, keys):
+        out[i] = orjson.dumps(_alert_obj(alerts[i], dict(zip(ks, flat[at:at + len(ks)]))))
+        at += len(ks)
+    return [b if b is not None else alert_to_json(a) for a, b in zip(alerts, out)]
+
+
+_BATCH_ROUNDING_MIN = 3  # fewer alerts: the array operations cost more than they save
+
+
+def _alert_obj(alert: Alert, features: dict[str, float | None] | None) -> dict[str, Any]:
+    return {
         "v": alert.v,
         "alert_id": alert.alert_id,
         "user_id": alert.user_id,
@@ -244,14 +298,9 @@ def alert_to_json(alert: Alert) -> bytes:
         "event_time": format_rfc3339_ms(alert.event_time_ms),
         "emitted_at": None if alert.emitted_at_ms is None else format_rfc3339_ms(alert.emitted_at_ms),
         "reasons": [_reason_to_obj(r) for r in alert.reasons],
-        "features": (
-            None
-            if alert.features is None
-            else {k: _num(alert.features[k]) for k in sorted(alert.features)}
-        ),
+        "features": features,
         "details": {k: _detail(alert.details[k]) for k in sorted(alert.details)},
     }
-    return orjson.dumps(obj)
 
 
 def _opt_float(obj: Mapping[str, Any], key: str) -> float | None:

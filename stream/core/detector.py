@@ -29,7 +29,7 @@ import orjson
 from numpy.typing import NDArray
 
 from stream.core import features as F
-from stream.core.alerts import Alert
+from stream.core.alerts import Alert, round_floats
 from stream.core.alerts import Reason as AlertReason
 from stream.core.events import Event, Reason
 from stream.core.layout import TICK_MS
@@ -505,8 +505,9 @@ class Detector:
         if decided:
             ml_rows = [i for i, d in decided if d.kind == "ml_risk"]
             reasons = _reasons(self.scorer, x, ml_rows, scores) if ml_rows else {}
+            feats_of = _feature_maps(x, sorted({i for i, _ in decided}))
             for i, d in decided:
-                feats = {name: _num(v) for name, v in zip(F.FEATURE_NAMES, x[i].tolist())}
+                feats = dict(feats_of[i])  # each alert its own mapping
                 if d.kind == "ml_risk":
                     rs = () if d.level == "cleared" else reasons.get(i, ())
                     alert = d.to_alert(model_version=model_version, reasons=rs, features=feats)
@@ -552,6 +553,16 @@ def _too_late_in_order(too_late: NDArray[np.intp], first_seen: Strings, uids: St
         return []
     rank = {u: r for r, u in enumerate(dict.fromkeys(first_seen.tolist()))}
     return sorted(too_late.tolist(), key=lambda i: (rank[uids[i]], i))
+
+
+def _feature_maps(x: NDArray[np.float32], rows: list[int]) -> dict[int, dict[str, float]]:
+    """The alert ``features`` of rows of ``x``: name -> value as :func:`_num` gives it (rounded, 0.0
+    for a non-finite value), every row's rounding done in one :func:`round_floats`."""
+    xs = x[rows].astype(np.float64)
+    xs[~np.isfinite(xs)] = 0.0
+    flat = round_floats(xs, SCORE_DECIMALS)
+    nf = F.N_FEATURES
+    return {r: dict(zip(F.FEATURE_NAMES, flat[j * nf:(j + 1) * nf], strict=True)) for j, r in enumerate(rows)}
 
 
 def _num(v: Any) -> float:

@@ -45,7 +45,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 from numpy.typing import NDArray
 
-from stream.core.alerts import alert_to_json
+from stream.core.alerts import alerts_to_json
 from stream.core.detector import ColumnRelease, Detector, Outcome
 from stream.core.events import EventLists, Reason, Rejection, decode_messages_into
 from stream.core.layout import TICK_MS
@@ -486,8 +486,9 @@ class Pipeline:
         else:
             outcome = Outcome()
         now_ms = int(time.time() * 1000)
-        for a in outcome.alerts:
-            self._produce(self.s.alerts_topic, a.user_id.encode(), alert_to_json(a.stamped(now_ms)))
+        stamped = [a.stamped(now_ms) for a in outcome.alerts]
+        for a, value in zip(stamped, alerts_to_json(stamped), strict=True):
+            self._produce(self.s.alerts_topic, a.user_id.encode(), value)
         # the users' current levels, after the alerts that changed them: the same producer and the
         # same acknowledgement wait, so the compacted risk.levels has the alerts' guarantee
         for lv in outcome.levels:

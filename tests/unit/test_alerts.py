@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import orjson
@@ -19,8 +20,10 @@ from stream.core.alerts import (
     alert_from_json,
     alert_id,
     alert_to_json,
+    alerts_to_json,
     format_rfc3339_ms,
     parse_rfc3339_ms,
+    round_floats,
 )
 
 
@@ -223,3 +226,42 @@ def test_invalid_alerts_are_rejected() -> None:
         alert_from_json(b"{not json")
     with pytest.raises(ValueError, match="contract"):
         alert_from_json(b'{"v":1}')
+
+
+def _same_floats(a: list[float], b: list[float]) -> bool:
+    """Equal as doubles, signs of zero included (orjson writes -0.0 and 0.0 differently)."""
+    return len(a) == len(b) and all(x == y and math.copysign(1, x) == math.copysign(1, y) for x, y in zip(a, b))
+
+
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+# halves of the last decimal place (ties, where the array's product may land on either side), dyadic
+# values with a tie in their exact expansion (1/128 = 0.0078125), and values near 2**52 / 10**6
+_tricky = st.one_of(
+    _finite,
+    st.integers(-(10**12), 10**12).map(lambda n: (n + 0.5) / 1e6),
+    st.tuples(st.integers(-(2**40), 2**40), st.integers(0, 60)).map(lambda t: t[0] / 2.0 ** t[1]),
+    st.floats(min_value=4e9, max_value=6e9),
+    st.integers(-(10**9), 10**9).map(lambda n: n / 1e6),
+)
+
+
+@given(st.lists(_tricky, max_size=80), st.integers(0, 9))
+def test_round_floats_is_round_of_each_value_exactly(values: list[float], decimals: int) -> None:
+    assert _same_floats(round_floats(values, decimals), [round(v, decimals) for v in values])
+    assert _same_floats(round_floats(np.array(values, np.float64), decimals), [round(v, decimals) for v in values])
+
+
+def test_round_floats_ties_and_signed_zero() -> None:
+    vals = [0.0078125, -0.0078125, 2.5e-6, 0.0000005, -1e-9, -0.0, 1e300, 5e-324, 4503599627.3704995]
+    assert _same_floats(round_floats(vals), [round(v, 6) for v in vals])
+
+
+_feature_values = st.one_of(_tricky, st.sampled_from([math.nan, math.inf, -math.inf]), st.integers(-5, 5))
+
+
+@given(st.lists(st.one_of(st.none(), st.dictionaries(st.sampled_from([f"f{i}" for i in range(40)]), _feature_values,
+                                                     max_size=40)), max_size=8))
+def test_alerts_to_json_is_alert_to_json_of_each(feature_maps: list[dict[str, float] | None]) -> None:
+    """The batch serialiser (one rounding for many alerts' features) writes the same bytes."""
+    alerts = [_alert(features=f, user_id=f"u{i}") for i, f in enumerate(feature_maps)]
+    assert alerts_to_json(alerts) == [alert_to_json(a) for a in alerts]
