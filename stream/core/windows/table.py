@@ -327,12 +327,20 @@ class StateTable:
             offs = positions[lo:hi]
             floor = floors.get(tp)
             frontier, applied = fence.get(tp, (-1, None))
-            if (min(offs) > max(frontier, -1 if floor is None else floor - 1)
+            # the frontier once fence_seen has moved it up to the floor (if it does)
+            bound = frontier if floor is None or floor - 1 <= frontier else floor - 1
+            if (min(offs) > bound
                     and (applied is None or applied.isdisjoint(offs))
                     and (hi - lo == 1 or len(set(offs)) == hi - lo)):
-                fence_seen(fence, tp, offs[0], floor)  # moves the frontier up to the floor (if it does)
-                fence_mark(fence, tp, offs[0])
-                fence[tp][1].update(offs)  # fence_mark of the others: all above the frontier
+                # fence_seen of the first (the move, forgetting what it passed), fence_mark of each
+                if applied is None:
+                    applied = set(offs)
+                elif bound != frontier:
+                    applied = {o for o in applied if o > bound}
+                    applied.update(offs)
+                else:
+                    applied.update(offs)
+                fence[tp] = (bound, applied)
                 continue
             for j, off in zip(order[lo:hi].tolist(), offs):  # the general case, as apply does
                 if fence_seen(fence, tp, off, floor):
