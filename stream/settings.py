@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     http_addr: str | None = None  # host:port of /livez, /readyz, /metrics; off when unset
     detector_process: bool = True  # the pipeline in a child process (both cores), else in a thread
+    # append every step a pipeline process receives to this file (raw input: user ids and events;
+    # created 0600), for bench/replay_steps.py; off when unset (stream/live/recording.py)
+    record_steps: Path | None = None
     # pipeline child processes of a worker, its input partitions sharded across them (p % N);
     # default: one per core beyond the Faust process's, at most MAX_DEFAULT_PIPELINES
     pipelines: int = Field(default_factory=lambda: default_pipelines(), ge=1, le=64)

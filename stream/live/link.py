@@ -11,6 +11,7 @@ import select
 import signal
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from stream.errors import (
 )
 from stream.live.pipeline import Pipeline
 from stream.live.protocol import Call, Drop, Report, Step, TopicPartition, WireMessage
+from stream.live.recording import StepRecorder
 from stream.live.wiring import build_pipeline
 from stream.logconfig import configure
 from stream.settings import Settings
@@ -115,6 +117,12 @@ def serve(sock: socket.socket, settings: Settings, model_path: Path | None, logl
     # cycles per event, so collect rarely: young objects every 100,000 allocations, all far less often.
     gc.set_threshold(100_000, 50, 100)
     send_reply(sock, True, None)
+    recorder = None
+    if settings.record_steps is not None:
+        recorder = StepRecorder(settings.record_steps)
+        logging.getLogger("riskstream.pipeline").warning(
+            "recording every step to %s (RISKSTREAM_RECORD_STEPS): the file holds the raw input, user ids "
+            "included; delete it once it has served", settings.record_steps)
     held: Report | None = None  # answered once its write is settled
     while True:
         try:
@@ -130,6 +138,8 @@ def serve(sock: socket.socket, settings: Settings, model_path: Path | None, logl
                 logging.getLogger("riskstream.pipeline").warning(
                     "could not write the last checkpoint at exit (%s: %s); it is replayed at restart",
                     type(e).__name__, e)
+            if recorder is not None:
+                recorder.close()
             return  # the worker is gone (also when it was SIGKILLed): nothing here outlives it
         except Exception as e:  # noqa: BLE001 - settling failed: the worker exits with it
             send_reply(sock, False, e)
@@ -137,7 +147,14 @@ def serve(sock: socket.socket, settings: Settings, model_path: Path | None, logl
             continue
         try:
             if isinstance(call, Step):
-                report = pipeline.step(call)  # settles the previous step's write after its publish
+                if recorder is None:
+                    report = pipeline.step(call)  # settles the previous step's write after its publish
+                else:
+                    c0 = time.process_time()
+                    try:
+                        report = pipeline.step(call)
+                    finally:
+                        recorder.write(call, time.process_time() - c0)
                 if held is not None:
                     send_reply(sock, True, held)
                 held = report
