@@ -1,7 +1,7 @@
 """The peer in the bench: riskstream against a Faust no-op agent and Quix Streams apps (issue #17 item 4).
 
     python bench/peer_bench.py [--events 276000] [--users 56] [--days 3] [--repeats 2] [--envelopes 1 8 20]
-                               [--variants faust-noop faust-noop-drain worker worker-handoff quix-noop
+                               [--variants faust-noop faust-noop-drain faust-noop-fast worker worker-handoff quix-noop
                                            quix-tumbling quix-sliding]
                                [--peer-venv ~/.cache/riskstream/peer-venv] [--timeout 1800]
 
@@ -16,6 +16,9 @@ with a fresh consumer group, in alternating order (A B C … A B C …):
 - ``faust-noop-drain``: a Faust agent that does nothing but ack, taking its messages off its
   channel's queue as the worker's agent does (``--agent noop-drain``): Faust's consumer without its
   stream iterator;
+- ``faust-noop-fast``: the same, with the worker's delivery of fetched messages as well
+  (``--agent noop-fast``: ``stream.live.faust_compat.install_fast_delivery``, which spares Faust's
+  consumer four asyncio tasks per message): the Faust ceiling as the worker meets it;
 - ``worker``: the riskstream worker, shipped model, fresh Redis state; for uploads its lateness
   bound is set above the upload window (an upload reorders events by up to the window);
 - ``worker-handoff``: a control, the same worker with its detector taken out (bench/handoff: its
@@ -60,7 +63,8 @@ from stream.topics import admin_client, ensure_topics  # noqa: E402
 DEFAULT_VENV = Path.home() / ".cache" / "riskstream" / "peer-venv"
 QUIX_APP = ROOT / "bench" / "peer_quix_app.py"
 HANDOFF = ROOT / "bench" / "handoff"  # the worker-handoff control's sitecustomize
-VARIANTS = ["faust-noop", "faust-noop-drain", "worker", "worker-handoff", "quix-noop", "quix-tumbling", "quix-sliding"]
+VARIANTS = ["faust-noop", "faust-noop-drain", "faust-noop-fast", "worker", "worker-handoff", "quix-noop", "quix-tumbling",
+            "quix-sliding"]
 ENVELOPE_CAP = 100  # events per upload at most (an SDK's batch limit; the contract allows 1,000)
 WINDOWS_S = [5, 10, 20, 30, 60, 100, 200, 300, 600, 900, 1200, 1800, 2700, 3300]
 
@@ -147,7 +151,7 @@ def run_variant(variant: str, *, py: str, peer_py: Path, s, ns: str, parts: int,
     topics = [s.clicks_topic, s.views_topic]
     group = f"{variant}-{tag}"
     label = f"{variant} ({tag})"
-    if variant in ("faust-noop", "faust-noop-drain"):
+    if variant in ("faust-noop", "faust-noop-drain", "faust-noop-fast"):
         cmd = [py, sb.__file__, "--agent", variant.removeprefix("faust-"), "--namespace", ns, "--group", group]
         return sb.drain(label, cmd, s.kafka_bootstrap, f"{ns}.{group}", topics, parts, msgs, epm, timeout=timeout)
     if variant in ("worker", "worker-handoff"):

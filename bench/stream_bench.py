@@ -66,10 +66,15 @@ def run_agent(kind: str, namespace: str, group: str, model: str) -> None:
         async def noop(stream):  # type: ignore[no-untyped-def]
             async for _ in stream:
                 pass
-    elif kind == "noop-drain":
+    elif kind in ("noop-drain", "noop-fast"):
         @app.agent(topic)
         async def noop_drain(stream):  # type: ignore[no-untyped-def]
-            # as the worker's agent takes its messages (stream/live/worker.py), acking each
+            # as the worker's agent takes its messages (stream/live/worker.py), acking each; noop-fast
+            # also with the worker's delivery of fetched messages (faust_compat.install_fast_delivery)
+            if kind == "noop-fast":
+                from stream.live.faust_compat import install_fast_delivery
+
+                assert install_fast_delivery(app.consumer)
             q = stream.channel.queue
             get = q.get_nowait
             while True:
@@ -207,7 +212,7 @@ def redis_cpu(r) -> float:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--agent", choices=["naive", "noop", "noop-take", "noop-drain"])
+    ap.add_argument("--agent", choices=["naive", "noop", "noop-take", "noop-drain", "noop-fast"])
     ap.add_argument("--namespace")
     ap.add_argument("--group")
     ap.add_argument("--model")

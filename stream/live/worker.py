@@ -635,6 +635,8 @@ def create_worker_app(settings: Settings, model_path: Path | None, *,
         # (not acked: the new assignment fetches them again from the commit), and errors thrown
         # into the channel are raised by the queue's get (StopAsyncIteration when the agent stops).
         await engine.link.connect()
+        if not faust_compat.install_fast_delivery(app.consumer):
+            log.warning("Faust's consumer is not as expected: messages are delivered the slow way")
         try:
             await engine.consume(faust_compat.agent_queue(stream))
         except StopAsyncIteration:

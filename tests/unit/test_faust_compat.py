@@ -6,11 +6,14 @@ An upgrade of faust-streaming or aiokafka that moves one of them fails here, not
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from types import SimpleNamespace
 
 import aiokafka
 import faust
+import mode
+import pytest
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -84,3 +87,101 @@ def test_current_generation_is_none_while_flow_control_is_off():
         return SimpleNamespace(consumer_generation_id=4, flow_control=SimpleNamespace(is_active=lambda: active))
     assert faust_compat.current_generation(app(True)) == 4
     assert faust_compat.current_generation(app(False)) is None
+
+
+# -- install_fast_delivery --------------------------------------------------------------------------
+def test_faust_delivers_each_message_through_its_consumers_wait_first_with_the_flow_suspension():
+    drain = inspect.getsource(FaustConsumer._drain_messages)
+    assert "await self.wait_first(" in drain and "callback(message), self.suspend_flow.wait()" in drain
+    assert "self.wait_first(" not in inspect.getsource(FaustConsumer).replace(drain, "")  # its only caller here
+
+
+class _Service(mode.Service):
+    """A mode service standing in for Faust's consumer: the same ``wait_first`` and events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = asyncio.Event()
+        self.calls = 0
+        original = self.wait_first
+
+        async def counting(*coros, timeout=None):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            return await original(*coros, timeout=timeout)
+
+        self.wait_first = counting  # type: ignore[method-assign]
+
+
+def test_a_delivery_that_does_not_wait_returns_without_the_services_wait_first():
+    async def main() -> None:
+        svc = _Service()
+        assert faust_compat.install_fast_delivery(svc)
+        assert faust_compat.install_fast_delivery(svc)  # idempotent
+
+        async def deliver(x: int) -> int:
+            return x * 2
+
+        tasks_before = len(asyncio.all_tasks())
+        res = await svc.wait_first(deliver(21), svc.suspend_flow.wait())
+        assert res.done[0] is not None and res.results == [42] and not res.stopped
+        assert svc.calls == 0 and len(asyncio.all_tasks()) == tasks_before
+
+        async def broken() -> None:
+            raise KeyError("boom")
+
+        with pytest.raises(KeyError):
+            await svc.wait_first(broken(), svc.suspend_flow.wait())
+
+    asyncio.run(main())
+
+
+def test_a_delivery_that_waits_is_finished_by_the_services_wait_first_as_a_task_would():
+    async def main() -> None:
+        svc = _Service()
+        faust_compat.install_fast_delivery(svc)
+        room = asyncio.Event()
+        log: list[str] = []
+
+        async def deliver() -> str:
+            log.append("start")
+            await room.wait()
+            await asyncio.sleep(0)  # a bare yield after the first suspension
+            log.append("end")
+            return "put"
+
+        waiting = asyncio.ensure_future(svc.wait_first(deliver(), svc.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        assert log == ["start"] and not waiting.done() and svc.calls == 1
+        room.set()
+        res = await waiting
+        assert log == ["start", "end"] and res.results == ["put"]
+
+    asyncio.run(main())
+
+
+def test_a_suspended_flow_abandons_a_waiting_delivery_which_sees_the_cancellation():
+    async def main() -> None:
+        svc = _Service()
+        faust_compat.install_fast_delivery(svc)
+        log: list[str] = []
+
+        async def deliver() -> None:
+            try:
+                await asyncio.Event().wait()  # a full queue that never drains
+            except asyncio.CancelledError:
+                log.append("cleaned up")  # as a task's coroutine would be told (not just closed later)
+                raise
+
+        waiting = asyncio.ensure_future(svc.wait_first(deliver(), svc.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        svc.suspend_flow.set()  # a rebalance
+        res = await asyncio.wait_for(waiting, 5)
+        assert log == ["cleaned up"] and res.results == [True] and not res.stopped
+
+        async def never_started() -> None:
+            log.append("ran")
+
+        await svc.wait_first(never_started(), svc.suspend_flow.wait())  # suspended: the service's own path
+        assert svc.calls == 2 and log == ["cleaned up", "ran"]
+
+    asyncio.run(main())
