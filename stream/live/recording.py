@@ -18,6 +18,7 @@ A line: ``{"v": 1, "cpu_s", "received_at", "now_ms", "generation", "partitions",
 from __future__ import annotations
 
 import base64
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,8 @@ from stream.live.protocol import Step, TopicPartition
 __all__ = ["RECORD_VERSION", "StepRecorder", "read_steps", "step_from_record", "step_record"]
 
 RECORD_VERSION = 1
+
+log = logging.getLogger("riskstream.pipeline")
 
 
 def _b64(b: bytes | None) -> str | None:
@@ -75,12 +78,22 @@ class StepRecorder:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def write(self, step: Step, cpu_s: float) -> None:
-        os.write(self._fd, orjson.dumps(step_record(step, cpu_s)) + b"\n")
+        """Append one step; a failed write (disk full) stops the recording, never the pipeline."""
+        if self._fd < 0:
+            return
+        try:
+            os.write(self._fd, orjson.dumps(step_record(step, cpu_s)) + b"\n")
+        except OSError as e:
+            log.warning("step recording to %s stopped: %s", self.path, e)
+            self.close()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:  # already gone (the write that failed): nothing left to release
+                pass
 
 
 def read_steps(path: str | os.PathLike[str]) -> Iterator[tuple[Step, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 
 import orjson
@@ -50,3 +51,12 @@ def test_a_malformed_line_names_the_file_and_line(tmp_path) -> None:
     path.write_bytes(b'{"v": 2}\n')
     with pytest.raises(ValueError, match=r"steps.jsonl:1: not a step record of version 1"):
         list(read_steps(path))
+
+
+def test_a_failed_write_stops_the_recording_not_the_caller(tmp_path, caplog) -> None:
+    rec = StepRecorder(tmp_path / "steps.jsonl")
+    os.close(rec._fd)  # as if the disk were gone: the next write fails
+    step = Step([], [], {}, {}, 0.0, 0)
+    rec.write(step, 0.0)
+    rec.write(step, 0.0)  # stopped: nothing is tried any more
+    assert rec._fd < 0 and "step recording" in caplog.text

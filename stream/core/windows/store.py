@@ -8,10 +8,10 @@ from typing import Protocol, runtime_checkable
 from stream.core.policy.state import PolicyState
 from stream.core.windows.types import (
     ColumnResult,
-    PolicyRecord,
     EventColumns,
     FencedPart,
     FencedResult,
+    PolicyRecord,
     UserBatch,
     UserResult,
 )
