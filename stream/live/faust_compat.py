@@ -3,7 +3,8 @@
 The worker needs four things neither library offers as a documented API: the consumer group
 generation of an assignment, when a partition's leader last answered a fetch, the offsets Faust
 committed, and its agent's queue of messages (taken off directly, without Faust's stream
-iterator); and it shortens one per-message path of Faust's consumer (:func:`install_fast_delivery`). Each function below says which attribute it reads and the versions it was checked
+iterator); and it shortens one per-message path of Faust's consumer (:func:`install_fast_delivery`).
+Each function below says which attribute it reads and the versions it was checked
 against (faust-streaming 0.15.3 with aiokafka 0.14.0, the driver ``faust.transport.drivers.aiokafka``);
 ``tests/unit/test_faust_compat.py`` pins that those attributes exist in the installed versions, so an
 upgrade that moves one fails there first instead of silently degrading the worker.
