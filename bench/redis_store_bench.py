@@ -65,13 +65,16 @@ def baseline_store_class(rev: str) -> type:
                            capture_output=True, text=True).stdout.split()
     for name in names:
         (lua_dir / "lua" / Path(name).name).write_text(show(name), encoding="utf-8")
-    src = show("stream/redis_store.py")
+    path = "stream/state/redis_store.py"  # stream/redis_store.py before the layout of issue #9
+    if not subprocess.run(["git", "cat-file", "-e", f"{rev}:{path}"], cwd=ROOT, capture_output=True).returncode == 0:
+        path = "stream/redis_store.py"
+    src = show(path)
     hook = 'resources.files("stream")'
     if src.count(hook) != 1:
-        raise RuntimeError(f"{rev}:stream/redis_store.py does not load its scripts through {hook}")
+        raise RuntimeError(f"{rev}:{path} does not load its scripts through {hook}")
     src = src.replace(hook, f"__import__('pathlib').Path({str(lua_dir)!r})")
     mod = types.ModuleType(f"redis_store_{rev}")
-    mod.__file__ = f"{rev}:stream/redis_store.py"
+    mod.__file__ = f"{rev}:{path}"
     sys.modules[mod.__name__] = mod
     exec(compile(src, mod.__file__, "exec"), mod.__dict__)
     return mod.RedisWindowStore  # type: ignore[no-any-return]
@@ -154,12 +157,12 @@ def run(client: redis.Redis, k: int, users: int, rounds: int, mode: str,
             c0, w0 = _server_cpu(client), time.perf_counter()
             results = store.apply(batches, wm, floors)
             w_apply, cm = time.perf_counter() - w0, _server_cpu(client)
-            um, _ = _evalsha_usec(client)
             done = {res.user_id: (res.snapshots[-1].tick_end_ms, {"pol:tick": str(res.snapshots[-1].tick_end_ms)})
                     for res in results if res.snapshots}
             cc, w0 = _server_cpu(client), time.perf_counter()
             store.confirm(done)  # also when nothing was decided (a store may write applied state here)
             w1, c1 = time.perf_counter() - w0 + w_apply, _server_cpu(client)
+            um, _ = _evalsha_usec(client)  # the scripts of the apply (the previous design) and of the confirm
             floors = dict(feed.offsets)  # the previous round is committed by the time the next one runs
             if r == 0:
                 continue

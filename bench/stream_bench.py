@@ -2,6 +2,7 @@
 
     python bench/stream_bench.py [--events 150000] [--users 5000] [--rate 5000] [--latency-s 30]
                                  [--latency-batch-wait 0.2 …] [--latency-repeats 1] [--only-latency]
+                                 [--only-redis] [--checkpoint-ms 500]
 
 In one run, on the same pre-filled input topics (one event per Kafka message):
   (a) a naive Faust agent: one Redis round trip (the fenced state write) and one ONNX call per event;
@@ -210,6 +211,54 @@ def redis_cpu(r) -> float:  # type: ignore[no-untyped-def]
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+def command_usec(r) -> dict[str, tuple[int, float]]:  # type: ignore[no-untyped-def]
+    """(calls, µs) per command from INFO commandstats (commands a script runs count under their own name)."""
+    return {k.removeprefix("cmdstat_"): (int(v["calls"]), float(v["usec"])) for k, v in r.info("commandstats").items()}
+
+
+def redis_only(a: argparse.Namespace, r, py: str, s, ns: str, model: Path, topics: list[str],  # type: ignore[no-untyped-def]
+               parts: int) -> None:
+    """The worker's drain (c) alone: Redis CPU per event, split into the commands' own time (INFO
+    commandstats) and the rest (reading requests, writing replies and the append-only file, the event loop)."""
+    import numpy as np
+
+    from stream.core import layout as L
+    from stream.state.codec import unpack_rings
+
+    cpu0, cmd0, mem0 = redis_cpu(r), command_usec(r), int(r.info("memory")["used_memory"])
+    drain("(c) riskstream worker", [py, "-m", "stream", "worker", "--namespace", ns, "--group", "worker",
+          "--model", str(model), "--loglevel", "WARNING"], s.kafka_bootstrap, f"{ns}.worker", topics, parts,
+          a.events, 1)
+    total = (redis_cpu(r) - cpu0) * 1e6
+    cmd1 = command_usec(r)
+    users = sum(1 for _ in r.scan_iter(match=f"{ns}:rs:*", count=1000))
+    mem_per_user = (int(r.info("memory")["used_memory"]) - mem0) / max(users, 1)
+    delta = {k: (c - cmd0.get(k, (0, 0.0))[0], u - cmd0.get(k, (0, 0.0))[1]) for k, (c, u) in cmd1.items()}
+    delta = {k: v for k, v in delta.items() if v[0] > 0}
+    nested = {"hset", "hget", "hmget", "pexpire", "pexpireat", "del"}  # what state.lua calls
+    top = {k: v for k, v in delta.items() if k not in nested}
+    info = r.info("persistence")
+    print(f"  Redis: {total / a.events:.2f} µs CPU per event (checkpoints every {ENV['RISKSTREAM_CHECKPOINT_MS']} ms, "
+          f"append-only file {'on' if info.get('aof_enabled') else 'off'}); {mem_per_user:,.0f} B per active user "
+          f"({users:,} users)")
+    for k, (calls, usec) in sorted(delta.items(), key=lambda kv: -kv[1][1]):
+        print(f"    {k:10s} {calls:>9,} calls  {usec / calls:6.2f} µs each  {usec / a.events:5.2f} µs per event"
+              + ("" if k in top else "  (inside the script)"))
+    rest = total - sum(u for _, u in top.values())
+    print(f"    the rest (requests, replies, append-only file, event loop): {rest / a.events:.2f} µs per event")
+    sizes: dict[bytes, list[int]] = {}
+    nonzero: list[int] = []
+    for k in list(r.scan_iter(match=f"{ns}:rs:*", count=1000))[:500]:
+        for f, v in r.hgetall(k).items():
+            sizes.setdefault(f, []).append(len(v))
+            if f == b"r":
+                nonzero.append(int(np.count_nonzero(np.frombuffer(unpack_rings(v), dtype=">u4"))))
+    print("    stored bytes per user (mean of up to 500): "
+          + ", ".join(f"{f.decode()} {sum(v) / len(v):,.0f}" for f, v in sorted(sizes.items()))
+          + (f"; non-zero ring words {np.mean(nonzero):.0f} (median {np.median(nonzero):.0f}, max {max(nonzero)}) "
+             f"of {L.RING_WORDS}" if nonzero else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--agent", choices=["naive", "noop", "noop-take", "noop-drain", "noop-fast"])
@@ -226,6 +275,8 @@ def main() -> None:
                     help="RISKSTREAM_BATCH_WAIT_S values for the latency runs (the default is the worker's; it "
                          "only matters while a backlog drains)")
     ap.add_argument("--only-latency", action="store_true", help="skip the drain-rate variants")
+    ap.add_argument("--only-redis", action="store_true",
+                    help="only the worker's drain (c), with Redis CPU per event split by command")
     ap.add_argument("--faust-configs", action="store_true",
                     help="only the no-op agent under Faust configurations (iterator vs take, Cython, uvloop)")
     ap.add_argument("--checkpoint-ms", type=int, default=int(ENV["RISKSTREAM_CHECKPOINT_MS"]),
@@ -272,6 +323,9 @@ def main() -> None:
         return
     topics = [s.clicks_topic, s.views_topic]
     r = redis_client(s)
+    if a.only_redis:
+        redis_only(a, r, py, s, ns, model, topics, parts)
+        return
     print("drain rate (same input, fresh consumer group each):")
     rate_a = drain("(a) naive agent: Redis+ONNX per event", [py, __file__, "--agent", "naive", "--namespace", ns,
                    "--group", "naive", "--model", str(model)], s.kafka_bootstrap, f"{ns}.naive", topics, parts,

@@ -38,8 +38,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final
 
+import numpy as np
 import orjson
 import redis
+from numpy.typing import NDArray
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -68,6 +70,8 @@ from stream.state.codec import (
     _F_VERSION,
     SCALARS_DTYPE,
     _pack_tail,
+    pack_rings,
+    unpack_rings,
     unpack_state,
     user_key,
 )
@@ -294,7 +298,7 @@ class RedisWindowStore:
         rings, blob = self._call(lambda c: c.hmget(self.key_of(user_id), [_F_RINGS, _F_STATE]))
         if rings is None or blob is None:
             return None
-        scalars, band, _ = unpack_state(blob)
+        rings, scalars, band, _ = _decode(user_id, rings, blob)
         return tuple(scalars.tolist()), band, rings
 
     def set_generation(self, generation: int) -> None:
@@ -370,13 +374,7 @@ class RedisWindowStore:
             self._gen_of[u] = gen
             rings, blob = row.get(_F_RINGS), row.get(_F_STATE)
             if rings is not None and blob is not None:
-                try:
-                    if len(rings) != L.RING_BYTES:
-                        raise ValueError(f"ring is {len(rings)} bytes, {L.RING_BYTES} expected")
-                    scalars, band, fence = unpack_state(blob)
-                except ValueError as e:
-                    raise ValueError(f"corrupt window state for user {u!r}: {e}") from e
-                table.load_row(u, rings, scalars, band, fence)
+                table.load_row(u, *_decode(u, rings, blob))
             pol = row.get(_F_POLICY)
             if pol:
                 table.set_policy(u, orjson.loads(pol))
@@ -477,15 +475,16 @@ class RedisWindowStore:
 
     def _write_args(self, users: list[str]) -> list[list[Any]]:
         rows = self._table.rows(users)
-        rings = rows.rings.astype(L.RING_DTYPE)  # one conversion for the whole batch
         scalars = rows.scalars.astype(SCALARS_DTYPE)
         has_state = scalars[:, L.S_MX] != L.NONE
+        rings = pack_rings(rows.rings[has_state])  # the batch's rows at once
+        at = (np.cumsum(has_state) - 1).tolist()
         calls: list[list[Any]] = []
         version, writer, ttl, gen_of = self._version, self._writer, self._ttl_ms, self._gen_of
         for i, u in enumerate(users):
             args: list[Any] = [self.key_of(u), version.get(u, 0), writer, ttl, gen_of.get(u, 0)]
             if has_state[i]:
-                args += [_F_RINGS, rings[i].tobytes(),
+                args += [_F_RINGS, rings[at[i]],
                          _F_STATE, scalars[i].tobytes() + _pack_tail(rows.bands[i], rows.fences[i])]
             pol = rows.policies[i]
             if pol:
@@ -619,6 +618,19 @@ class RedisWindowStore:
             return fn(self._client)
         except _UNAVAILABLE as e:
             raise _unavailable(e) from e
+
+
+def _decode(user_id: str, rings: bytes, blob: bytes
+            ) -> tuple[bytes, NDArray[np.int64], str | None, dict[str, tuple[int, set[int]]]]:
+    """(dense rings, scalars, age band, fence) of a stored ``r`` and ``st``.
+
+    Raises:
+        ValueError: either field is corrupt (the message names the user).
+    """
+    try:
+        return (unpack_rings(rings), *unpack_state(blob))
+    except ValueError as e:
+        raise ValueError(f"corrupt window state for user {user_id!r}: {e}") from e
 
 
 def _discard(sent: list[tuple[redis.Redis, Any, list[int]]]) -> None:

@@ -418,13 +418,47 @@ def test_key_layout_is_pinned(client, prefix):
     assert set(h) == {b"v", b"w", b"r", b"st", b"pol"}
     assert h[b"v"] == b"1" and len(h[b"w"]) == 32
     sc, band, ring = store.state_of(u)
-    assert h[b"r"] == ring and len(ring) == L.RING_BYTES  # 624 big-endian u32 words
+    assert len(ring) == L.RING_BYTES  # 624 big-endian u32 words
+    words = np.frombuffer(ring, ">u4")
+    r = h[b"r"]  # few non-zero words: the sparse form, 0x01, a bitmap of them, then them in word order
+    assert 0 < np.count_nonzero(words) < 40 and len(r) == 1 + 78 + 4 * np.count_nonzero(words)
+    assert r[:1] == b"\x01" and np.array_equal(np.unpackbits(np.frombuffer(r[1:79], np.uint8)).astype(bool), words != 0)
+    assert r[79:] == words[words != 0].tobytes()
     st = h[b"st"]
     assert np.array_equal(np.frombuffer(st[:88], ">i8"), sc)  # 11 scalars, big-endian i64
     assert st[88:95] == b"\x00\x0516-17" and band == "16-17"  # u16 length, UTF-8
     assert st[95:] == b'{"events.views:3":[-1,[15,17]]}'  # frontier, applied offsets above it
     assert orjson.loads(h[b"pol"]) == {"pol:tick": str(at(0, 9, 1)), "pol:ml": "none"}
     assert pack_state(*unpack_state(st)) == st
+
+
+def test_rings_are_read_in_either_form_and_written_in_the_shorter(client, prefix):
+    u = "forms"
+    store = new_store(client, prefix)
+    store.apply([UserBatch(u, [Item(ev(u, at(0, 9)), False, "events.views:0", 1)])], at(0, 9, 2))
+    store.confirm({u: (at(0, 9, 2), {})})
+    key, state = user_key(prefix, u), store.state_of(u)
+    assert state is not None and len(client.hget(key, b"r")) < 200
+    client.hset(key, b"r", state[2])  # every word, as versions before the sparse form wrote it
+    assert new_store(client, prefix).state_of(u) == state
+
+    # almost every word set: the sparse form would be longer, so the dense one is kept
+    full = np.arange(1, L.RING_WORDS + 1, dtype=">u4").tobytes()
+    client.hset(key, b"r", full)
+    busy = new_store(client, prefix)
+    assert busy.state_of(u)[2] == full
+    busy.apply([UserBatch(u, [Item(ev(u, at(0, 10)), False, "events.views:0", 2)])], at(0, 10, 2))
+    busy.confirm({u: (at(0, 10, 2), {})})
+    assert len(client.hget(key, b"r")) == L.RING_BYTES and busy.state_of(u)[2] != full
+    assert new_store(client, prefix).state_of(u) == busy.state_of(u)
+
+    for bad in (full[:-4], b"\x02" + full[1:100], b"\x01" + b"\xff" * 78 + b"\x00" * 8):
+        client.hset(key, b"r", bad)
+        with pytest.raises(ValueError, match="corrupt window state for user 'forms': (ring is|sparse ring marks)"):
+            new_store(client, prefix).state_of(u)
+        with pytest.raises(ValueError, match="corrupt window state for user 'forms': (ring is|sparse ring marks)"):
+            new_store(client, prefix).apply([UserBatch(u, [Item(ev(u, at(0, 11)), False, "events.views:0", 3)])],
+                                            at(0, 11, 2))
 
 
 def test_confirm_for_a_user_without_window_state_writes_only_the_policy(client, prefix):
