@@ -67,15 +67,15 @@ def pack_rings(rings: NDArray[np.uint32]) -> list[bytes]:
     the streaming bench's users is ≈ 200 bytes instead of 2,496.
     """
     nz = rings != 0
-    bitmaps = np.packbits(nz, axis=1)
-    counts = _POPCOUNT[bitmaps].sum(axis=1, dtype=np.int64)  # 78 lookups a row instead of 624
+    packed = np.packbits(nz, axis=1)
+    counts = _POPCOUNT[packed].sum(axis=1, dtype=np.int64)  # 78 lookups a row instead of 624
     dense_rows = _SPARSE_HEAD + 4 * counts >= L.RING_BYTES
     if dense_rows.any():
         nz[dense_rows] = False  # their words go out dense
     # row-major: each row's non-zero words in word order (np.compress: faster than a boolean index)
     words = np.compress(nz.ravel(), rings.ravel()).astype(L.RING_DTYPE).tobytes()
     dense = rings[dense_rows].astype(L.RING_DTYPE).tobytes() if dense_rows.any() else b""
-    bitmaps = bitmaps.tobytes()
+    bitmaps = packed.tobytes()
     out: list[bytes] = []
     lo, at, rb, bb = 0, 0, L.RING_BYTES, _BITMAP_BYTES
     for i, (k, full) in enumerate(zip(counts.tolist(), dense_rows.tolist(), strict=True)):
