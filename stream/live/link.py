@@ -369,7 +369,9 @@ def split_drop(partitions: list[int], n: int) -> dict[int, Drop]:
 def merge_reports(reports: list[Report]) -> Report:
     """The reports of one step's parts as one: messages done, buffer states and watermarks of every
     child's partitions, the counters summed, the step's time the longest part's (they run at once).
-    The model: every child loads the same file, the first one's version stands for them."""
+    The model: every child loads the same file, each at its own next step; the child that reloaded
+    most (reloads are counted since it started) stands for them, so a swap counts once, not once per
+    child, and a child that has not reloaded yet does not show the old version again."""
     if len(reports) == 1:
         return reports[0]
     out = Report()
@@ -387,9 +389,8 @@ def merge_reports(reports: list[Report]) -> Report:
         out.redis_retries += r.redis_retries
         out.forced_releases += r.forced_releases
         out.dlq_failed += r.dlq_failed
-        out.model_reloads += r.model_reloads
-        if out.model_version is None:
-            out.model_version = r.model_version
+        if out.model_version is None or r.model_reloads > out.model_reloads:
+            out.model_version, out.model_reloads = r.model_version, r.model_reloads
     return out
 
 

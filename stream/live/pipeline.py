@@ -181,6 +181,7 @@ class Pipeline:
         self.parts: dict[int, _Partition] = {}
         self._msgs: dict[int, _Msg] = {}  # messages with events in flight, by number
         self._next_no = 0
+        self._model_reloads = 0  # model files hot-reloaded since this process started
         self._tp_codes: dict[tuple[str, int], int] = {}  # input topic-partition -> fence key code
         self._tp_keys: list[str] = []  # fence key code -> fence key
         self._rel_meta: dict[int, NDArray[np.int64]] = {}  # per partition: the meta of its release's rows
@@ -216,7 +217,8 @@ class Pipeline:
         t0 = time.perf_counter()
         self._done = []
         rep = self._report = Report()
-        rep.model_reloads = int(self.detector.refresh_model())
+        self._model_reloads += int(self.detector.refresh_model())
+        rep.model_reloads = self._model_reloads  # cumulative: N processes count one swap once
         scorer = self.detector.scorer
         rep.model_version = None if scorer is None else str(scorer.info.model_version)
         if self.store is not None:

@@ -129,4 +129,4 @@ class Report:
     forced_releases: int = 0  # events a reorder buffer over its cap released ahead of the watermark
     dlq_failed: int = 0  # DLQ records Kafka refused for good (too large, invalid): logged and skipped
     model_version: str | None = None  # the model serving after this step (None: no model)
-    model_reloads: int = 0  # model files hot-reloaded at the start of this step
+    model_reloads: int = 0  # model files hot-reloaded by this pipeline process since it started (cumulative)

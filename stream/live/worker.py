@@ -175,6 +175,7 @@ class Engine:
         self._redis_memory_at = -float("inf")
         self.fatal: BaseException | None = None
         self._model_version: str | None = None
+        self._model_reloads = 0  # the most any pipeline process reported
         self._lag_labels: set[tuple[str, str]] = set()
 
     # -- consuming ----------------------------------------------------------------------------------
@@ -525,9 +526,11 @@ class Engine:
             m.forced_releases.inc(rep.forced_releases)
         if rep.dlq_failed:
             m.dlq_failed.inc(rep.dlq_failed)
-        if rep.model_reloads:
-            m.model_reloads.inc(rep.model_reloads)
-        if rep.model_version is not None and rep.model_version != self._model_version:
+        if rep.model_reloads > self._model_reloads:  # cumulative, of the pipeline that reloaded most
+            m.model_reloads.inc(rep.model_reloads - self._model_reloads)
+            self._model_reloads = rep.model_reloads
+        if (rep.model_version is not None and rep.model_version != self._model_version
+                and rep.model_reloads >= self._model_reloads):  # not a pipeline yet to reload
             self._model_version = rep.model_version
             m.model.info({"version": rep.model_version})
         m.batch_seconds.observe(rep.seconds)

@@ -195,6 +195,7 @@ class Pipeline(_Current):
         self.kinds = tuple(self.inputs.values())
         self.parts: dict[int, _Partition] = {}
         self._done: list[MsgId] = []
+        self._model_reloads = 0  # model files hot-reloaded since this process started
         self._report = Report()
         self._delivery_error: Any = None
 
@@ -217,7 +218,8 @@ class Pipeline(_Current):
         t0 = time.perf_counter()
         self._done = []
         rep = self._report = Report()
-        rep.model_reloads = int(self.detector.refresh_model())
+        self._model_reloads += int(self.detector.refresh_model())
+        rep.model_reloads = self._model_reloads  # cumulative: N processes count one swap once
         scorer = self.detector.scorer
         rep.model_version = None if scorer is None else str(scorer.info.model_version)
         if self.store is not None:

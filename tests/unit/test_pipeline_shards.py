@@ -102,9 +102,17 @@ def test_reports_merge_done_buffers_watermarks_and_counters():
     assert m.alerts == Counter({("rule:x", "high"): 3, ("ml", "elevated"): 1})
     assert sorted(m.latencies) == [0.1, 0.2, 0.3]
     assert m.seconds == 0.05  # the parts ran at the same time: the step took the longest one's
-    assert (m.model_version, m.model_reloads) == ("m1", 2)  # each process reloaded the file
+    assert (m.model_version, m.model_reloads) == ("m1", 1)  # both processes reloaded the one swap
     assert merge_reports([a]) is a
     assert merge_reports([Report(model_version=None), Report(model_version="m2")]).model_version == "m2"
+
+
+def test_a_model_swap_counts_once_and_the_child_that_reloaded_most_names_the_model():
+    # reload counts are cumulative per process; each child reloads at its own next step
+    ahead, behind = Report(model_version="m2", model_reloads=3), Report(model_version="m1", model_reloads=2)
+    for parts in ([ahead, behind], [behind, ahead]):
+        assert (merge_reports(parts).model_version, merge_reports(parts).model_reloads) == ("m2", 3)
+    assert (merge_reports([behind, Report(model_version="m1", model_reloads=2)]).model_reloads) == 2
 
 
 def test_the_merged_future_waits_for_every_part_and_fails_with_the_first_error():

@@ -152,3 +152,27 @@ def test_a_message_handed_again_or_below_the_newest_is_kept_once_in_order():
     assert acked == [] and 99 not in u.done
     u.done_with([4])
     assert acked == ["4", "5", "6-again"] and not u.queue and not u.done
+
+
+def test_a_model_swap_counts_once_and_the_served_version_never_goes_back():
+    """Reports carry each pipeline process's reloads since it started; with several processes each
+    reloads a swapped file at its own next step (RISKSTREAM_PIPELINES)."""
+    reg = CollectorRegistry()
+    app = SimpleNamespace(consumer=SimpleNamespace(_committed_offset={}))
+    e = Engine(S, app, Metrics(reg), Link())  # type: ignore[arg-type]
+
+    def seen() -> tuple[float | None, list[str]]:
+        served = [s.labels["version"] for mf in reg.collect() if mf.name == "riskstream_model"
+                  for s in mf.samples if s.name == "riskstream_model_info"]
+        return reg.get_sample_value("riskstream_model_reloads_total"), served
+
+    e._apply(Report(model_version="m1", model_reloads=0))
+    assert seen() == (0.0, ["m1"])
+    e._apply(Report(model_version="m2", model_reloads=1))  # one process reloaded the swapped file
+    assert seen() == (1.0, ["m2"])
+    e._apply(Report(model_version="m1", model_reloads=0))  # another has not reached its next step yet
+    assert seen() == (1.0, ["m2"])
+    e._apply(Report(model_version="m2", model_reloads=1))  # now it has: the same swap
+    assert seen() == (1.0, ["m2"])
+    e._apply(Report(model_version="m3", model_reloads=2))
+    assert seen() == (2.0, ["m3"])
