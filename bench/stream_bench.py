@@ -235,7 +235,7 @@ def redis_only(a: argparse.Namespace, r, py: str, s, ns: str, model: Path, topic
     mem_per_user = (int(r.info("memory")["used_memory"]) - mem0) / max(users, 1)
     delta = {k: (c - cmd0.get(k, (0, 0.0))[0], u - cmd0.get(k, (0, 0.0))[1]) for k, (c, u) in cmd1.items()}
     delta = {k: v for k, v in delta.items() if v[0] > 0}
-    nested = {"hset", "hget", "hmget", "pexpire", "pexpireat", "del"}  # what state.lua calls
+    nested = {"hset", "hget", "pexpire"}  # what state.lua calls
     top = {k: v for k, v in delta.items() if k not in nested}
     info = r.info("persistence")
     print(f"  Redis: {total / a.events:.2f} µs CPU per event (checkpoints every {ENV['RISKSTREAM_CHECKPOINT_MS']} ms, "
