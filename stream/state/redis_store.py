@@ -477,14 +477,13 @@ class RedisWindowStore:
         rows = self._table.rows(users)
         scalars = rows.scalars.astype(SCALARS_DTYPE)
         has_state = scalars[:, L.S_MX] != L.NONE
-        rings = pack_rings(rows.rings[has_state])  # the batch's rows at once
-        at = (np.cumsum(has_state) - 1).tolist()
+        rings = iter(pack_rings(rows.rings[has_state]))  # the batch's rows at once, in order
         calls: list[list[Any]] = []
         version, writer, ttl, gen_of = self._version, self._writer, self._ttl_ms, self._gen_of
         for i, u in enumerate(users):
             args: list[Any] = [self.key_of(u), version.get(u, 0), writer, ttl, gen_of.get(u, 0)]
             if has_state[i]:
-                args += [_F_RINGS, rings[at[i]],
+                args += [_F_RINGS, next(rings),
                          _F_STATE, scalars[i].tobytes() + _pack_tail(rows.bands[i], rows.fences[i])]
             pol = rows.policies[i]
             if pol:
